@@ -1,0 +1,1 @@
+//! The heater state machine. SKELETON.

@@ -1,0 +1,26 @@
+//! coffeebot: a bridge between a coffee maker's heater controller (USB serial) and MQTT.
+//!
+//! Data flows one way through the parts and back:
+//!
+//! ```text
+//!  controller ──serial──▶ serial (owns the port) ──LinkEvent──▶ daemon ──▶ core (pure decisions)
+//!      ▲                                                          │  ▲
+//!      └──── one command line at a time ◀── Command ──────────────┘  │ Request
+//!                                   state (watch) / events ──▶ mqtt ─┘   http (read-only)
+//! ```
+//!
+//! - [`protocol`]: the controller's line protocol, pure encode/decode.
+//! - [`core`]: the heater state machine; time and inputs in, serial commands and events out.
+//!   It never does I/O and never reads a clock.
+//! - [`serial`]: the task that owns the serial port and frames its lines.
+//! - [`sim`]: the simulated controller (pure device model, thin pseudo-terminal shell).
+//! - [`config`]: typed settings, layered loading and validation.
+//! - [`daemon`]: wires the tasks together and drives the core.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod core;
+pub mod daemon;
+pub mod protocol;
+pub mod serial;
+pub mod sim;

@@ -1,0 +1,1 @@
+//! The task that owns the serial port. SKELETON.
