@@ -1,0 +1,99 @@
+//! The numbers the core enforces, taken once from the validated settings.
+
+use crate::config::Settings;
+use std::time::Duration;
+
+/// The limits and set points of SPEC §3, in the units the core computes with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Largest gap between `B+1` while heating.
+    pub feed_interval: Duration,
+    /// Largest gap between `S+?` while idle.
+    pub poll_interval: Duration,
+    /// Most cups a brew may ask for.
+    pub max_cups: u32,
+    /// Cups selected at start.
+    pub default_cups: u32,
+    /// Plate temperature that ends preheating.
+    pub preheat_c: f64,
+    /// Longest preheat before the brew is aborted.
+    pub preheat_timeout: Duration,
+    /// Brewing time per cup after preheating.
+    pub seconds_per_cup: f64,
+    /// Keep warm when a brew ends.
+    pub keep_warm_after_brew: bool,
+    /// Keep-warm thermostat set point (heater off at or above).
+    pub keep_warm_target_c: f64,
+    /// Heater on below `keep_warm_target_c - keep_warm_hysteresis_c`.
+    pub keep_warm_hysteresis_c: f64,
+    /// Keep warm ends after this long.
+    pub keep_warm_max: Duration,
+    /// Longest continuous heater run.
+    pub max_heater_on: Duration,
+    /// No valid reply for this long trips `stale_telemetry`.
+    pub stale_after: Duration,
+    /// Plate temperature that trips `overtemp`.
+    pub max_plate_c: f64,
+    /// Rise rate above 90 °C that trips `dry_boil`.
+    pub max_rise_c_per_s: f64,
+    /// Whether the reservoir is checked.
+    pub water_enabled: bool,
+    /// Distance at which the reservoir is empty.
+    pub empty_distance_in: f64,
+    /// Distance at which the reservoir is full.
+    pub full_distance_in: f64,
+}
+
+impl Limits {
+    /// Limits from validated settings.
+    pub fn from_settings(s: &Settings) -> Self {
+        Limits {
+            feed_interval: Duration::from_millis(s.serial.feed_interval_ms),
+            poll_interval: Duration::from_millis(s.serial.poll_interval_ms),
+            max_cups: s.brew.max_cups,
+            default_cups: s.brew.default_cups,
+            preheat_c: s.brew.preheat_c,
+            preheat_timeout: secs(s.brew.preheat_timeout_s),
+            seconds_per_cup: s.brew.seconds_per_cup,
+            keep_warm_after_brew: s.keep_warm.after_brew,
+            keep_warm_target_c: s.keep_warm.target_c,
+            keep_warm_hysteresis_c: s.keep_warm.hysteresis_c,
+            keep_warm_max: secs(s.keep_warm.max_minutes * 60.0),
+            max_heater_on: secs(s.safety.max_heater_on_s),
+            stale_after: secs(s.safety.stale_after_s),
+            max_plate_c: s.safety.max_plate_c,
+            max_rise_c_per_s: s.safety.max_rise_c_per_s,
+            water_enabled: s.water.enabled,
+            empty_distance_in: s.water.empty_distance_in,
+            full_distance_in: s.water.full_distance_in,
+        }
+    }
+
+    /// How long a brew of `cups` heats after preheating.
+    pub fn brew_duration(&self, cups: u32) -> Duration {
+        secs(self.seconds_per_cup * f64::from(cups))
+    }
+
+    /// Keep warm switches the heater on below this temperature.
+    pub fn keep_warm_on_below_c(&self) -> f64 {
+        self.keep_warm_target_c - self.keep_warm_hysteresis_c
+    }
+
+    /// Whether a water distance means an empty reservoir.
+    pub fn reservoir_empty(&self, distance_in: f64) -> bool {
+        distance_in >= self.empty_distance_in
+    }
+
+    /// Water level in percent: linear from empty (0) to full (100), clamped.
+    pub fn water_level_pct(&self, distance_in: f64) -> u8 {
+        let span = self.empty_distance_in - self.full_distance_in;
+        let pct = (self.empty_distance_in - distance_in) / span * 100.0;
+        // Clamped to 0..=100 first, so the cast cannot truncate.
+        pct.clamp(0.0, 100.0).round() as u8
+    }
+}
+
+/// Seconds (validated: finite, positive, bounded) as a `Duration`.
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
+}

@@ -1,0 +1,799 @@
+//! The core in virtual time: a rig answers every command like the controller would, and
+//! `run_for` jumps from one deadline to the next. Nothing sleeps.
+
+use super::*;
+use proptest::prelude::*;
+
+fn limits() -> Limits {
+    Limits {
+        feed_interval: Duration::from_millis(250),
+        poll_interval: Duration::from_millis(1000),
+        max_cups: 12,
+        default_cups: 4,
+        preheat_c: 54.0,
+        preheat_timeout: Duration::from_secs(300),
+        seconds_per_cup: 52.5,
+        keep_warm_after_brew: true,
+        keep_warm_target_c: 80.0,
+        keep_warm_hysteresis_c: 4.0,
+        keep_warm_max: Duration::from_secs(40 * 60),
+        max_heater_on: Duration::from_secs(900),
+        stale_after: Duration::from_secs(3),
+        max_plate_c: 110.0,
+        max_rise_c_per_s: 1.5,
+        water_enabled: true,
+        empty_distance_in: 8.0,
+        full_distance_in: 1.0,
+    }
+}
+
+/// The core plus a model of the controller that answers every command at once.
+struct Rig {
+    core: Core,
+    t0: Instant,
+    now: Instant,
+    /// Plate temperature the controller reports (may be a sentinel: `None`).
+    temp: Option<f64>,
+    water: Option<f64>,
+    /// The controller's relay.
+    relay: bool,
+    /// A welded relay: stays on whatever is commanded.
+    stuck: bool,
+    /// The controller answers nothing.
+    mute: bool,
+    /// When the plate warms by itself while the relay is on (°C per second), if at all.
+    heat_rate: f64,
+    sent: Vec<(Duration, Command)>,
+    events: Vec<(Duration, Event)>,
+}
+
+impl Rig {
+    fn new(limits: Limits) -> Rig {
+        let t0 = Instant::now();
+        let mut rig = Rig {
+            core: Core::new(limits, t0),
+            t0,
+            now: t0,
+            temp: Some(21.0),
+            water: Some(2.0),
+            relay: false,
+            stuck: false,
+            mute: false,
+            heat_rate: 0.0,
+            sent: Vec::new(),
+            events: Vec::new(),
+        };
+        rig.drain();
+        rig.core.handle_link(t0, true);
+        rig.drain();
+        rig
+    }
+
+    fn at(&self) -> Duration {
+        self.now - self.t0
+    }
+
+    /// Takes every output; answers serial commands like the controller.
+    fn drain(&mut self) {
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Event(e) => self.events.push((self.at(), e)),
+                Output::Serial(c) => {
+                    self.sent.push((self.at(), c));
+                    match c {
+                        Command::HeaterOn => self.relay = true,
+                        Command::HeaterOff => self.relay = self.stuck,
+                        Command::Status | Command::Reset => {}
+                    }
+                    if !self.mute && c.expects_reply() && self.core.link_up {
+                        let reading = Reading {
+                            water_distance_in: self.water,
+                            temperature_c: self.temp,
+                            heater_on: self.relay,
+                        };
+                        self.core.handle_reading(self.now, reading);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Advances virtual time by `d`, calling the core at every deadline on the way.
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            self.drain();
+            let next = self.core.poll_timeout().map_or(end, |t| t.min(end)).max(self.now);
+            if self.relay && self.heat_rate > 0.0 {
+                let dt = (next - self.now).as_secs_f64();
+                self.temp = self.temp.map(|t| t + self.heat_rate * dt);
+            }
+            self.now = next;
+            self.core.handle_timeout(self.now);
+            self.drain();
+            if self.now >= end {
+                break;
+            }
+        }
+    }
+
+    fn request(&mut self, r: Request) -> Result<(), Rejection> {
+        let result = self.core.handle_request(self.now, r);
+        self.drain();
+        result
+    }
+
+    fn status(&self) -> Status {
+        self.core.status(self.now)
+    }
+
+    fn event_types(&self) -> Vec<&'static str> {
+        self.events.iter().map(|(_, e)| e.event_type()).collect()
+    }
+
+    fn has_event(&self, wanted: &Event) -> bool {
+        self.events.iter().any(|(_, e)| e == wanted)
+    }
+
+    fn last_command(&self) -> Command {
+        self.sent.last().map(|(_, c)| *c).unwrap()
+    }
+
+    fn feeds_after(&self, t: Duration) -> usize {
+        self.sent
+            .iter()
+            .filter(|(at, c)| *at > t && *c == Command::HeaterOn)
+            .count()
+    }
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+
+#[test]
+fn first_output_is_heater_off_and_link_up_writes_heater_off_first() {
+    let t0 = Instant::now();
+    let mut core = Core::new(limits(), t0);
+    assert_eq!(
+        core.poll_output(),
+        Some(Output::Serial(Command::HeaterOff))
+    );
+    assert_eq!(core.poll_output(), None);
+    core.handle_link(t0, true);
+    assert_eq!(
+        core.poll_output(),
+        Some(Output::Serial(Command::HeaterOff))
+    );
+}
+
+#[test]
+fn starting_with_the_port_closed_is_not_a_trip() {
+    let rig = Rig::new(limits());
+    assert!(rig.events.is_empty(), "{:?}", rig.events);
+    assert_eq!(rig.status().last_fault, None);
+}
+
+#[test]
+fn idle_polls_at_the_poll_interval_and_never_heats() {
+    let mut rig = Rig::new(limits());
+    rig.run_for(secs(15));
+    let polls: Vec<Duration> = rig
+        .sent
+        .iter()
+        .filter(|(_, c)| *c == Command::Status)
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(polls.len(), 15);
+    for pair in polls.windows(2) {
+        assert!(pair[1] - pair[0] <= limits().poll_interval);
+    }
+    assert_eq!(rig.feeds_after(Duration::ZERO), 0);
+    assert_eq!(rig.status().mode, Mode::Off);
+}
+
+#[test]
+fn manual_heating_feeds_every_feed_interval_until_off() {
+    let mut rig = Rig::new(limits());
+    rig.run_for(secs(1));
+    rig.request(Request::Heater(true)).unwrap();
+    assert_eq!(rig.last_command(), Command::HeaterOn);
+    assert_eq!(rig.status().mode, Mode::Manual);
+    rig.run_for(secs(10));
+    let feeds: Vec<Duration> = rig
+        .sent
+        .iter()
+        .filter(|(_, c)| *c == Command::HeaterOn)
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(feeds.len(), 41);
+    assert!(feeds
+        .windows(2)
+        .all(|w| w[1] - w[0] == limits().feed_interval));
+    rig.request(Request::Heater(false)).unwrap();
+    assert_eq!(rig.last_command(), Command::HeaterOff);
+    let off_at = rig.at();
+    rig.run_for(secs(5));
+    assert_eq!(rig.feeds_after(off_at), 0);
+    assert_eq!(rig.status().mode, Mode::Off);
+}
+
+#[test]
+fn manual_heating_stops_at_max_heater_on() {
+    let mut rig = Rig::new(limits());
+    rig.request(Request::Heater(true)).unwrap();
+    let on_at = rig.at();
+    rig.run_for(secs(899));
+    assert_eq!(rig.status().mode, Mode::Manual);
+    rig.run_for(secs(2));
+    assert!(rig.has_event(&Event::HeaterAutoOff { after_s: 900.0 }));
+    assert_eq!(rig.status().mode, Mode::Off);
+    let last_feed = rig
+        .sent
+        .iter()
+        .rev()
+        .find(|(_, c)| *c == Command::HeaterOn)
+        .unwrap()
+        .0;
+    assert!(last_feed - on_at < secs(900));
+    // A limit, not a fault.
+    assert_eq!(rig.status().last_fault, None);
+    assert!(!rig.relay);
+}
+
+#[test]
+fn brew_preheats_then_brews_per_cup_then_keeps_warm() {
+    let mut rig = Rig::new(limits());
+    rig.heat_rate = 1.0;
+    rig.request(Request::BrewStart { cups: Some(2) }).unwrap();
+    assert_eq!(rig.status().mode, Mode::Preheating);
+    assert_eq!(rig.status().cups, 2);
+    assert_eq!(rig.status().brew_remaining_s, None);
+    // 21 → 54 °C at 1 °C/s: 33 s of preheat.
+    rig.run_for(secs(32));
+    assert_eq!(rig.status().mode, Mode::Preheating);
+    rig.run_for(secs(2));
+    assert_eq!(rig.status().mode, Mode::Brewing);
+    assert_eq!(rig.status().brew_remaining_s, Some(104));
+    rig.heat_rate = 0.0;
+    rig.run_for(Duration::from_millis(104_000));
+    assert_eq!(rig.status().mode, Mode::KeepWarm);
+    assert!(rig.has_event(&Event::BrewFinished {
+        cups: 2,
+        reason: "done"
+    }));
+    assert_eq!(
+        rig.event_types(),
+        ["brew_started", "brew_finished", "keep_warm_started"]
+    );
+    assert!(rig.status().keep_warm);
+}
+
+#[test]
+fn brew_without_keep_warm_ends_with_heater_off() {
+    let mut rig = Rig::new(Limits {
+        keep_warm_after_brew: false,
+        preheat_c: 20.0,
+        ..limits()
+    });
+    rig.request(Request::BrewStart { cups: None }).unwrap();
+    rig.run_for(secs(211));
+    assert_eq!(rig.status().mode, Mode::Off);
+    assert_eq!(rig.last_command(), Command::Status);
+    assert!(!rig.relay);
+    assert_eq!(rig.event_types(), ["brew_started", "brew_finished"]);
+}
+
+#[test]
+fn preheat_timeout_aborts_the_brew() {
+    let mut rig = Rig::new(limits());
+    rig.request(Request::BrewStart { cups: Some(1) }).unwrap();
+    rig.run_for(secs(301));
+    assert!(rig.has_event(&Event::BrewAborted {
+        cups: 1,
+        reason: "preheat_timeout"
+    }));
+    assert_eq!(rig.status().mode, Mode::Off);
+    assert!(!rig.relay);
+}
+
+#[test]
+fn empty_reservoir_ends_the_brew_normally() {
+    let mut rig = Rig::new(Limits {
+        keep_warm_after_brew: false,
+        ..limits()
+    });
+    rig.temp = Some(60.0);
+    rig.request(Request::BrewStart { cups: Some(12) }).unwrap();
+    rig.run_for(secs(30));
+    assert_eq!(rig.status().mode, Mode::Brewing);
+    rig.water = Some(8.5);
+    rig.run_for(secs(1));
+    assert!(rig.has_event(&Event::BrewFinished {
+        cups: 12,
+        reason: "reservoir_empty"
+    }));
+    assert!(!rig.relay);
+    assert!(rig.status().faults.contains(Fault::NoWater));
+    // Not a trip: no fault event.
+    assert!(!rig.event_types().contains(&"fault"));
+}
+
+#[test]
+fn brew_start_needs_water_but_manual_and_keep_warm_do_not() {
+    let mut rig = Rig::new(limits());
+    rig.water = Some(9.0);
+    rig.run_for(secs(1));
+    let err = rig.request(Request::BrewStart { cups: None }).unwrap_err();
+    assert!(err.reason.starts_with("no_water"), "{}", err.reason);
+    assert_eq!(rig.status().mode, Mode::Off);
+    rig.water = None;
+    rig.run_for(secs(1));
+    assert!(rig.request(Request::BrewStart { cups: None }).is_err());
+    rig.request(Request::KeepWarm(true)).unwrap();
+    rig.request(Request::Heater(true)).unwrap();
+    assert_eq!(rig.status().mode, Mode::Manual);
+}
+
+#[test]
+fn water_checks_are_off_when_water_is_disabled() {
+    let mut rig = Rig::new(Limits {
+        water_enabled: false,
+        ..limits()
+    });
+    rig.water = Some(9.0);
+    rig.run_for(secs(1));
+    rig.request(Request::BrewStart { cups: None }).unwrap();
+    assert!(!rig.status().faults.contains(Fault::NoWater));
+    assert_eq!(rig.status().water_level_pct, None);
+}
+
+#[test]
+fn cups_out_of_range_are_rejected_and_change_nothing() {
+    let mut rig = Rig::new(limits());
+    let before = rig.status();
+    let err = rig.request(Request::SelectCups(99)).unwrap_err();
+    assert_eq!(err.reason, "cups must be 1..12, got 99");
+    assert!(rig.request(Request::BrewStart { cups: Some(0) }).is_err());
+    assert_eq!(rig.status(), before);
+    rig.request(Request::SelectCups(7)).unwrap();
+    assert_eq!(rig.status().cups, 7);
+    assert_eq!(rig.status().mode, Mode::Off);
+}
+
+#[test]
+fn keep_warm_is_a_thermostat_with_hysteresis_and_a_time_limit() {
+    let mut rig = Rig::new(limits());
+    rig.temp = Some(70.0);
+    rig.run_for(secs(1));
+    rig.request(Request::KeepWarm(true)).unwrap();
+    assert!(rig.relay, "on below target − hysteresis");
+    rig.temp = Some(78.0);
+    rig.run_for(secs(1));
+    assert!(rig.relay, "stays on inside the band while heating");
+    rig.temp = Some(80.0);
+    rig.run_for(secs(1));
+    assert!(!rig.relay, "off at the target");
+    rig.temp = Some(77.0);
+    rig.run_for(secs(2));
+    assert!(!rig.relay, "stays off inside the band while cooling");
+    rig.temp = Some(75.9);
+    rig.run_for(secs(2));
+    assert!(rig.relay);
+    rig.run_for(secs(40 * 60));
+    assert!(rig.has_event(&Event::KeepWarmFinished { reason: "timeout" }));
+    assert!(!rig.relay);
+    assert_eq!(rig.status().mode, Mode::Off);
+}
+
+#[test]
+fn heater_off_replaces_a_brew() {
+    let mut rig = Rig::new(limits());
+    rig.request(Request::BrewStart { cups: None }).unwrap();
+    rig.run_for(secs(3));
+    rig.request(Request::Heater(false)).unwrap();
+    assert!(rig.has_event(&Event::BrewAborted {
+        cups: 4,
+        reason: "stopped"
+    }));
+    assert_eq!(rig.last_command(), Command::HeaterOff);
+}
+
+// ----- interlocks: each test fails if its interlock is removed ---------------------------
+
+/// Heats manually, then lets `fault` happen; checks the trip: B+0 at once, program ended,
+/// `fault` event, and a start command refused while it holds.
+fn assert_trips(rig: &mut Rig, reason: &'static str) {
+    assert!(
+        rig.has_event(&Event::Fault { reason }),
+        "{:?}",
+        rig.events
+    );
+    assert_eq!(rig.status().mode, Mode::Off);
+    assert!(!rig.relay || rig.stuck);
+    assert_eq!(rig.status().last_fault.map(|(r, _)| r), Some(reason));
+}
+
+fn heating_rig() -> Rig {
+    let mut rig = Rig::new(limits());
+    rig.temp = Some(60.0);
+    rig.run_for(secs(1));
+    rig.request(Request::Heater(true)).unwrap();
+    rig.run_for(secs(1));
+    rig
+}
+
+#[test]
+fn interlock_link_down() {
+    let mut rig = heating_rig();
+    rig.core.handle_link(rig.now, false);
+    rig.drain();
+    assert_trips(&mut rig, "link_down");
+    assert!(rig.status().faults.contains(Fault::LinkDown));
+    let err = rig.request(Request::Heater(true)).unwrap_err();
+    assert!(err.reason.starts_with("link_down"));
+    let sent = rig.sent.len();
+    rig.run_for(secs(5));
+    assert_eq!(rig.sent.len(), sent, "nothing is written while the link is down");
+}
+
+#[test]
+fn interlock_stale_telemetry() {
+    let mut rig = heating_rig();
+    rig.mute = true;
+    let muted_at = rig.at();
+    rig.run_for(secs(4));
+    assert_trips(&mut rig, "stale_telemetry");
+    let tripped_at = rig
+        .events
+        .iter()
+        .find(|(_, e)| e.event_type() == "fault")
+        .unwrap()
+        .0;
+    assert!(tripped_at - muted_at <= secs(3));
+    assert!(rig.request(Request::Heater(true)).is_err());
+    // Keeps polling so the controller can come back; recovers when it answers.
+    rig.mute = false;
+    rig.run_for(secs(2));
+    assert!(!rig.status().faults.contains(Fault::StaleTelemetry));
+    rig.request(Request::Heater(true)).unwrap();
+}
+
+#[test]
+fn interlock_sensor_error_on_every_sentinel_and_out_of_range() {
+    for bad in [None, Some(-40.0), Some(130.0)] {
+        let mut rig = heating_rig();
+        rig.temp = bad;
+        rig.run_for(secs(1));
+        assert_trips(&mut rig, "sensor_error");
+        assert_eq!(rig.status().temperature_c, None);
+        assert!(rig.request(Request::KeepWarm(true)).is_err());
+    }
+}
+
+#[test]
+fn interlock_overtemp_is_latched_until_a_new_start() {
+    let mut rig = heating_rig();
+    rig.temp = Some(110.0);
+    rig.run_for(secs(1));
+    assert_trips(&mut rig, "overtemp");
+    rig.temp = Some(100.0);
+    rig.run_for(secs(10));
+    assert!(rig.status().faults.contains(Fault::Overtemp), "latched");
+    assert!(!rig.relay);
+    // Refused while it is still too hot…
+    rig.temp = Some(115.0);
+    rig.run_for(secs(1));
+    assert!(rig.request(Request::Heater(true)).is_err());
+    // …accepted once it cooled: the start clears the latch.
+    rig.temp = Some(90.0);
+    rig.run_for(secs(1));
+    rig.request(Request::Heater(true)).unwrap();
+    assert!(!rig.status().faults.contains(Fault::Overtemp));
+    assert!(rig.relay);
+}
+
+#[test]
+fn interlock_dry_boil_fast_rise_above_90() {
+    let mut rig = heating_rig();
+    rig.temp = Some(88.0);
+    rig.heat_rate = 2.0;
+    rig.run_for(secs(8));
+    assert_trips(&mut rig, "dry_boil");
+    let t = rig.status().temperature_c.unwrap();
+    assert!(t < 110.0, "tripped by the rise, not the max ({t})");
+}
+
+#[test]
+fn slow_rise_above_90_is_not_a_dry_boil() {
+    let mut rig = heating_rig();
+    rig.temp = Some(91.0);
+    rig.heat_rate = 1.0;
+    rig.run_for(secs(15));
+    assert_eq!(rig.status().mode, Mode::Manual);
+    assert!(rig.relay);
+}
+
+#[test]
+fn interlock_heater_mismatch_stuck_relay() {
+    let mut rig = heating_rig();
+    rig.stuck = true;
+    rig.request(Request::Heater(false)).unwrap();
+    rig.run_for(secs(1));
+    assert!(rig.has_event(&Event::Fault {
+        reason: "heater_mismatch"
+    }));
+    assert!(rig.status().faults.contains(Fault::HeaterMismatch));
+    assert!(rig.request(Request::Heater(true)).is_err());
+    // Keeps telling the controller B+0, at the feed interval.
+    let n = rig.sent.len();
+    rig.run_for(secs(1));
+    assert!(rig.sent[n..].iter().all(|(_, c)| *c == Command::HeaterOff));
+    assert!(rig.sent.len() - n >= 4);
+}
+
+#[test]
+fn interlock_max_heater_on_in_a_brew() {
+    let mut rig = Rig::new(Limits {
+        max_heater_on: secs(60),
+        ..limits()
+    });
+    rig.request(Request::BrewStart { cups: Some(12) }).unwrap();
+    rig.run_for(secs(61));
+    assert!(rig.has_event(&Event::HeaterAutoOff { after_s: 60.0 }));
+    assert!(rig.has_event(&Event::BrewAborted {
+        cups: 12,
+        reason: "max_heater_on"
+    }));
+    assert!(!rig.relay);
+}
+
+#[test]
+fn controller_reboot_ends_the_program_and_never_re_enables() {
+    let mut rig = Rig::new(limits());
+    rig.request(Request::BrewStart { cups: None }).unwrap();
+    rig.run_for(secs(2));
+    rig.relay = false;
+    rig.core.handle_banner(rig.now, "MrCoffeeBot v2.0");
+    rig.drain();
+    let at = rig.at();
+    assert!(rig.has_event(&Event::ControllerRebooted { count: 1 }));
+    assert!(rig.has_event(&Event::BrewAborted {
+        cups: 4,
+        reason: "controller_rebooted"
+    }));
+    rig.run_for(secs(30));
+    assert_eq!(rig.feeds_after(at), 0);
+    assert_eq!(rig.status().controller_reboots, 1);
+    assert_eq!(rig.status().firmware.as_deref(), Some("MrCoffeeBot v2.0"));
+}
+
+#[test]
+fn heater_found_off_while_commanded_on_counts_as_a_reboot() {
+    let mut rig = heating_rig();
+    // The controller lost the relay state without a banner: replies say B+0.
+    rig.stuck = false;
+    rig.core.handle_reading(
+        rig.now,
+        Reading {
+            water_distance_in: Some(2.0),
+            temperature_c: Some(60.0),
+            heater_on: false,
+        },
+    );
+    rig.drain();
+    rig.run_for(Duration::from_millis(260));
+    rig.core.handle_reading(
+        rig.now,
+        Reading {
+            water_distance_in: Some(2.0),
+            temperature_c: Some(60.0),
+            heater_on: false,
+        },
+    );
+    rig.drain();
+    assert!(rig.has_event(&Event::ControllerRebooted { count: 1 }));
+    assert_eq!(rig.status().mode, Mode::Off);
+}
+
+#[test]
+fn feed_gap_ends_the_program_instead_of_re_enabling() {
+    let mut rig = heating_rig();
+    // The process was frozen for 3 s: the controller cut the heater on its own.
+    rig.now += secs(3);
+    rig.core.handle_timeout(rig.now);
+    rig.drain();
+    assert!(rig.has_event(&Event::Fault { reason: "feed_gap" }));
+    assert_eq!(rig.last_command(), Command::HeaterOff);
+    let at = rig.at();
+    rig.run_for(secs(5));
+    assert_eq!(rig.feeds_after(at - Duration::from_millis(1)), 0);
+}
+
+#[test]
+fn suspect_85_after_boot_is_not_trusted_but_is_later() {
+    let mut rig = Rig::new(limits());
+    rig.temp = Some(85.0);
+    rig.core.handle_banner(rig.now, "MrCoffeeBot v2.0");
+    rig.drain();
+    rig.run_for(Duration::from_millis(1));
+    // The first reading after the boot came with 85.0: unknown, not an error.
+    let first = rig.sent.iter().rposition(|(_, c)| *c == Command::HeaterOff);
+    assert!(first.is_some());
+    assert_eq!(rig.status().temperature_c, None);
+    assert!(!rig.status().faults.contains(Fault::SensorError));
+    rig.run_for(secs(1));
+    assert_eq!(rig.status().temperature_c, Some(85.0));
+}
+
+#[test]
+fn reset_writes_heater_off_then_reset() {
+    let mut rig = heating_rig();
+    rig.request(Request::ResetController).unwrap();
+    let n = rig.sent.len();
+    assert_eq!(
+        rig.sent[n - 2..].iter().map(|(_, c)| *c).collect::<Vec<_>>(),
+        [Command::HeaterOff, Command::Reset]
+    );
+    assert_eq!(rig.status().mode, Mode::Off);
+}
+
+#[test]
+fn shutdown_writes_heater_off_last() {
+    let mut rig = heating_rig();
+    rig.core.handle_shutdown(rig.now);
+    rig.drain();
+    assert_eq!(rig.last_command(), Command::HeaterOff);
+    assert!(rig.core.shutdown_confirmed());
+    assert!(rig.request(Request::Heater(true)).is_err());
+    let n = rig.sent.len();
+    rig.run_for(secs(10));
+    assert_eq!(rig.sent.len(), n, "nothing after the final B+0");
+}
+
+#[test]
+fn water_level_is_linear_and_clamped() {
+    let l = limits();
+    assert_eq!(l.water_level_pct(8.0), 0);
+    assert_eq!(l.water_level_pct(1.0), 100);
+    assert_eq!(l.water_level_pct(4.5), 50);
+    assert_eq!(l.water_level_pct(20.0), 0);
+    assert_eq!(l.water_level_pct(0.2), 100);
+}
+
+// ----- properties over random histories ------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Step {
+    Wait(u64),
+    Ask(Request),
+    Temp(Option<f64>),
+    Water(Option<f64>),
+    Mute(bool),
+    Stuck(bool),
+    Link(bool),
+    Banner,
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        any::<bool>().prop_map(Request::Heater),
+        proptest::option::of(0u32..15).prop_map(|cups| Request::BrewStart { cups }),
+        Just(Request::BrewStop),
+        (0u32..15).prop_map(Request::SelectCups),
+        any::<bool>().prop_map(Request::KeepWarm),
+        Just(Request::ResetController),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (1u64..120_000).prop_map(Step::Wait),
+        3 => request().prop_map(Step::Ask),
+        2 => proptest::option::of(-50.0f64..150.0).prop_map(Step::Temp),
+        1 => proptest::option::of(0.5f64..12.0).prop_map(Step::Water),
+        1 => any::<bool>().prop_map(Step::Mute),
+        1 => any::<bool>().prop_map(Step::Stuck),
+        1 => any::<bool>().prop_map(Step::Link),
+        1 => Just(Step::Banner),
+    ]
+}
+
+/// Replays a history and checks the safety properties on every output.
+fn check_history(limits: Limits, steps: &[Step]) -> Result<(), TestCaseError> {
+    let mut rig = Rig::new(limits.clone());
+    prop_assert_eq!(rig.sent.first().map(|(_, c)| *c), Some(Command::HeaterOff));
+    let mut on_since: Option<Duration> = None;
+    let mut last_feed: Option<Duration> = None;
+    // After a reboot, B+1 only once a start command was accepted.
+    let mut may_heat = true;
+    let mut checked = 0;
+    let mut check = |rig: &Rig, may_heat: &mut bool| -> Result<(), TestCaseError> {
+        for (at, c) in &rig.sent[checked..] {
+            match c {
+                Command::HeaterOn => {
+                    prop_assert!(*may_heat, "B+1 after a reboot without a new start");
+                    let since = *on_since.get_or_insert(*at);
+                    prop_assert!(*at - since < limits.max_heater_on);
+                    if let Some(prev) = last_feed {
+                        prop_assert!(*at - prev <= limits.feed_interval);
+                    }
+                    last_feed = Some(*at);
+                }
+                _ if *c == Command::HeaterOff || *c == Command::Reset => {
+                    on_since = None;
+                    last_feed = None;
+                }
+                _ => {}
+            }
+        }
+        if rig.sent.last().map(|(_, c)| *c) == Some(Command::HeaterOn) {
+            prop_assert!(
+                rig.status().faults.blocking().is_empty(),
+                "B+1 while an interlock holds: {:?}",
+                rig.status().faults
+            );
+        }
+        checked = rig.sent.len();
+        Ok(())
+    };
+    for s in steps {
+        match s {
+            Step::Wait(ms) => {
+                // Advance in slices so every feed is checked against the state it saw.
+                let end = rig.now + Duration::from_millis(*ms);
+                while rig.now < end {
+                    let slice = (end - rig.now).min(limits.feed_interval);
+                    rig.run_for(slice);
+                    check(&rig, &mut may_heat)?;
+                }
+            }
+            Step::Ask(r) => {
+                if rig.request(*r).is_ok() && r.starts_heating() {
+                    may_heat = true;
+                }
+            }
+            Step::Temp(t) => rig.temp = *t,
+            Step::Water(w) => rig.water = *w,
+            Step::Mute(m) => rig.mute = *m,
+            Step::Stuck(s) => rig.stuck = *s,
+            Step::Link(up) => {
+                rig.core.handle_link(rig.now, *up);
+                rig.drain();
+            }
+            Step::Banner => {
+                rig.relay = rig.stuck;
+                rig.core.handle_banner(rig.now, "MrCoffeeBot v2.0");
+                may_heat = false;
+                rig.drain();
+            }
+        }
+        check(&rig, &mut may_heat)?;
+    }
+    rig.core.handle_shutdown(rig.now);
+    rig.drain();
+    prop_assert_eq!(rig.last_command(), Command::HeaterOff);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn safety_holds_over_random_histories(steps in proptest::collection::vec(step(), 1..60)) {
+        check_history(limits(), &steps)?;
+    }
+
+    #[test]
+    fn safety_holds_with_short_limits(steps in proptest::collection::vec(step(), 1..60)) {
+        check_history(Limits {
+            max_heater_on: secs(20),
+            preheat_timeout: secs(10),
+            seconds_per_cup: 1.5,
+            keep_warm_max: secs(30),
+            stale_after: secs(1),
+            ..limits()
+        }, &steps)?;
+    }
+}
