@@ -7,6 +7,8 @@
 //! on the same line. Every sentinel of the firmware becomes "no valid reading" (`None`),
 //! never a number.
 
+use std::collections::VecDeque;
+
 /// Longest line kept, in bytes. The firmware's largest legal line is a `T+` or `W+` followed by
 /// the ~310-character decimal of `DBL_MAX`; anything longer is garbage and is skipped whole.
 pub const MAX_LINE: usize = 400;
@@ -38,6 +40,21 @@ impl Command {
     /// Whether the controller answers this command with a three-line status reply.
     pub fn expects_reply(self) -> bool {
         !matches!(self, Command::Reset)
+    }
+
+    /// The command a received line spells, with or without its `\n` or `\r\n`; `None` for any
+    /// other line. The inverse of [`Command::line`], for the simulated controller.
+    pub fn parse(line: &[u8]) -> Option<Command> {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        [
+            Command::Status,
+            Command::HeaterOn,
+            Command::HeaterOff,
+            Command::Reset,
+        ]
+        .into_iter()
+        .find(|command| command.line().strip_suffix(b"\n") == Some(line))
     }
 }
 
@@ -80,10 +97,41 @@ pub enum Rejected {
 
 /// Splits a byte stream into lines and assembles replies. Feed it with [`Decoder::push`], then
 /// call [`Decoder::next_frame`] until it returns `None` ("need more bytes", not an error).
+///
+/// Memory stays bounded whatever the input: at most [`MAX_LINE`] + 1 bytes of the current line,
+/// plus the frames decoded from the last [`Decoder::push`] until they are taken.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    // SKELETON: implemented in the protocol change.
+    /// The current line without its `\n`; while `overlong`, only its last [`TAIL`] bytes.
+    line: Vec<u8>,
+    /// The current line has grown past [`MAX_LINE`]; it is dropped at the next `\n`.
+    overlong: bool,
+    /// The reply assembled so far.
+    reply: Partial,
+    /// Frames decoded and not yet taken.
+    frames: VecDeque<Frame>,
 }
+
+/// How far a three-line reply has got.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+enum Partial {
+    /// Waiting for `W+`.
+    #[default]
+    Idle,
+    /// `W+` seen.
+    Water(Option<f64>),
+    /// `W+` and `T+` seen.
+    WaterTemp(Option<f64>, Option<f64>),
+}
+
+/// The banner's fixed start; it may follow a cut line.
+const BANNER_START: &[u8] = b"MrCoffeeBot v";
+/// The banner's fixed end.
+const BANNER_END: &[u8] = b" Booted.";
+/// Longest version text accepted between [`BANNER_START`] and [`BANNER_END`].
+const MAX_VERSION: usize = 32;
+/// Bytes kept from the end of an overlong line, so that a banner glued to its end is still seen.
+const TAIL: usize = 64;
 
 impl Decoder {
     /// A decoder with no partial line or reply.
@@ -91,14 +139,234 @@ impl Decoder {
         Self::default()
     }
 
-    /// Appends bytes as the port delivered them (any split, any size).
-    pub fn push(&mut self, _bytes: &[u8]) {}
+    /// Appends bytes as the port delivered them (any split, any size) and decodes every line
+    /// they complete. Take the frames with [`Decoder::next_frame`] after each push.
+    pub fn push(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if byte == b'\n' {
+                self.end_line();
+                continue;
+            }
+            self.line.push(byte);
+            // One byte more than MAX_LINE is allowed for the `\r` of a `\r\n`.
+            if self.line.len() > MAX_LINE + 1 {
+                self.overlong = true;
+                let cut = self.line.len() - TAIL;
+                self.line.drain(..cut);
+            }
+        }
+    }
 
     /// The next complete frame, or `None` when more bytes are needed.
     pub fn next_frame(&mut self) -> Option<Frame> {
-        None
+        self.frames.pop_front()
     }
 
-    /// Forgets any partial line and partial reply (after the port was reopened).
-    pub fn reset(&mut self) {}
+    /// Forgets any partial line, partial reply and frames not yet taken (after the port was
+    /// reopened).
+    pub fn reset(&mut self) {
+        self.line.clear();
+        self.overlong = false;
+        self.reply = Partial::Idle;
+        self.frames.clear();
+    }
+
+    /// Decodes the line in `self.line`, which just met its `\n`.
+    fn end_line(&mut self) {
+        let mut line = std::mem::take(&mut self.line);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if self.overlong || line.len() > MAX_LINE {
+            self.overlong = false;
+            self.reply = Partial::Idle;
+            self.frames.push_back(Frame::Rejected(Rejected::TooLong));
+            let tail = line.len().saturating_sub(TAIL);
+            if let Some((_, firmware)) = find_banner(&line[tail..]) {
+                self.frames.push_back(Frame::Banner { firmware });
+            }
+        } else {
+            self.decode_line(&line);
+        }
+        // Keep the allocation for the next line.
+        line.clear();
+        self.line = line;
+    }
+
+    /// Decodes one complete line of at most [`MAX_LINE`] bytes, without its line ending.
+    fn decode_line(&mut self, line: &[u8]) {
+        if let Some((prefix, firmware)) = find_banner(line) {
+            let cut = !trim(prefix).is_empty();
+            if cut || self.reply != Partial::Idle {
+                self.frames
+                    .push_back(Frame::Rejected(Rejected::OutOfSequence));
+            }
+            self.reply = Partial::Idle;
+            self.frames.push_back(Frame::Banner { firmware });
+            return;
+        }
+        let line = trim(line);
+        if line.is_empty() {
+            return;
+        }
+        let frame = match self.reply_line(line) {
+            Ok(frame) => frame,
+            Err(rejected) => {
+                self.reply = Partial::Idle;
+                Some(Frame::Rejected(rejected))
+            }
+        };
+        self.frames.extend(frame);
+    }
+
+    /// Advances the reply with one non-empty, non-banner line.
+    fn reply_line(&mut self, line: &[u8]) -> Result<Option<Frame>, Rejected> {
+        let (tag, value) = match line {
+            [tag @ (b'W' | b'T' | b'B'), b'+', value @ ..] => (*tag, value),
+            _ => return Err(Rejected::Garbage),
+        };
+        match (tag, self.reply) {
+            (b'W', previous) => {
+                let water = parse_value(value)?;
+                self.reply = Partial::Water(water);
+                // A new reply while one was partial: the old one was cut short.
+                Ok((previous != Partial::Idle).then_some(Frame::Rejected(Rejected::OutOfSequence)))
+            }
+            (b'T', Partial::Water(water)) => {
+                let temperature = parse_value(value)?;
+                self.reply = Partial::WaterTemp(water, temperature);
+                Ok(None)
+            }
+            (b'B', Partial::WaterTemp(water, temperature)) => {
+                let heater_on = parse_heater(value)?;
+                self.reply = Partial::Idle;
+                Ok(Some(Frame::Reading(Reading {
+                    water_distance_in: water,
+                    temperature_c: temperature,
+                    heater_on,
+                })))
+            }
+            (b'T', _) => parse_value(value).and(Err(Rejected::OutOfSequence)),
+            _ => parse_heater(value).and(Err(Rejected::OutOfSequence)),
+        }
+    }
+}
+
+/// Finds the boot banner anywhere in `line`: the bytes before it and the firmware name
+/// (e.g. `MrCoffeeBot v2.0`). Whatever follows ` Booted.` is ignored.
+fn find_banner(line: &[u8]) -> Option<(&[u8], String)> {
+    let start = find(line, BANNER_START)?;
+    let rest = &line[start + BANNER_START.len()..];
+    let version_len = find(rest, BANNER_END)?;
+    let version = &rest[..version_len];
+    let printable = |b: &u8| b.is_ascii_graphic();
+    if version.is_empty() || version.len() > MAX_VERSION || !version.iter().all(printable) {
+        return None;
+    }
+    let name = &line[start..start + BANNER_START.len() + version_len];
+    // Only ASCII graphic bytes and the ASCII start: always valid UTF-8.
+    let firmware = String::from_utf8_lossy(name).into_owned();
+    Some((&line[..start], firmware))
+}
+
+/// Position of the first occurrence of `needle` in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `bytes` without ASCII white space at either end.
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace());
+    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace());
+    match (start, end) {
+        (Some(start), Some(end)) => &bytes[start..=end],
+        _ => &[],
+    }
+}
+
+/// The heater state after `B+`: exactly `0` or `1`.
+fn parse_heater(value: &[u8]) -> Result<bool, Rejected> {
+    match value {
+        b"0" => Ok(false),
+        b"1" => Ok(true),
+        _ => Err(Rejected::Garbage),
+    }
+}
+
+/// A sensor value after `W+` or `T+`: `Ok(None)` for a sentinel (CRC failure `-1000.0`,
+/// `DBL_MAX` or anything beyond ±1e300, `inf`, `nan`, `ovf`), `Err` if it is not a number.
+fn parse_value(value: &[u8]) -> Result<Option<f64>, Rejected> {
+    let text = std::str::from_utf8(value).map_err(|_| Rejected::Garbage)?;
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    if unsigned.eq_ignore_ascii_case("ovf") {
+        return Ok(None);
+    }
+    // Rust's parser also takes `inf`, `infinity` and `nan` in any case, with a sign.
+    let number: f64 = text.parse().map_err(|_| Rejected::Garbage)?;
+    let sentinel = !number.is_finite() || number.abs() > 1e300 || number == CRC_ERROR;
+    Ok((!sentinel).then_some(number))
+}
+
+/// What the firmware prints for the temperature when the sensor's CRC check fails.
+const CRC_ERROR: f64 = -1000.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_all(decoder: &mut Decoder, bytes: &[u8]) -> Vec<Frame> {
+        decoder.push(bytes);
+        std::iter::from_fn(|| decoder.next_frame()).collect()
+    }
+
+    #[test]
+    fn overlong_line_keeps_only_a_bounded_tail() {
+        let mut decoder = Decoder::new();
+        decoder.push(&[b'x'; 10_000]);
+        assert!(decoder.line.len() <= MAX_LINE + 1);
+        assert!(decoder.overlong);
+        assert_eq!(
+            decode_all(&mut decoder, b"\n"),
+            [Frame::Rejected(Rejected::TooLong)]
+        );
+        assert!(decoder.line.is_empty() && !decoder.overlong);
+    }
+
+    #[test]
+    fn value_parsing() {
+        assert_eq!(parse_value(b"3.52"), Ok(Some(3.52)));
+        assert_eq!(parse_value(b"-1000.0"), Ok(None));
+        assert_eq!(parse_value(b"-1000"), Ok(None));
+        assert_eq!(parse_value(b"1e301"), Ok(None));
+        assert_eq!(parse_value(b"-1e301"), Ok(None));
+        assert_eq!(parse_value(b"1e300"), Ok(Some(1e300)));
+        for sentinel in [
+            "inf", "-inf", "INF", "Infinity", "nan", "NaN", "-nan", "ovf", "OVF",
+        ] {
+            assert_eq!(parse_value(sentinel.as_bytes()), Ok(None), "{sentinel}");
+        }
+        for garbage in ["", "abc", "1.2.3", " 5", "0x10", "ovfl", "--1", "\u{ff}"] {
+            assert_eq!(
+                parse_value(garbage.as_bytes()),
+                Err(Rejected::Garbage),
+                "{garbage:?}"
+            );
+        }
+        assert_eq!(parse_value(&[0xff, b'1']), Err(Rejected::Garbage));
+    }
+
+    proptest! {
+        #[test]
+        fn memory_stays_bounded(chunks in prop::collection::vec(
+            prop::collection::vec(any::<u8>(), 0..600), 0..20)) {
+            let mut decoder = Decoder::new();
+            for chunk in &chunks {
+                decoder.push(chunk);
+                prop_assert!(decoder.line.len() <= MAX_LINE + 1);
+                while decoder.next_frame().is_some() {}
+            }
+            prop_assert!(decoder.line.capacity() <= 2 * (MAX_LINE + 2));
+        }
+    }
 }

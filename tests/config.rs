@@ -1,0 +1,546 @@
+//! Loading, validation and redaction of the settings (SPEC §7).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use coffeebot::config::{
+    limit, load_with, ConfigError, Discovery, Settings, DEFAULTS, EX_CONFIG, LIMITS, REDACTED,
+};
+
+/// A file with `contents` in a directory of its own for this test.
+fn file(test: &str, name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("coffeebot-config-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
+fn load_env(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    load_with(None, &env(vars))
+}
+
+/// The error of a configuration that must be refused.
+fn refused(vars: &[(&str, &str)]) -> ConfigError {
+    match load_env(vars) {
+        Ok(_) => panic!("accepted {vars:?}"),
+        Err(error) => error,
+    }
+}
+
+#[test]
+fn defaults_load_and_validate() {
+    let settings = load_with(None, &[]).unwrap();
+    assert_eq!(settings.validate().map_err(|e| e.len()), Ok(()));
+    assert_eq!(settings, Settings::default());
+    assert_eq!(settings.device.id, "coffeepot");
+    assert_eq!(settings.device.name, "Coffee Pot");
+    assert_eq!(settings.serial.feed_interval_ms, 250);
+    assert_eq!(settings.serial.poll_interval_ms, 1000);
+    assert_eq!(settings.mqtt.base_topic, "coffeebot");
+    assert_eq!(settings.mqtt.state_interval_s, 30.0);
+    assert_eq!(settings.homeassistant.discovery, Discovery::Components);
+    assert_eq!(settings.brew.max_cups, 12);
+    assert_eq!(settings.brew.seconds_per_cup, 52.5);
+    assert_eq!(settings.brew.preheat_c, 54.0);
+    assert_eq!(settings.keep_warm.max_minutes, 40.0);
+    assert_eq!(settings.safety.max_heater_on_s, 900.0);
+    assert_eq!(settings.safety.stale_after_s, 3.0);
+    assert_eq!(settings.safety.max_plate_c, 110.0);
+    assert_eq!(settings.safety.max_rise_c_per_s, 1.5);
+    assert_eq!(settings.mqtt.temperature_deadband_c, 0.3);
+    assert_eq!(settings.mqtt.water_deadband_in, 0.05);
+    assert_eq!(settings.http.listen, "127.0.0.1:8080");
+    assert_eq!(settings.mqtt_password().unwrap(), None);
+    assert_eq!(EX_CONFIG, 78);
+}
+
+#[test]
+fn derived_durations() {
+    let settings = Settings::default();
+    assert_eq!(settings.serial.feed_interval(), Duration::from_millis(250));
+    assert_eq!(settings.serial.poll_interval(), Duration::from_secs(1));
+    assert_eq!(settings.mqtt.state_interval(), Duration::from_secs(30));
+    assert_eq!(settings.mqtt.keep_alive(), Duration::from_secs(30));
+    assert_eq!(settings.brew.preheat_timeout(), Duration::from_secs(300));
+    assert_eq!(settings.brew.brew_time(4), Duration::from_secs(210));
+    assert_eq!(settings.keep_warm.max_duration(), Duration::from_secs(2400));
+    assert_eq!(settings.safety.max_heater_on(), Duration::from_secs(900));
+    assert_eq!(settings.safety.stale_after(), Duration::from_secs(3));
+    assert_eq!(
+        settings.http.listen_addr(),
+        Some("127.0.0.1:8080".parse().unwrap())
+    );
+    assert!(!settings.mqtt.tls.enabled());
+}
+
+#[test]
+fn every_key_of_the_defaults_is_set_in_default_toml() {
+    // Without the defaults layer: a key missing from default.toml fails here.
+    let settings: Settings = config::Config::builder()
+        .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+        .build()
+        .unwrap()
+        .try_deserialize()
+        .unwrap();
+    assert_eq!(settings, Settings::default());
+}
+
+#[test]
+fn a_file_overrides_the_defaults() {
+    let path = file(
+        "file",
+        "coffeebot.toml",
+        "[device]\nid = \"kitchen\"\n\n[brew]\nmax_cups = 10\nseconds_per_cup = 2\n\n\
+         [keep_warm]\nmax_minutes = 0.5\n\n[homeassistant]\ndiscovery = \"device\"\n\n\
+         [mqtt.tls]\nca_file = \"/etc/ca.pem\"\n",
+    );
+    let settings = load_with(Some(&path), &[]).unwrap();
+    assert_eq!(settings.device.id, "kitchen");
+    assert_eq!(settings.device.name, "Coffee Pot");
+    assert_eq!(settings.brew.max_cups, 10);
+    assert_eq!(settings.brew.seconds_per_cup, 2.0);
+    assert_eq!(settings.keep_warm.max_duration(), Duration::from_secs(30));
+    assert_eq!(settings.homeassistant.discovery, Discovery::Device);
+    assert!(settings.mqtt.tls.enabled());
+}
+
+#[test]
+fn a_missing_file_is_an_error_naming_it() {
+    let path = std::env::temp_dir().join("coffeebot-config-no-such-dir/nope.toml");
+    let error = load_with(Some(&path), &[]).unwrap_err();
+    assert!(matches!(error, ConfigError::Read { .. }));
+    assert!(error.to_string().contains("nope.toml"), "{error}");
+}
+
+#[test]
+fn invalid_toml_is_one_line_naming_the_file() {
+    let path = file("invalid", "broken.toml", "[mqtt\nport = 1\n");
+    let error = load_with(Some(&path), &[]).unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, ConfigError::Parse { .. }));
+    assert!(
+        message.contains("broken.toml") && message.contains("line 1"),
+        "{message}"
+    );
+    assert_eq!(message.lines().count(), 1, "{message}");
+}
+
+#[test]
+fn the_environment_overrides_file_and_defaults() {
+    let path = file(
+        "env",
+        "coffeebot.toml",
+        "[serial]\nfeed_interval_ms = 200\npoll_interval_ms = 500\n",
+    );
+    let vars = env(&[
+        ("COFFEEBOT__SERIAL__FEED_INTERVAL_MS", "300"),
+        ("COFFEEBOT__KEEP_WARM__AFTER_BREW", "false"),
+        ("COFFEEBOT__SAFETY__STALE_AFTER_S", "2.5"),
+        ("COFFEEBOT__MQTT__PORT", "8883"),
+        ("COFFEEBOT__MQTT__TLS__CA_FILE", "/run/ca.pem"),
+        ("COFFEEBOT__HOMEASSISTANT__DISCOVERY", "off"),
+        // A password that looks like a number stays text, leading zeros and all.
+        ("COFFEEBOT__MQTT__PASSWORD", "007"),
+        // Not settings: the config file's variable, and other programs' variables.
+        ("COFFEEBOT_CONFIG", "/etc/coffeebot/other.toml"),
+        ("COFFEEBOTX__SERIAL__BAUD", "0"),
+        ("PATH", "/usr/bin"),
+    ]);
+    let settings = load_with(Some(&path), &vars).unwrap();
+    assert_eq!(settings.serial.feed_interval_ms, 300);
+    assert_eq!(settings.serial.poll_interval_ms, 500);
+    assert!(!settings.keep_warm.after_brew);
+    assert_eq!(settings.safety.stale_after_s, 2.5);
+    assert_eq!(settings.mqtt.port, 8883);
+    assert_eq!(settings.mqtt.tls.ca_file, "/run/ca.pem");
+    assert_eq!(settings.homeassistant.discovery, Discovery::Off);
+    assert_eq!(settings.mqtt_password().unwrap().as_deref(), Some("007"));
+    assert_eq!(settings.serial.baud, 115200);
+}
+
+#[test]
+fn unknown_keys_are_named_with_where_they_came_from() {
+    let path = file(
+        "unknown",
+        "coffeebot.toml",
+        "[mqtt]\npasword = \"x\"\n\n[mqtt.tls]\ncafile = \"x\"\n\n[kitchen]\nsink = 1\n",
+    );
+    let error = load_with(
+        Some(&path),
+        &env(&[("COFFEEBOT__SERIAL__FEED_INTERVAL", "300")]),
+    )
+    .unwrap_err();
+    let problems = error.problems();
+    let keys: Vec<_> = problems.iter().map(|p| p.key().unwrap()).collect();
+    assert_eq!(
+        keys,
+        [
+            "kitchen",
+            "mqtt.pasword",
+            "mqtt.tls.cafile",
+            "serial.feed_interval"
+        ]
+    );
+    assert!(problems
+        .iter()
+        .all(|p| matches!(p, ConfigError::UnknownKey { .. })));
+    let message = error.to_string();
+    let lines: Vec<&str> = message.lines().collect();
+    assert_eq!(lines.len(), 4, "{message}");
+    assert!(
+        lines[1].starts_with("unknown key mqtt.pasword (in "),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[1].contains("coffeebot.toml"), "{}", lines[1]);
+    assert!(
+        lines[1].contains("password"),
+        "lists the keys: {}",
+        lines[1]
+    );
+    assert!(lines[0].contains("the sections are"), "{}", lines[0]);
+    assert!(
+        lines[3].starts_with(
+            "unknown key serial.feed_interval (from COFFEEBOT__SERIAL__FEED_INTERVAL)"
+        ),
+        "{}",
+        lines[3]
+    );
+}
+
+#[test]
+fn wrong_types_name_the_key_and_what_is_allowed() {
+    for (name, value, key) in [
+        ("COFFEEBOT__SERIAL__BAUD", "fast", "serial.baud"),
+        (
+            "COFFEEBOT__SERIAL__FEED_INTERVAL_MS",
+            "-5",
+            "serial.feed_interval_ms",
+        ),
+        (
+            "COFFEEBOT__KEEP_WARM__AFTER_BREW",
+            "maybe",
+            "keep_warm.after_brew",
+        ),
+        ("COFFEEBOT__MQTT__PORT", "70000", "mqtt.port"),
+        (
+            "COFFEEBOT__HOMEASSISTANT__DISCOVERY",
+            "sometimes",
+            "homeassistant.discovery",
+        ),
+    ] {
+        let error = refused(&[(name, value)]);
+        let message = error.to_string();
+        assert_eq!(error.key(), Some(key), "{message}");
+        assert!(message.starts_with(key), "{message}");
+        assert_eq!(message.lines().count(), 1, "{message}");
+    }
+    let error = refused(&[("COFFEEBOT__HOMEASSISTANT__DISCOVERY", "sometimes")]);
+    assert!(
+        error
+            .to_string()
+            .contains("allowed components, device or off"),
+        "{error}"
+    );
+}
+
+#[test]
+fn out_of_range_values_name_the_key_and_the_allowed_range() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("DEVICE__ID", "", "device.id"),
+        ("DEVICE__ID", "a/b", "device.id"),
+        ("DEVICE__ID", "coffee+pot", "device.id"),
+        ("DEVICE__NAME", " ", "device.name"),
+        ("SERIAL__PORT", "", "serial.port"),
+        ("SERIAL__BAUD", "0", "serial.baud"),
+        (
+            "SERIAL__FEED_INTERVAL_MS",
+            "1000",
+            "serial.feed_interval_ms",
+        ),
+        ("SERIAL__FEED_INTERVAL_MS", "49", "serial.feed_interval_ms"),
+        (
+            "SERIAL__POLL_INTERVAL_MS",
+            "5000",
+            "serial.poll_interval_ms",
+        ),
+        ("SERIAL__POLL_INTERVAL_MS", "99", "serial.poll_interval_ms"),
+        (
+            "SERIAL__POLL_INTERVAL_MS",
+            "3000",
+            "serial.poll_interval_ms",
+        ),
+        ("MQTT__HOST", "", "mqtt.host"),
+        ("MQTT__PORT", "0", "mqtt.port"),
+        ("MQTT__CLIENT_ID", "", "mqtt.client_id"),
+        ("MQTT__BASE_TOPIC", "", "mqtt.base_topic"),
+        ("MQTT__BASE_TOPIC", "coffee/#", "mqtt.base_topic"),
+        ("MQTT__BASE_TOPIC", "coffee/", "mqtt.base_topic"),
+        ("MQTT__STATE_INTERVAL_S", "0.5", "mqtt.state_interval_s"),
+        (
+            "MQTT__TEMPERATURE_DEADBAND_C",
+            "-0.1",
+            "mqtt.temperature_deadband_c",
+        ),
+        ("MQTT__WATER_DEADBAND_IN", "NaN", "mqtt.water_deadband_in"),
+        ("MQTT__KEEP_ALIVE_S", "4", "mqtt.keep_alive_s"),
+        ("MQTT__TLS__CLIENT_KEY", "/k.pem", "mqtt.tls.client_cert"),
+        (
+            "HOMEASSISTANT__DISCOVERY_PREFIX",
+            "",
+            "homeassistant.discovery_prefix",
+        ),
+        (
+            "HOMEASSISTANT__DISCOVERY_PREFIX",
+            "home+assistant",
+            "homeassistant.discovery_prefix",
+        ),
+        ("BREW__MAX_CUPS", "0", "brew.max_cups"),
+        ("BREW__MAX_CUPS", "25", "brew.max_cups"),
+        ("BREW__DEFAULT_CUPS", "0", "brew.default_cups"),
+        ("BREW__DEFAULT_CUPS", "13", "brew.default_cups"),
+        ("BREW__PREHEAT_C", "19.9", "brew.preheat_c"),
+        ("BREW__PREHEAT_C", "101", "brew.preheat_c"),
+        ("BREW__PREHEAT_TIMEOUT_S", "0.9", "brew.preheat_timeout_s"),
+        ("BREW__SECONDS_PER_CUP", "0", "brew.seconds_per_cup"),
+        ("BREW__SECONDS_PER_CUP", "601", "brew.seconds_per_cup"),
+        ("KEEP_WARM__TARGET_C", "39", "keep_warm.target_c"),
+        ("KEEP_WARM__TARGET_C", "96", "keep_warm.target_c"),
+        ("KEEP_WARM__HYSTERESIS_C", "0.4", "keep_warm.hysteresis_c"),
+        ("KEEP_WARM__HYSTERESIS_C", "20.5", "keep_warm.hysteresis_c"),
+        ("KEEP_WARM__MAX_MINUTES", "0.01", "keep_warm.max_minutes"),
+        ("KEEP_WARM__MAX_MINUTES", "241", "keep_warm.max_minutes"),
+        ("SAFETY__MAX_HEATER_ON_S", "0.5", "safety.max_heater_on_s"),
+        ("SAFETY__MAX_HEATER_ON_S", "3601", "safety.max_heater_on_s"),
+        ("SAFETY__STALE_AFTER_S", "5", "safety.stale_after_s"),
+        ("SAFETY__STALE_AFTER_S", "0.5", "safety.stale_after_s"),
+        ("SAFETY__MAX_PLATE_C", "126", "safety.max_plate_c"),
+        ("SAFETY__MAX_PLATE_C", "inf", "safety.max_plate_c"),
+        ("SAFETY__MAX_RISE_C_PER_S", "0", "safety.max_rise_c_per_s"),
+        ("SAFETY__MAX_RISE_C_PER_S", "21", "safety.max_rise_c_per_s"),
+        ("WATER__FULL_DISTANCE_IN", "0", "water.full_distance_in"),
+        ("WATER__EMPTY_DISTANCE_IN", "1", "water.empty_distance_in"),
+        ("WATER__EMPTY_DISTANCE_IN", "161", "water.empty_distance_in"),
+        ("HTTP__LISTEN", "localhost", "http.listen"),
+    ];
+    for (name, value, key) in cases {
+        let name = format!("COFFEEBOT__{name}");
+        let error = refused(&[(&name, value)]);
+        let message = error.to_string();
+        assert_eq!(error.key(), Some(*key), "{name}={value}: {message}");
+        assert!(
+            message.starts_with(&format!("{key} = ")),
+            "{name}={value}: {message}"
+        );
+        assert!(message.contains("allowed "), "{message}");
+        assert_eq!(message.lines().count(), 1, "{message}");
+        assert!(limit(key).is_some(), "{key} has no row in LIMITS");
+    }
+}
+
+#[test]
+fn the_feed_interval_message() {
+    let error = refused(&[("COFFEEBOT__SERIAL__FEED_INTERVAL_MS", "1000")]);
+    assert_eq!(
+        error.to_string(),
+        "serial.feed_interval_ms = 1000 is out of range: allowed 50..=999 (the controller cuts \
+         the heater after 1000 ms without B+1; faster crowds its 16-byte input)"
+    );
+}
+
+#[test]
+fn relations_between_keys() {
+    // The overtemp limit bounds the thermostat and preheat set points.
+    let error = refused(&[("COFFEEBOT__SAFETY__MAX_PLATE_C", "50")]);
+    let keys: Vec<_> = error.problems().iter().map(|p| p.key().unwrap()).collect();
+    assert_eq!(keys, ["brew.preheat_c", "keep_warm.target_c"]);
+    // A client certificate needs its key and a CA.
+    let error = refused(&[("COFFEEBOT__MQTT__TLS__CLIENT_CERT", "/c.pem")]);
+    let keys: Vec<_> = error.problems().iter().map(|p| p.key().unwrap()).collect();
+    assert_eq!(keys, ["mqtt.tls.client_key", "mqtt.tls.ca_file"]);
+    let ok = load_env(&[
+        ("COFFEEBOT__MQTT__TLS__CA_FILE", "/ca.pem"),
+        ("COFFEEBOT__MQTT__TLS__CLIENT_CERT", "/c.pem"),
+        ("COFFEEBOT__MQTT__TLS__CLIENT_KEY", "/k.pem"),
+    ]);
+    assert!(ok.is_ok());
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let error = refused(&[
+        ("COFFEEBOT__SERIAL__FEED_INTERVAL_MS", "1000"),
+        ("COFFEEBOT__BREW__MAX_CUPS", "99"),
+        ("COFFEEBOT__DEVICE__ID", "a b"),
+    ]);
+    assert!(matches!(error, ConfigError::Several(_)));
+    let message = error.to_string();
+    assert_eq!(message.lines().count(), 3, "{message}");
+    let keys: Vec<_> = error.problems().iter().map(|p| p.key().unwrap()).collect();
+    assert_eq!(
+        keys,
+        ["serial.feed_interval_ms", "brew.max_cups", "device.id"]
+    );
+    assert_eq!(error.key(), Some("serial.feed_interval_ms"));
+}
+
+#[test]
+fn short_durations_for_tests_are_accepted() {
+    let settings = load_env(&[
+        ("COFFEEBOT__SERIAL__FEED_INTERVAL_MS", "50"),
+        ("COFFEEBOT__SERIAL__POLL_INTERVAL_MS", "100"),
+        ("COFFEEBOT__MQTT__STATE_INTERVAL_S", "1"),
+        ("COFFEEBOT__BREW__PREHEAT_TIMEOUT_S", "1"),
+        ("COFFEEBOT__BREW__SECONDS_PER_CUP", "0.5"),
+        ("COFFEEBOT__KEEP_WARM__MAX_MINUTES", "0.0167"),
+        ("COFFEEBOT__SAFETY__MAX_HEATER_ON_S", "1"),
+        ("COFFEEBOT__SAFETY__STALE_AFTER_S", "1"),
+    ])
+    .unwrap();
+    assert_eq!(settings.brew.brew_time(2), Duration::from_secs(1));
+    assert_eq!(settings.safety.stale_after(), Duration::from_secs(1));
+    let settings = load_env(&[
+        ("COFFEEBOT__SERIAL__FEED_INTERVAL_MS", "999"),
+        ("COFFEEBOT__SERIAL__POLL_INTERVAL_MS", "4499"),
+        ("COFFEEBOT__SAFETY__STALE_AFTER_S", "4.5"),
+        ("COFFEEBOT__BREW__MAX_CUPS", "24"),
+        ("COFFEEBOT__BREW__DEFAULT_CUPS", "24"),
+        ("COFFEEBOT__SAFETY__MAX_PLATE_C", "125"),
+    ]);
+    assert!(settings.is_ok(), "{:?}", settings.err());
+}
+
+#[test]
+fn every_limit_names_a_real_key() {
+    let tree = serde_json::to_value(Settings::default()).unwrap();
+    for limit in LIMITS {
+        let found = limit
+            .key
+            .split('.')
+            .try_fold(&tree, |node, name| node.get(name));
+        assert!(found.is_some(), "{} is not a key", limit.key);
+        assert!(!limit.allowed.is_empty() && !limit.reason.is_empty());
+    }
+}
+
+#[test]
+fn the_password_comes_from_a_file_without_its_trailing_newline() {
+    for (contents, expected) in [
+        ("s3cret\n", "s3cret"),
+        ("s3cret\r\n", "s3cret"),
+        ("s3cret", "s3cret"),
+        ("s3cret\n\n", "s3cret\n"),
+        (" spaced \n", " spaced "),
+    ] {
+        let path = file("password", "password", contents);
+        let vars = env(&[("COFFEEBOT__MQTT__PASSWORD_FILE", path.to_str().unwrap())]);
+        let settings = load_with(None, &vars).unwrap();
+        assert_eq!(settings.mqtt.password, "");
+        assert_eq!(settings.mqtt_password().unwrap().as_deref(), Some(expected));
+    }
+}
+
+#[test]
+fn the_password_setting_wins_over_the_file() {
+    let path = file("password-wins", "password", "from-file\n");
+    let vars = env(&[
+        ("COFFEEBOT__MQTT__PASSWORD_FILE", path.to_str().unwrap()),
+        ("COFFEEBOT__MQTT__PASSWORD", "from-env"),
+    ]);
+    let settings = load_with(None, &vars).unwrap();
+    assert_eq!(
+        settings.mqtt_password().unwrap().as_deref(),
+        Some("from-env")
+    );
+}
+
+#[test]
+fn a_missing_or_empty_password_file_stops_start_up() {
+    let missing = std::env::temp_dir().join("coffeebot-config-no-such-dir/password");
+    let error = refused(&[("COFFEEBOT__MQTT__PASSWORD_FILE", missing.to_str().unwrap())]);
+    assert_eq!(error.key(), Some("mqtt.password_file"));
+    assert!(error
+        .to_string()
+        .contains("coffeebot-config-no-such-dir/password"));
+    let empty = file("password-empty", "password", "\n");
+    let error = refused(&[("COFFEEBOT__MQTT__PASSWORD_FILE", empty.to_str().unwrap())]);
+    assert!(error.to_string().contains("empty"), "{error}");
+}
+
+#[test]
+fn the_password_is_never_printed() {
+    let secret = "hunter2-very-secret";
+    let path = file(
+        "redaction",
+        "coffeebot.toml",
+        &format!("[mqtt]\npassword = \"{secret}\"\n"),
+    );
+    let settings = load_with(Some(&path), &[]).unwrap();
+    assert_eq!(settings.mqtt_password().unwrap().as_deref(), Some(secret));
+    assert!(!format!("{settings:?}").contains(secret));
+    assert!(!format!("{settings:#?}").contains(secret));
+    assert!(format!("{settings:?}").contains(REDACTED));
+    assert!(!format!("{:?}", settings.mqtt).contains(secret));
+    assert!(!serde_json::to_string(&settings).unwrap().contains(secret));
+    assert!(!settings.to_toml_string().contains(secret));
+    let redacted = settings.redacted();
+    assert_eq!(redacted.mqtt.password, REDACTED);
+    assert!(!format!("{redacted:?}").contains(secret));
+    // Anything else is kept.
+    assert_eq!(
+        Settings {
+            mqtt: coffeebot::config::Mqtt {
+                password: settings.mqtt.password.clone(),
+                ..redacted.mqtt.clone()
+            },
+            ..redacted
+        },
+        settings
+    );
+    // No password: nothing to redact.
+    assert_eq!(Settings::default().redacted().mqtt.password, "");
+    // A bad value next to the password does not echo it.
+    let error = load_with(
+        Some(&path),
+        &env(&[
+            ("COFFEEBOT__SERIAL__BAUD", "0"),
+            ("COFFEEBOT__MQTT__X", "1"),
+        ]),
+    )
+    .unwrap_err();
+    assert!(!error.to_string().contains(secret));
+}
+
+#[test]
+fn the_toml_printout_reads_back_as_the_same_settings() {
+    let path = file(
+        "toml",
+        "coffeebot.toml",
+        "[device]\nname = \"Büro \\\"Kaffee\\\" \\\\ 2\"\n[brew]\nseconds_per_cup = 30\n\
+         [keep_warm]\nmax_minutes = 0.5\n[http]\nlisten = \"\"\n",
+    );
+    let settings = load_with(Some(&path), &[]).unwrap();
+    assert_eq!(settings.device.name, "Büro \"Kaffee\" \\ 2");
+    let text = settings.to_toml_string();
+    assert!(text.starts_with("[device]\n"), "{text}");
+    assert!(text.contains("\n[mqtt.tls]\n"), "{text}");
+    // Read back without the defaults layer, so a key missing from the printout fails.
+    let back: Settings = config::Config::builder()
+        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+        .build()
+        .unwrap()
+        .try_deserialize()
+        .unwrap();
+    assert_eq!(back, settings);
+    assert_eq!(
+        Settings::default().to_toml_string(),
+        load_with(None, &[]).unwrap().to_toml_string()
+    );
+}
