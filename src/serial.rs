@@ -1,1 +1,190 @@
-//! The task that owns the serial port. SKELETON.
+//! The task that owns the controller's serial port.
+//!
+//! It opens the port (reopening with capped backoff when it disappears: a USB unplug, or the
+//! path coming back as a new device), frames what it reads with the pure
+//! [`Decoder`](crate::protocol::Decoder), and writes the commands the core decides — one line
+//! at a time, each followed by a wait for its reply or a short timeout, because the
+//! controller's UART holds 16 bytes and loses what arrives while it reads its sensors. It
+//! decides nothing: link up/down and every frame go to the core.
+
+use crate::protocol::{Command, Decoder, Frame};
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::{sleep, sleep_until, Instant};
+use tokio_serial::SerialPortBuilderExt;
+use tracing::{debug, info, warn};
+
+/// How long to wait for the three-line reply before the next command may be written.
+/// The controller answers within one 20 ms sensor cycle plus 30 bytes at 115200 baud.
+pub const REPLY_TIMEOUT: Duration = Duration::from_millis(150);
+/// First and largest delay between attempts to open the port.
+pub const REOPEN_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_millis(2000));
+
+/// What the link tells the core.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LinkEvent {
+    /// The port is open; nothing has been written on it yet.
+    Up,
+    /// The port is gone or could not be opened.
+    Down {
+        /// Why, for the log.
+        reason: String,
+    },
+    /// A complete frame from the controller.
+    Frame(Frame),
+}
+
+/// Where the port is and how to talk to it.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    /// Device path (a symlink is followed at every open).
+    pub path: PathBuf,
+    /// Line speed.
+    pub baud: u32,
+}
+
+/// Runs the link until the command channel closes (the daemon drops its sender after the
+/// final `B+0`), so every queued command, the last one included, is written first.
+///
+/// `commands`: the daemon holds the sender; closing it ends this task.
+/// `events`: the daemon holds the receiver; if it is gone, this task ends.
+pub async fn run(
+    config: LinkConfig,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<LinkEvent>,
+) {
+    let mut backoff = REOPEN_BACKOFF.0;
+    let mut last_error: Option<String> = None;
+    loop {
+        let port = match open(&config) {
+            Ok(port) => port,
+            Err(e) => {
+                let reason = format!("cannot open {}: {e}", config.path.display());
+                if last_error.as_deref() != Some(reason.as_str()) {
+                    warn!("{reason}; retrying");
+                    last_error = Some(reason.clone());
+                }
+                if events.send(LinkEvent::Down { reason }).await.is_err() {
+                    return;
+                }
+                // Commands meant for a port that is not there are dropped, not replayed later.
+                let deadline = Instant::now() + backoff;
+                loop {
+                    tokio::select! {
+                        cmd = commands.recv() => if cmd.is_none() { return },
+                        () = sleep_until(deadline) => break,
+                    }
+                }
+                backoff = (backoff * 2).min(REOPEN_BACKOFF.1);
+                continue;
+            }
+        };
+        info!(port = %config.path.display(), "controller port open");
+        last_error = None;
+        backoff = REOPEN_BACKOFF.0;
+        while commands.try_recv().is_ok() {}
+        if events.send(LinkEvent::Up).await.is_err() {
+            return;
+        }
+        match session(port, &mut commands, &events).await {
+            Ended::CommandsClosed | Ended::EventsClosed => return,
+            Ended::PortLost(e) => {
+                let reason = format!("lost {}: {e}", config.path.display());
+                warn!("{reason}");
+                metrics::counter!("coffeebot_serial_link_lost_total").increment(1);
+                if events.send(LinkEvent::Down { reason }).await.is_err() {
+                    return;
+                }
+                sleep(backoff).await;
+            }
+        }
+    }
+}
+
+fn open(config: &LinkConfig) -> io::Result<tokio_serial::SerialStream> {
+    let port = tokio_serial::new(config.path.to_string_lossy(), config.baud)
+        .data_bits(tokio_serial::DataBits::Eight)
+        .parity(tokio_serial::Parity::None)
+        .stop_bits(tokio_serial::StopBits::One)
+        .flow_control(tokio_serial::FlowControl::None)
+        .open_native_async()?;
+    Ok(port)
+}
+
+enum Ended {
+    CommandsClosed,
+    EventsClosed,
+    PortLost(io::Error),
+}
+
+async fn session(
+    mut port: tokio_serial::SerialStream,
+    commands: &mut mpsc::Receiver<Command>,
+    events: &mpsc::Sender<LinkEvent>,
+) -> Ended {
+    let mut decoder = Decoder::new();
+    let mut buf = [0u8; 256];
+    // While a reply is awaited, no further command is written (one line at a time).
+    let mut awaiting: Option<Instant> = None;
+    let mut closing = false;
+    loop {
+        if closing && awaiting.is_none() {
+            return Ended::CommandsClosed;
+        }
+        tokio::select! {
+            biased;
+            read = port.read(&mut buf) => {
+                let n = match read {
+                    Ok(0) => return Ended::PortLost(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => n,
+                    Err(e) => return Ended::PortLost(e),
+                };
+                decoder.push(&buf[..n]);
+                while let Some(frame) = decoder.next_frame() {
+                    match &frame {
+                        Frame::Reading(_) | Frame::Banner { .. } => {
+                            awaiting = None;
+                            metrics::counter!("coffeebot_serial_replies_total").increment(1);
+                        }
+                        Frame::Rejected(why) => {
+                            debug!(?why, "skipped a controller line");
+                            metrics::counter!("coffeebot_serial_lines_rejected_total").increment(1);
+                            continue;
+                        }
+                    }
+                    if events.send(LinkEvent::Frame(frame)).await.is_err() {
+                        return Ended::EventsClosed;
+                    }
+                }
+            }
+            () = async { sleep_until(awaiting.unwrap_or_else(Instant::now)).await }, if awaiting.is_some() => {
+                metrics::counter!("coffeebot_serial_reply_timeouts_total").increment(1);
+                awaiting = None;
+            }
+            cmd = commands.recv(), if awaiting.is_none() && !closing => {
+                let Some(cmd) = cmd else {
+                    closing = true;
+                    continue;
+                };
+                if let Err(e) = write_line(&mut port, cmd).await {
+                    return Ended::PortLost(e);
+                }
+                if cmd.expects_reply() {
+                    awaiting = Some(Instant::now() + REPLY_TIMEOUT);
+                }
+            }
+        }
+    }
+}
+
+async fn write_line(port: &mut tokio_serial::SerialStream, cmd: Command) -> io::Result<()> {
+    port.write_all(cmd.line()).await?;
+    port.flush().await?;
+    metrics::counter!("coffeebot_serial_lines_sent_total").increment(1);
+    debug!(?cmd, "wrote");
+    Ok(())
+}

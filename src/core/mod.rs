@@ -124,6 +124,8 @@ pub struct Core {
 
     controller_reboots: u64,
     firmware: Option<String>,
+    /// The latest `now` seen: deadlines at or before it have been dealt with.
+    now: Instant,
 }
 
 impl Core {
@@ -156,6 +158,7 @@ impl Core {
             last_fault: None,
             controller_reboots: 0,
             firmware: None,
+            now,
         };
         core.send(now, Command::HeaterOff);
         core.step(now);
@@ -280,7 +283,12 @@ impl Core {
             return None;
         }
         let mut next: Option<Instant> = None;
-        let mut at = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        let handled = self.now;
+        let mut at = |t: Instant| {
+            if t > handled {
+                next = Some(next.map_or(t, |n: Instant| n.min(t)));
+            }
+        };
         if self.link_up {
             let interval = if self.relay_on || self.relay_stuck() {
                 self.limits.feed_interval
@@ -525,6 +533,7 @@ impl Core {
     /// Everything that depends on time and state: program phases, limits, interlocks, and
     /// the serial command that is due. Called after every input.
     fn step(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         if self.shutting_down {
             return;
         }
