@@ -281,8 +281,9 @@ impl Broker {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+        // The shell's builtin `kill`: std can only send SIGKILL, and /bin/kill may be missing.
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", child.id())])
             .status();
         let deadline = Instant::now() + WAIT;
         while child.try_wait().expect("poll mosquitto").is_none() {
