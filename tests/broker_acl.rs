@@ -1,0 +1,440 @@
+//! The broker's promise, proven against a real mosquitto running the shipped `mosquitto/`
+//! configuration: heater commands only from the LAN, status for anyone, and nobody but the
+//! bridge speaks for the bridge.
+//!
+//! The whole security model is one table ([`MATRIX`], subjects × topics) that the test
+//! [`acl_matrix_holds_for_mqtt_311_and_5`] exercises cell by cell with both protocol versions,
+//! and that `mosquitto/README.md` prints verbatim (checked by
+//! [`security_model_table_is_in_mosquitto_readme`]).
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use support::mosquitto::{
+    shipped_config, Broker, ConnectError, Listener, Login, Protocol, PubAck, TestClient, User, WAIT,
+};
+
+/// Who connects, where, and whether the broker lets them in.
+struct Subject {
+    /// Column heading in the README table.
+    label: &'static str,
+    listener: Listener,
+    login: Login,
+    /// Whether the CONNACK accepts the connection.
+    connects: bool,
+}
+
+/// The matrix's columns.
+const SUBJECTS: [Subject; 7] = [
+    Subject {
+        label: "`coffeebot` (LAN)",
+        listener: Listener::Lan,
+        login: Login::User(User::Coffeebot),
+        connects: true,
+    },
+    Subject {
+        label: "`homeassistant` (LAN)",
+        listener: Listener::Lan,
+        login: Login::User(User::HomeAssistant),
+        connects: true,
+    },
+    Subject {
+        label: "`lan` (LAN)",
+        listener: Listener::Lan,
+        login: Login::User(User::Lan),
+        connects: true,
+    },
+    Subject {
+        label: "anonymous (LAN)",
+        listener: Listener::Lan,
+        login: Login::Anonymous,
+        connects: false,
+    },
+    Subject {
+        label: "wrong password (LAN)",
+        listener: Listener::Lan,
+        login: Login::WrongPassword(User::Lan),
+        connects: false,
+    },
+    Subject {
+        label: "anonymous (public)",
+        listener: Listener::Public,
+        login: Login::Anonymous,
+        connects: true,
+    },
+    Subject {
+        label: "any username (public)",
+        listener: Listener::Public,
+        login: Login::User(User::Lan),
+        connects: true,
+    },
+];
+
+/// What a subject may do with a topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Neither publish nor receive.
+    No,
+    /// Receive (subscribe and get the messages).
+    Sub,
+    /// Publish (subscribers with read rights get it).
+    Pub,
+    /// Both.
+    PubSub,
+}
+
+use Access::{No, Pub, PubSub, Sub};
+
+impl Access {
+    fn may_pub(self) -> bool {
+        matches!(self, Pub | PubSub)
+    }
+
+    fn may_sub(self) -> bool {
+        matches!(self, Sub | PubSub)
+    }
+}
+
+/// The security model: one row per topic, one cell per [`SUBJECTS`] column. `B` =
+/// `coffeebot`, `D` = `coffeepot`, discovery prefix `homeassistant`.
+#[rustfmt::skip]
+const MATRIX: &[(&str, [Access; 7])] = &[
+    ("coffeebot/bridge/availability",      [Pub,    Sub,    Sub,    No, No, Sub, No]),
+    ("coffeebot/coffeepot/availability",   [Pub,    Sub,    Sub,    No, No, Sub, No]),
+    ("coffeebot/coffeepot/state",          [Pub,    Sub,    Sub,    No, No, Sub, No]),
+    ("coffeebot/coffeepot/event",          [Pub,    Sub,    Sub,    No, No, No,  No]),
+    ("coffeebot/coffeepot/heater/set",     [Sub,    PubSub, PubSub, No, No, No,  No]),
+    ("coffeebot/coffeepot/brew/set",       [Sub,    PubSub, PubSub, No, No, No,  No]),
+    ("coffeebot/coffeepot/cups/set",       [Sub,    PubSub, PubSub, No, No, No,  No]),
+    ("coffeebot/coffeepot/keep_warm/set",  [Sub,    PubSub, PubSub, No, No, No,  No]),
+    ("coffeebot/coffeepot/controller/set", [Sub,    PubSub, PubSub, No, No, No,  No]),
+    ("homeassistant/status",               [PubSub, PubSub, No,     No, No, No,  No]),
+    ("homeassistant/switch/coffeebot_coffeepot/heater/config",
+                                           [Pub,    PubSub, No,     No, No, No,  No]),
+];
+
+/// The matrix as the markdown table printed in `mosquitto/README.md`.
+fn security_model_markdown() -> String {
+    let mut out = String::from("| topic |");
+    for s in &SUBJECTS {
+        out.push_str(&format!(" {} |", s.label));
+    }
+    out.push_str("\n| --- |");
+    out.push_str(&" --- |".repeat(SUBJECTS.len()));
+    out.push('\n');
+    for (topic, cells) in MATRIX {
+        out.push_str(&format!("| `{topic}` |"));
+        for (subject, cell) in SUBJECTS.iter().zip(cells) {
+            let text = match (subject.connects, cell) {
+                (false, _) => "refused",
+                (true, No) => "—",
+                (true, Sub) => "sub",
+                (true, Pub) => "pub",
+                (true, PubSub) => "pub, sub",
+            };
+            out.push_str(&format!(" {text} |"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Every cell must be observable: a topic needs a publisher (to test who receives) and a
+/// reader (to test whose publishes arrive); a refused subject has no rights.
+fn assert_matrix_is_testable() {
+    for (topic, cells) in MATRIX {
+        assert!(
+            cells.iter().any(|c| c.may_pub()),
+            "{topic}: nobody may publish"
+        );
+        assert!(
+            cells.iter().any(|c| c.may_sub()),
+            "{topic}: nobody may read"
+        );
+        for (s, cell) in SUBJECTS.iter().zip(cells) {
+            assert!(
+                s.connects || *cell == No,
+                "{topic}: refused {} has rights",
+                s.label
+            );
+        }
+    }
+}
+
+#[test]
+fn security_model_table_is_in_mosquitto_readme() {
+    let table = security_model_markdown();
+    println!("{table}");
+    let readme_path = shipped_config()
+        .parent()
+        .and_then(|config| config.parent())
+        .expect("mosquitto/")
+        .join("README.md");
+    let readme = std::fs::read_to_string(&readme_path).expect("read mosquitto/README.md");
+    assert!(
+        readme.contains(&table),
+        "{} must contain the security model table exactly as tested:\n\n{table}",
+        readme_path.display()
+    );
+}
+
+/// Every subject publishes to every topic, and every subject that gets in subscribes to every
+/// topic and to `#`; then each must have received exactly the allowed publications on the
+/// topics it may read. Silence is proven by ordering, not by waiting: all publications are
+/// QoS 1 and acknowledged one after another, then a final message that the reader may read is
+/// published (or, for a reader with no rights, it makes a round trip), and the reader waits
+/// for it; anything mosquitto routed to it earlier has arrived by then.
+#[tokio::test]
+async fn acl_matrix_holds_for_mqtt_311_and_5() {
+    assert_matrix_is_testable();
+    for protocol in Protocol::ALL {
+        check_matrix(protocol).await;
+    }
+}
+
+async fn check_matrix(protocol: Protocol) {
+    let broker = Broker::start();
+
+    let mut clients: Vec<Option<TestClient>> = Vec::new();
+    for s in &SUBJECTS {
+        let result = broker.connect(protocol, s.listener, s.login).await;
+        clients.push(match (s.connects, result) {
+            (true, Ok(client)) => Some(client),
+            (false, Err(ConnectError::Refused(_))) => None,
+            (true, Err(e)) => panic!("{protocol:?} {}: must connect: {e}", s.label),
+            (false, Ok(_)) => panic!("{protocol:?} {}: must be refused", s.label),
+            (false, Err(e)) => panic!("{protocol:?} {}: must get a refusal: {e}", s.label),
+        });
+    }
+
+    // mosquitto 2.0 grants every SUBSCRIBE and filters at delivery: the SUBACK is no evidence
+    // either way, only deliveries are.
+    let mut filters: Vec<&str> = MATRIX.iter().map(|(topic, _)| *topic).collect();
+    filters.push("#");
+    for client in clients.iter_mut().flatten() {
+        client.subscribe_many(&filters).await.unwrap();
+    }
+
+    // (topic, payload, allowed) of every publication, in order.
+    let mut sent: Vec<(&str, String, bool)> = Vec::new();
+    for (topic, cells) in MATRIX {
+        for (si, client) in clients.iter_mut().enumerate() {
+            let Some(client) = client else { continue };
+            let label = SUBJECTS[si].label;
+            let payload = format!("{protocol:?} from {label} to {topic}");
+            let ack = client.publish(topic, payload.clone(), false).await.unwrap();
+            let allowed = cells[si].may_pub();
+            if protocol == Protocol::V5 {
+                let expected = if allowed { "accepted" } else { "NotAuthorized" };
+                assert!(
+                    if allowed {
+                        ack.accepted()
+                    } else {
+                        ack == PubAck::NotAuthorized
+                    },
+                    "{protocol:?} {label} publishing {topic}: PUBACK {ack:?}, expected {expected}"
+                );
+            }
+            sent.push((topic, payload, allowed));
+        }
+    }
+
+    // A last message for each reader, after all the above.
+    for (ri, s) in SUBJECTS.iter().enumerate() {
+        if clients[ri].is_none() {
+            continue;
+        }
+        let Some((topic, cells)) = MATRIX.iter().find(|(_, cells)| cells[ri].may_sub()) else {
+            continue;
+        };
+        let writer = cells.iter().position(|c| c.may_pub()).expect("testable");
+        let payload = format!("{protocol:?} last message for {}", s.label);
+        let client = clients[writer].as_mut().expect("a writer connects");
+        client.publish(topic, payload.clone(), false).await.unwrap();
+        sent.push((topic, payload, true));
+    }
+
+    let mut failures = Vec::new();
+    for (ri, s) in SUBJECTS.iter().enumerate() {
+        let Some(client) = clients[ri].as_mut() else {
+            continue;
+        };
+        let readable = |topic: &str| MATRIX.iter().any(|(t, c)| *t == topic && c[ri].may_sub());
+        let expected: BTreeSet<(String, String)> = sent
+            .iter()
+            .filter(|(topic, _, allowed)| *allowed && readable(topic))
+            .map(|(topic, payload, _)| (topic.to_string(), payload.clone()))
+            .collect();
+        for (topic, payload) in &expected {
+            if let Err(e) = client.wait_for_payload(topic, payload).await {
+                failures.push(format!("{protocol:?} {}: missing: {e}", s.label));
+            }
+        }
+        if expected.is_empty() {
+            client.round_trip().await.unwrap();
+        }
+        let received: BTreeSet<(String, String)> = client
+            .seen()
+            .iter()
+            .map(|m| (m.topic.clone(), m.text()))
+            .collect();
+        for (topic, payload) in received.difference(&expected) {
+            failures.push(format!(
+                "{protocol:?} {} received what it must not: {payload:?} on {topic}",
+                s.label
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+const STATE: &str = "coffeebot/coffeepot/state";
+const DEVICE_AVAILABILITY: &str = "coffeebot/coffeepot/availability";
+const BRIDGE_AVAILABILITY: &str = "coffeebot/bridge/availability";
+
+/// The public listener serves the bridge's retained status, and a retained spoof from anyone
+/// else does not replace it.
+#[tokio::test]
+async fn public_listener_gets_retained_status_never_spoofs() {
+    for protocol in Protocol::ALL {
+        let broker = Broker::start();
+        let real = [
+            (STATE, r#"{"mode":"off","heater":"OFF"}"#),
+            (DEVICE_AVAILABILITY, "online"),
+            (BRIDGE_AVAILABILITY, "online"),
+        ];
+        let mut bridge = broker
+            .connect(protocol, Listener::Lan, Login::User(User::Coffeebot))
+            .await
+            .unwrap();
+        for (topic, payload) in real {
+            let ack = bridge.publish(topic, payload, true).await.unwrap();
+            assert!(
+                ack.accepted(),
+                "{protocol:?} bridge retained {topic}: {ack:?}"
+            );
+        }
+        for (listener, login) in [
+            (Listener::Lan, Login::User(User::Lan)),
+            (Listener::Lan, Login::User(User::HomeAssistant)),
+            (Listener::Public, Login::Anonymous),
+        ] {
+            let mut spoofer = broker.connect(protocol, listener, login).await.unwrap();
+            for (topic, _) in real {
+                spoofer.publish(topic, "spoof", true).await.unwrap();
+            }
+        }
+
+        let mut public = broker
+            .connect(protocol, Listener::Public, Login::Anonymous)
+            .await
+            .unwrap();
+        public
+            .subscribe_and_collect("coffeebot/#", real.len(), WAIT)
+            .await
+            .unwrap();
+        public.round_trip().await.unwrap();
+        let mut got: Vec<(String, String, bool)> = public
+            .seen()
+            .iter()
+            .map(|m| (m.topic.clone(), m.text(), m.retain))
+            .collect();
+        got.sort();
+        let mut want: Vec<(String, String, bool)> = real
+            .iter()
+            .map(|(t, p)| (t.to_string(), p.to_string(), true))
+            .collect();
+        want.sort();
+        assert_eq!(
+            got, want,
+            "{protocol:?}: retained status on the public listener"
+        );
+    }
+}
+
+/// The test broker runs the shipped files: only listener ports and paths differ, and the ACL
+/// files are byte for byte the shipped ones.
+#[test]
+fn test_broker_runs_the_shipped_config_with_only_ports_and_paths_changed() {
+    let broker = Broker::start();
+    let shipped = std::fs::read_to_string(shipped_config()).unwrap();
+    let running = std::fs::read_to_string(broker.config_path()).unwrap();
+    assert_eq!(shipped.lines().count(), running.lines().count());
+    for (a, b) in shipped.lines().zip(running.lines()) {
+        if a == b {
+            continue;
+        }
+        let key = a.split_whitespace().next().unwrap_or("");
+        assert!(
+            [
+                "listener",
+                "password_file",
+                "acl_file",
+                "persistence_location"
+            ]
+            .contains(&key),
+            "the harness changed `{a}` into `{b}`"
+        );
+        if key == "acl_file" {
+            let shipped_acl = shipped_config()
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join(a.split_whitespace().nth(1).unwrap());
+            let running_acl = b.split_whitespace().nth(1).unwrap();
+            assert_eq!(
+                std::fs::read(shipped_acl).unwrap(),
+                std::fs::read(running_acl).unwrap(),
+                "{a}"
+            );
+        }
+    }
+}
+
+/// `restart` keeps the ports, and the shipped persistence brings retained state back.
+#[tokio::test]
+async fn broker_restart_keeps_ports_and_retained_state() {
+    let mut broker = Broker::start();
+    let ports = (broker.lan_port(), broker.ws_port());
+    let mut bridge = broker
+        .connect(Protocol::V5, Listener::Lan, Login::User(User::Coffeebot))
+        .await
+        .unwrap();
+    bridge.publish(STATE, "before restart", true).await.unwrap();
+    bridge.disconnect().await;
+
+    broker.restart();
+    assert_eq!((broker.lan_port(), broker.ws_port()), ports);
+    let mut public = broker
+        .connect(Protocol::V311, Listener::Public, Login::Anonymous)
+        .await
+        .unwrap();
+    let got = public.subscribe_and_collect(STATE, 1, WAIT).await.unwrap();
+    assert_eq!(got[0].text(), "before restart");
+    assert!(got[0].retain);
+}
+
+/// The plain anonymous broker is for tests that do not care about ACLs.
+#[tokio::test]
+async fn anonymous_broker_passes_messages() {
+    let broker = Broker::start_anonymous();
+    let mut reader = broker
+        .connect(Protocol::V5, Listener::Lan, Login::Anonymous)
+        .await
+        .unwrap();
+    reader.subscribe("coffeebot/#").await.unwrap();
+    let mut writer = broker
+        .connect(Protocol::V311, Listener::Lan, Login::Anonymous)
+        .await
+        .unwrap();
+    writer
+        .publish("coffeebot/coffeepot/heater/set", "ON", false)
+        .await
+        .unwrap();
+    reader
+        .wait_for_payload("coffeebot/coffeepot/heater/set", "ON")
+        .await
+        .unwrap();
+}

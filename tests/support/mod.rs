@@ -1,0 +1,5 @@
+//! Helpers shared by the integration tests; each test binary includes them with `mod support;`
+//! and uses a part of them, hence `dead_code` is allowed here.
+#![allow(dead_code)]
+
+pub mod mosquitto;

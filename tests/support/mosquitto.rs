@@ -1,0 +1,1146 @@
+//! A real mosquitto for tests, and small MQTT clients to talk to it.
+//!
+//! [`Broker::start`] runs the shipped `mosquitto/config/mosquitto.conf` with exactly the
+//! shipped ACL files; only the listeners' ports (free loopback ports) and the paths (a fresh
+//! temporary directory, with a password file holding the known [`User::test_password`]s) are
+//! rewritten, and the rewrite refuses anything it does not know how to move.
+//! [`Broker::start_anonymous`] is a plain anonymous loopback broker for tests that do not care
+//! about ACLs. Both wait until their ports accept connections, keep their ports across
+//! [`Broker::restart`], and kill mosquitto on drop.
+//!
+//! [`TestClient`] is an MQTT 3.1.1 or 5 client ([`Protocol`]) on the LAN listener or, through a
+//! tiny websocket relay (the `rumqttc` of this crate is built without its `websocket` feature),
+//! on the public listener. Its waits end on an observable event (a CONNACK, a SUBACK, a PUBACK,
+//! a message) or fail after [`WAIT`]; nothing sleeps to synchronise. Silence is proven by
+//! ordering: mosquitto handles one connection's packets in order, routes a QoS 1 message to its
+//! subscribers before it sends the PUBACK, and writes each connection's packets in order, so a
+//! message a reader was going to get has arrived before a later message (or SUBACK) that the
+//! reader waits for.
+
+use std::fmt;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rumqttc::v5::mqttbytes::v5::{Packet as V5Packet, PubAckReason, SubscribeReasonCode as V5Sub};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+/// The address every test broker listens on.
+pub const HOST: &str = "127.0.0.1";
+const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// Upper bound for anything a test waits for; only reached when the test is failing.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// How long mosquitto may take to open its ports.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shipped broker layout: `config/` and `data/` below it, like the container's `/mosquitto`.
+fn shipped_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("mosquitto")
+}
+
+/// The shipped mosquitto configuration file.
+pub fn shipped_config() -> PathBuf {
+    shipped_root().join("config").join("mosquitto.conf")
+}
+
+/// The users of the LAN listener's password file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum User {
+    /// The bridge itself.
+    Coffeebot,
+    /// Home Assistant.
+    HomeAssistant,
+    /// People on the LAN.
+    Lan,
+}
+
+impl User {
+    /// Every user, in the password file's order.
+    pub const ALL: [User; 3] = [User::Coffeebot, User::HomeAssistant, User::Lan];
+
+    /// The MQTT username.
+    pub fn name(self) -> &'static str {
+        match self {
+            User::Coffeebot => "coffeebot",
+            User::HomeAssistant => "homeassistant",
+            User::Lan => "lan",
+        }
+    }
+
+    /// The password the test broker's password file holds for this user.
+    pub fn test_password(self) -> &'static str {
+        match self {
+            User::Coffeebot => "test-coffeebot-secret",
+            User::HomeAssistant => "test-homeassistant-secret",
+            User::Lan => "test-lan-secret",
+        }
+    }
+}
+
+/// A username and password, as a client (the bridge under test, say) would be configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    /// MQTT username.
+    pub username: String,
+    /// MQTT password.
+    pub password: String,
+}
+
+/// Which configuration a [`Broker`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setup {
+    /// The shipped `mosquitto/` configuration and ACLs, ports and paths rewritten.
+    Shipped,
+    /// One anonymous plain-TCP loopback listener with persistence, no ACLs.
+    Anonymous,
+}
+
+/// A mosquitto child process on free loopback ports; killed on drop.
+pub struct Broker {
+    setup: Setup,
+    dir: PathBuf,
+    conf: PathBuf,
+    lan_port: u16,
+    ws_port: Option<u16>,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// Starts the shipped configuration ([`Setup::Shipped`]).
+    pub fn start() -> Broker {
+        Broker::start_with(Setup::Shipped)
+    }
+
+    /// Starts a plain anonymous loopback broker ([`Setup::Anonymous`]).
+    pub fn start_anonymous() -> Broker {
+        Broker::start_with(Setup::Anonymous)
+    }
+
+    /// Starts `setup` on fresh free ports and a fresh temporary directory, and waits until its
+    /// ports accept connections. Panics if mosquitto is missing or does not come up.
+    pub fn start_with(setup: Setup) -> Broker {
+        let mut last_error = String::new();
+        // Another process may take a port between our probe and mosquitto's bind: try again.
+        for _ in 0..5 {
+            let mut broker = Broker::prepare(setup);
+            match broker.spawn() {
+                Ok(()) => return broker,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("mosquitto did not start: {last_error}");
+    }
+
+    fn prepare(setup: Setup) -> Broker {
+        let dir = unique_temp_dir();
+        let ports = free_ports(if setup == Setup::Shipped { 2 } else { 1 });
+        let lan_port = ports[0];
+        let ws_port = ports.get(1).copied();
+        let text = match setup {
+            Setup::Shipped => {
+                let shipped = fs::read_to_string(shipped_config()).expect("read shipped conf");
+                let ws = ws_port.expect("two ports");
+                let text = rewrite_shipped(&shipped, &dir, lan_port, ws);
+                write_password_file(&dir.join("passwd"));
+                text
+            }
+            Setup::Anonymous => format!(
+                "# Plain anonymous loopback broker for tests that do not care about ACLs.\n\
+                 persistence true\n\
+                 persistence_location {data}/\n\
+                 log_dest stdout\n\
+                 listener {lan_port} {HOST}\n\
+                 allow_anonymous true\n",
+                data = dir.join("data").display()
+            ),
+        };
+        fs::create_dir_all(dir.join("data")).expect("create data dir");
+        let conf = dir.join("mosquitto.conf");
+        fs::write(&conf, text).expect("write conf");
+        give_to_mosquitto_user(&dir);
+        Broker {
+            setup,
+            dir,
+            conf,
+            lan_port,
+            ws_port,
+            child: None,
+        }
+    }
+
+    /// Spawns mosquitto on this broker's config and waits for its ports.
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mosquitto.log"))
+            .expect("open log");
+        let mut child = Command::new(find_program("mosquitto"))
+            .arg("-c")
+            .arg(&self.conf)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn mosquitto");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let ports: Vec<u16> = [Some(self.lan_port), self.ws_port]
+            .into_iter()
+            .flatten()
+            .collect();
+        loop {
+            if let Some(status) = child.try_wait().expect("poll mosquitto") {
+                return Err(format!(
+                    "mosquitto exited with {status}; log:\n{}",
+                    self.log()
+                ));
+            }
+            let ready = ports.iter().all(|port| {
+                let addr = SocketAddr::from((LOOPBACK, *port));
+                StdTcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+            });
+            if ready {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("ports {ports:?} not open; log:\n{}", self.log()));
+            }
+            // Polling interval of a readiness check with a deadline, not synchronisation.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The host to connect to.
+    pub fn host(&self) -> &'static str {
+        HOST
+    }
+
+    /// The LAN (authenticated, plain TCP) listener's port; the only listener of
+    /// [`Setup::Anonymous`].
+    pub fn lan_port(&self) -> u16 {
+        self.lan_port
+    }
+
+    /// The public (anonymous, read-only, websockets) listener's port.
+    pub fn ws_port(&self) -> u16 {
+        self.ws_port
+            .expect("this broker has no websockets listener (Setup::Anonymous)")
+    }
+
+    /// Which configuration this broker runs.
+    pub fn setup(&self) -> Setup {
+        self.setup
+    }
+
+    /// The credentials the test password file holds for `user`.
+    pub fn credentials(&self, user: User) -> Credentials {
+        Credentials {
+            username: user.name().to_owned(),
+            password: user.test_password().to_owned(),
+        }
+    }
+
+    /// The temporary directory holding the rewritten config, passwords, data and log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The rewritten configuration file mosquitto runs.
+    pub fn config_path(&self) -> &Path {
+        &self.conf
+    }
+
+    /// What mosquitto has written to its log so far (it buffers: expect gaps while running).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Whether the mosquitto process is running.
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => child.try_wait().expect("poll mosquitto").is_none(),
+            None => false,
+        }
+    }
+
+    /// Stops mosquitto gracefully (SIGTERM: it saves retained messages), killing it if it
+    /// has not exited within [`WAIT`].
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // The shell's builtin `kill`: std can only send SIGKILL, and /bin/kill may be missing.
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", child.id())])
+            .status();
+        let deadline = Instant::now() + WAIT;
+        while child.try_wait().expect("poll mosquitto").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            // Polling for the exit with a deadline.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.wait();
+    }
+
+    /// Kills mosquitto at once (SIGKILL), as a crash would: unsaved state is lost.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops mosquitto gracefully if it runs, then starts it again on the same ports and
+    /// directory (so persisted retained messages come back). Panics if it does not come up.
+    pub fn restart(&mut self) {
+        self.stop();
+        if let Err(e) = self.spawn() {
+            panic!("mosquitto did not restart on the same ports: {e}");
+        }
+    }
+
+    /// Connects a test client; see [`TestClient`].
+    pub async fn connect(
+        &self,
+        protocol: Protocol,
+        listener: Listener,
+        login: Login,
+    ) -> Result<TestClient, ConnectError> {
+        TestClient::connect(self, protocol, listener, login).await
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("mosquitto test directory kept: {}", self.dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Rewrites the shipped configuration: listeners 1883 and 9001 onto `lan` and `ws` on the
+/// loopback address, the password file and persistence into `dir`, the ACL files copied
+/// unchanged into `dir`. Every other line stays as it is; a directive that names a path the
+/// rewrite does not know how to move is refused rather than silently pointing at the
+/// developer's machine.
+fn rewrite_shipped(shipped: &str, dir: &Path, lan: u16, ws: u16) -> String {
+    let root = shipped_root();
+    let mut out = String::new();
+    for line in shipped.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let rewritten = match words.as_slice() {
+            [] => None,
+            [first, ..] if first.starts_with('#') => None,
+            ["listener", port, ..] => {
+                let new = match *port {
+                    "1883" => lan,
+                    "9001" => ws,
+                    other => panic!("shipped listener {other} unknown to the test harness"),
+                };
+                Some(format!("listener {new} {HOST}"))
+            }
+            ["password_file", _] => Some(format!("password_file {}", dir.join("passwd").display())),
+            ["persistence_location", _] => Some(format!(
+                "persistence_location {}/",
+                dir.join("data").display()
+            )),
+            ["acl_file", path] => {
+                let name = Path::new(path).file_name().expect("acl file name");
+                let copy = dir.join(name);
+                fs::copy(root.join(path), &copy)
+                    .unwrap_or_else(|e| panic!("copy shipped {path}: {e}"));
+                Some(format!("acl_file {}", copy.display()))
+            }
+            [key, ..]
+                if matches!(
+                    *key,
+                    "include_dir"
+                        | "pid_file"
+                        | "certfile"
+                        | "keyfile"
+                        | "cafile"
+                        | "capath"
+                        | "crlfile"
+                        | "psk_file"
+                        | "dhparamfile"
+                        | "plugin"
+                        | "auth_plugin"
+                        | "user"
+                ) =>
+            {
+                panic!("the test harness does not know how to move `{line}`")
+            }
+            ["log_dest", "file", ..] => {
+                panic!("the test harness does not know how to move `{line}`")
+            }
+            _ => None,
+        };
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// A password file with every [`User`]'s test password, made the way users make theirs.
+fn write_password_file(path: &Path) {
+    fs::write(path, "").expect("create password file");
+    for user in User::ALL {
+        let status = Command::new(find_program("mosquitto_passwd"))
+            .arg("-b")
+            .arg(path)
+            .args([user.name(), user.test_password()])
+            .status()
+            .expect("run mosquitto_passwd");
+        assert!(status.success(), "mosquitto_passwd failed: {status}");
+    }
+}
+
+/// Run as root, mosquitto drops to the `mosquitto` user (or `nobody`) before it reads the
+/// password file and writes persistence: hand the directory over, as a real install does.
+fn give_to_mosquitto_user(dir: &Path) {
+    let uid = Command::new("id").arg("-u").output().expect("run id");
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return;
+    }
+    let has_mosquitto = Command::new("id")
+        .arg("mosquitto")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let user = if has_mosquitto { "mosquitto" } else { "nobody" };
+    let status = Command::new("chown")
+        .args(["-R", user])
+        .arg(dir)
+        .status()
+        .expect("run chown");
+    assert!(status.success(), "chown -R {user} {} failed", dir.display());
+}
+
+/// A fresh, empty directory under the system temporary directory.
+fn unique_temp_dir() -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!(
+        "coffeebot-mosquitto-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    assert!(
+        !dir.to_string_lossy().contains(char::is_whitespace),
+        "mosquitto cannot take paths with spaces: {}",
+        dir.display()
+    );
+    fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// `n` distinct ports that were free on the loopback address a moment ago.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<StdTcpListener> = (0..n)
+        .map(|_| StdTcpListener::bind((HOST, 0)).expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+/// Finds a mosquitto program on PATH or in the sbin directories (mosquitto lives in
+/// /usr/sbin on Debian, which is not on every PATH); panics with the fix if it is missing.
+fn find_program(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("`{name}` is not installed: run scripts/install-test-deps.sh"))
+}
+
+/// Whether an MQTT topic filter (with `+` and `#`) matches a topic name.
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    for f in filter.split('/') {
+        match (f, levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (f, Some(t)) if f == t => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
+}
+
+// ---------------------------------------------------------------------------------------
+// Clients
+
+/// The MQTT protocol version a [`TestClient`] speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// MQTT 3.1.1 (`rumqttc`).
+    V311,
+    /// MQTT 5 (`rumqttc::v5`).
+    V5,
+}
+
+impl Protocol {
+    /// Both versions, for tests that must hold with either.
+    pub const ALL: [Protocol; 2] = [Protocol::V311, Protocol::V5];
+}
+
+/// Which listener of the shipped configuration a client connects to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Listener {
+    /// The authenticated plain-TCP listener (1883 when shipped).
+    Lan,
+    /// The anonymous read-only websockets listener (9001 when shipped).
+    Public,
+}
+
+/// How a client logs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Login {
+    /// No username, no password.
+    Anonymous,
+    /// The user with its test password.
+    User(User),
+    /// The user's name with a wrong password.
+    WrongPassword(User),
+}
+
+impl Login {
+    fn credentials(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Login::Anonymous => None,
+            Login::User(user) => Some((user.name(), user.test_password())),
+            Login::WrongPassword(user) => Some((user.name(), "not-the-password")),
+        }
+    }
+}
+
+/// Why [`TestClient::connect`] failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectError {
+    /// The broker answered CONNACK with a refusal (the reason code, as text).
+    Refused(String),
+    /// Anything else: no connection, no CONNACK within [`WAIT`], a websocket failure.
+    Failed(String),
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::Refused(why) => write!(f, "connection refused: {why}"),
+            ConnectError::Failed(why) => write!(f, "connection failed: {why}"),
+        }
+    }
+}
+
+/// Why a [`TestClient`] operation failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientError {
+    /// What was awaited did not happen within the timeout.
+    Timeout(String),
+    /// The connection ended (the event loop's error, as text).
+    Closed(String),
+    /// The client refused the request (e.g. its request channel closed).
+    Request(String),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Timeout(what) => write!(f, "timed out waiting for {what}"),
+            ClientError::Closed(why) => write!(f, "connection closed: {why}"),
+            ClientError::Request(why) => write!(f, "request failed: {why}"),
+        }
+    }
+}
+
+/// A message a [`TestClient`] received.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Message {
+    /// Topic name.
+    pub topic: String,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+    /// The retain flag as delivered (set for retained messages sent on subscription).
+    pub retain: bool,
+}
+
+impl Message {
+    /// The payload as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.payload).into_owned()
+    }
+}
+
+/// The broker's answer to a QoS 1 publish. MQTT 3.1.1 has no reason codes: every PUBACK
+/// reads [`PubAck::Ok`] there, even for a publish mosquitto dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PubAck {
+    /// Accepted (MQTT 5: success).
+    Ok,
+    /// MQTT 5: accepted, no subscriber matched.
+    NoMatchingSubscribers,
+    /// MQTT 5: refused by the ACL.
+    NotAuthorized,
+    /// MQTT 5: another reason code.
+    Other(String),
+}
+
+impl PubAck {
+    /// Whether the broker took the message (the PUBACK says so; in MQTT 3.1.1 it always does).
+    pub fn accepted(&self) -> bool {
+        matches!(self, PubAck::Ok | PubAck::NoMatchingSubscribers)
+    }
+}
+
+/// What the event-loop task reports to its [`TestClient`].
+#[derive(Debug)]
+enum ClientEvent {
+    Message(Message),
+    SubAck(Vec<bool>),
+    PubAck(PubAck),
+    Closed(String),
+}
+
+enum Handle {
+    V311(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+/// An MQTT client whose event loop runs in its own task and reports to this handle.
+///
+/// Requests are one at a time: [`TestClient::publish`] and [`TestClient::subscribe`] return
+/// on their acknowledgement. Every message received, also while waiting for something else,
+/// is kept in [`TestClient::seen`].
+pub struct TestClient {
+    handle: Handle,
+    protocol: Protocol,
+    events: mpsc::UnboundedReceiver<ClientEvent>,
+    seen: Vec<Message>,
+    closed: Option<String>,
+    id: String,
+}
+
+impl TestClient {
+    /// Connects with a clean session and waits for the CONNACK (at most [`WAIT`]).
+    pub async fn connect(
+        broker: &Broker,
+        protocol: Protocol,
+        listener: Listener,
+        login: Login,
+    ) -> Result<TestClient, ConnectError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let id = format!(
+            "test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let port = match listener {
+            Listener::Lan => broker.lan_port(),
+            Listener::Public => websocket_relay(broker.ws_port())
+                .await
+                .map_err(|e| ConnectError::Failed(format!("websocket: {e}")))?,
+        };
+        let (tx, events) = mpsc::unbounded_channel();
+        let handle = match protocol {
+            Protocol::V311 => {
+                let mut options = rumqttc::MqttOptions::new(&id, HOST, port);
+                options.set_clean_session(true);
+                if let Some((user, password)) = login.credentials() {
+                    options.set_credentials(user, password);
+                }
+                let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
+                eventloop.set_network_options(no_delay());
+                let connack = timeout(WAIT, async {
+                    loop {
+                        match eventloop.poll().await {
+                            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                                return Ok(())
+                            }
+                            Ok(_) => {}
+                            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                                return Err(ConnectError::Refused(format!("{code:?}")))
+                            }
+                            Err(e) => return Err(ConnectError::Failed(e.to_string())),
+                        }
+                    }
+                })
+                .await;
+                connack.unwrap_or_else(|_| Err(ConnectError::Failed("no CONNACK".into())))?;
+                tokio::spawn(pump_v311(eventloop, tx));
+                Handle::V311(client)
+            }
+            Protocol::V5 => {
+                let mut options = rumqttc::v5::MqttOptions::new(&id, HOST, port);
+                options.set_clean_start(true);
+                options.set_network_options(no_delay());
+                if let Some((user, password)) = login.credentials() {
+                    options.set_credentials(user, password);
+                }
+                let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 64);
+                let connack = timeout(WAIT, async {
+                    loop {
+                        match eventloop.poll().await {
+                            Ok(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_))) => return Ok(()),
+                            Ok(_) => {}
+                            Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => {
+                                return Err(ConnectError::Refused(format!("{code:?}")))
+                            }
+                            Err(e) => return Err(ConnectError::Failed(e.to_string())),
+                        }
+                    }
+                })
+                .await;
+                connack.unwrap_or_else(|_| Err(ConnectError::Failed("no CONNACK".into())))?;
+                tokio::spawn(pump_v5(eventloop, tx));
+                Handle::V5(client)
+            }
+        };
+        Ok(TestClient {
+            handle,
+            protocol,
+            events,
+            seen: Vec::new(),
+            closed: None,
+            id,
+        })
+    }
+
+    /// The protocol version this client speaks.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The client id it connected with.
+    pub fn client_id(&self) -> &str {
+        &self.id
+    }
+
+    /// Every message received so far, in order of arrival.
+    pub fn seen(&self) -> &[Message] {
+        &self.seen
+    }
+
+    /// Subscribes to `filter` at QoS 1 and waits for the SUBACK; returns whether the broker
+    /// granted it. (mosquitto 2.0 grants every subscription and applies read rights to each
+    /// message at delivery, so `true` says nothing about what will arrive.)
+    pub async fn subscribe(&mut self, filter: &str) -> Result<bool, ClientError> {
+        self.subscribe_many(&[filter]).await
+    }
+
+    /// Subscribes to all `filters` at QoS 1 in one SUBSCRIBE and waits for the SUBACK;
+    /// returns whether the broker granted every one.
+    pub async fn subscribe_many(&mut self, filters: &[&str]) -> Result<bool, ClientError> {
+        let sent = match &self.handle {
+            Handle::V311(c) => c
+                .subscribe_many(filters.iter().map(|f| {
+                    rumqttc::SubscribeFilter::new(f.to_string(), rumqttc::QoS::AtLeastOnce)
+                }))
+                .await
+                .map_err(|e| e.to_string()),
+            Handle::V5(c) => c
+                .subscribe_many(filters.iter().map(|f| {
+                    rumqttc::v5::mqttbytes::v5::Filter::new(
+                        *f,
+                        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    )
+                }))
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        sent.map_err(ClientError::Request)?;
+        let what = format!("SUBACK for {filters:?}");
+        loop {
+            match self.next_event(&what, WAIT).await? {
+                ClientEvent::SubAck(granted) => return Ok(granted.iter().all(|g| *g)),
+                other => self.stash(other, &what)?,
+            }
+        }
+    }
+
+    /// Publishes at QoS 1 and waits for the PUBACK. mosquitto routes the message to its
+    /// subscribers before it answers, which is what makes later ordering arguments hold.
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+        retain: bool,
+    ) -> Result<PubAck, ClientError> {
+        let payload = payload.into();
+        let sent = match &self.handle {
+            Handle::V311(c) => c
+                .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
+                .await
+                .map_err(|e| e.to_string()),
+            Handle::V5(c) => c
+                .publish(
+                    topic,
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    retain,
+                    payload,
+                )
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        sent.map_err(ClientError::Request)?;
+        let what = format!("PUBACK for {topic}");
+        loop {
+            match self.next_event(&what, WAIT).await? {
+                ClientEvent::PubAck(ack) => return Ok(ack),
+                other => self.stash(other, &what)?,
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) for a message matching `pred`, looking first at the messages
+    /// already seen; returns a copy of it.
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&Message) -> bool,
+    ) -> Result<Message, ClientError> {
+        if let Some(found) = self.seen.iter().find(|m| pred(m)) {
+            return Ok(found.clone());
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self.next_event(what, left).await?;
+            if let ClientEvent::Message(m) = &event {
+                if pred(m) {
+                    let found = m.clone();
+                    self.stash(event, what)?;
+                    return Ok(found);
+                }
+            }
+            self.stash(event, what)?;
+        }
+    }
+
+    /// Waits for the message with exactly this topic and payload.
+    pub async fn wait_for_payload(
+        &mut self,
+        topic: &str,
+        payload: &str,
+    ) -> Result<Message, ClientError> {
+        let what = format!("{payload:?} on {topic}");
+        self.wait_for(&what, WAIT, |m| {
+            m.topic == topic && m.payload == payload.as_bytes()
+        })
+        .await
+    }
+
+    /// Subscribes to `filter` and waits until `count` messages matching it have arrived after
+    /// the subscription (e.g. the retained ones); returns them.
+    pub async fn subscribe_and_collect(
+        &mut self,
+        filter: &str,
+        count: usize,
+        limit: Duration,
+    ) -> Result<Vec<Message>, ClientError> {
+        let start = self.seen.len();
+        self.subscribe(filter).await?;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let got: Vec<Message> = self.seen[start..]
+                .iter()
+                .filter(|m| topic_matches(filter, &m.topic))
+                .cloned()
+                .collect();
+            if got.len() >= count {
+                return Ok(got);
+            }
+            let what = format!("{count} messages on {filter} (have {got:?})");
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self.next_event(&what, left).await?;
+            self.stash(event, &what)?;
+        }
+    }
+
+    /// Makes a round trip to the broker (a SUBSCRIBE to a filter nothing is published on):
+    /// every message that mosquitto routed to this client before it handled the round trip
+    /// has arrived when this returns. Proves silence for a client that may read nothing.
+    pub async fn round_trip(&mut self) -> Result<(), ClientError> {
+        let filter = format!("coffeebot-test/round-trip/{}", self.id);
+        self.subscribe(&filter).await.map(|_| ())
+    }
+
+    /// Sends DISCONNECT (so no last will is published).
+    pub async fn disconnect(self) {
+        let _ = match &self.handle {
+            Handle::V311(c) => c.disconnect().await.map_err(|e| e.to_string()),
+            Handle::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
+        };
+    }
+
+    async fn next_event(
+        &mut self,
+        what: &str,
+        limit: Duration,
+    ) -> Result<ClientEvent, ClientError> {
+        if let Some(why) = &self.closed {
+            return Err(ClientError::Closed(why.clone()));
+        }
+        match timeout(limit, self.events.recv()).await {
+            Ok(Some(event)) => Ok(event),
+            Ok(None) => Err(ClientError::Closed("event loop task ended".into())),
+            Err(_) => Err(ClientError::Timeout(what.to_owned())),
+        }
+    }
+
+    /// Keeps a message that arrived while waiting for something else; fails on an
+    /// acknowledgement nobody asked for (requests are one at a time) or a closed connection.
+    fn stash(&mut self, event: ClientEvent, what: &str) -> Result<(), ClientError> {
+        match event {
+            ClientEvent::Message(m) => {
+                self.seen.push(m);
+                Ok(())
+            }
+            ClientEvent::Closed(why) => {
+                self.closed = Some(why.clone());
+                Err(ClientError::Closed(why))
+            }
+            other => Err(ClientError::Request(format!(
+                "unexpected {other:?} while waiting for {what}"
+            ))),
+        }
+    }
+}
+
+/// One request at a time means many small packets: without TCP_NODELAY, Nagle's algorithm
+/// and delayed ACKs add tens of milliseconds to each round trip.
+fn no_delay() -> rumqttc::NetworkOptions {
+    let mut options = rumqttc::NetworkOptions::new();
+    options.set_tcp_nodelay(true);
+    options
+}
+
+async fn pump_v311(mut eventloop: rumqttc::EventLoop, tx: mpsc::UnboundedSender<ClientEvent>) {
+    use rumqttc::{Event, Packet};
+    loop {
+        let event = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => ClientEvent::Message(Message {
+                topic: p.topic.clone(),
+                payload: p.payload.to_vec(),
+                retain: p.retain,
+            }),
+            Ok(Event::Incoming(Packet::SubAck(s))) => ClientEvent::SubAck(
+                s.return_codes
+                    .iter()
+                    .map(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)))
+                    .collect(),
+            ),
+            Ok(Event::Incoming(Packet::PubAck(_))) => ClientEvent::PubAck(PubAck::Ok),
+            Ok(_) => continue,
+            Err(e) => {
+                let _ = tx.send(ClientEvent::Closed(e.to_string()));
+                return;
+            }
+        };
+        if tx.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+async fn pump_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::UnboundedSender<ClientEvent>) {
+    use rumqttc::v5::Event;
+    loop {
+        let event = match eventloop.poll().await {
+            Ok(Event::Incoming(V5Packet::Publish(p))) => ClientEvent::Message(Message {
+                topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                payload: p.payload.to_vec(),
+                retain: p.retain,
+            }),
+            Ok(Event::Incoming(V5Packet::SubAck(s))) => ClientEvent::SubAck(
+                s.return_codes
+                    .iter()
+                    .map(|c| matches!(c, V5Sub::Success(_)))
+                    .collect(),
+            ),
+            Ok(Event::Incoming(V5Packet::PubAck(a))) => ClientEvent::PubAck(match a.reason {
+                PubAckReason::Success => PubAck::Ok,
+                PubAckReason::NoMatchingSubscribers => PubAck::NoMatchingSubscribers,
+                PubAckReason::NotAuthorized => PubAck::NotAuthorized,
+                other => PubAck::Other(format!("{other:?}")),
+            }),
+            Ok(_) => continue,
+            Err(e) => {
+                let _ = tx.send(ClientEvent::Closed(e.to_string()));
+                return;
+            }
+        };
+        if tx.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Websocket relay: MQTT over websockets is the MQTT byte stream in binary frames. The relay
+// opens the websocket to mosquitto, then carries one plain TCP connection from a rumqttc client
+// over it (client frames masked, as RFC 6455 requires).
+
+/// Opens a websocket (subprotocol `mqtt`) to `ws_port` and returns a loopback port whose first
+/// TCP connection is relayed over it.
+async fn websocket_relay(ws_port: u16) -> std::io::Result<u16> {
+    let mut ws = TcpStream::connect((HOST, ws_port)).await?;
+    // The key only has to be 16 bytes in base64; the RFC's sample nonce will do for a test.
+    let request = format!(
+        "GET /mqtt HTTP/1.1\r\nHost: {HOST}:{ws_port}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+    );
+    ws.write_all(request.as_bytes()).await?;
+    let mut buffered = Vec::new();
+    let header_end = loop {
+        if let Some(i) = buffered.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 1024];
+        let n = timeout(WAIT, ws.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::other("no websocket handshake answer"))??;
+        if n == 0 {
+            return Err(std::io::Error::other("closed during websocket handshake"));
+        }
+        buffered.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buffered[..header_end]).into_owned();
+    if !head.starts_with("HTTP/1.1 101") {
+        return Err(std::io::Error::other(format!(
+            "websocket upgrade refused: {head}"
+        )));
+    }
+    let leftover = buffered.split_off(header_end);
+    let listener = TcpListener::bind((HOST, 0)).await?;
+    let port = listener.local_addr()?.port();
+    ws.set_nodelay(true)?;
+    tokio::spawn(async move {
+        if let Ok((tcp, _)) = listener.accept().await {
+            let _ = tcp.set_nodelay(true);
+            let _ = relay(tcp, ws, leftover).await;
+        }
+    });
+    Ok(port)
+}
+
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+async fn relay(mut tcp: TcpStream, mut ws: TcpStream, mut from_ws: Vec<u8>) -> std::io::Result<()> {
+    let mut tcp_buf = vec![0u8; 16 * 1024];
+    let mut ws_buf = vec![0u8; 16 * 1024];
+    loop {
+        while let Some((opcode, payload)) = take_frame(&mut from_ws) {
+            match opcode {
+                // Continuation, text or binary: the MQTT byte stream, frame edges don't matter.
+                0x0..=0x2 => tcp.write_all(&payload).await?,
+                OP_CLOSE => return tcp.shutdown().await,
+                OP_PING => ws.write_all(&frame(OP_PONG, &payload)).await?,
+                _ => {}
+            }
+        }
+        tokio::select! {
+            n = tcp.read(&mut tcp_buf) => {
+                let n = n?;
+                if n == 0 {
+                    return ws.write_all(&frame(OP_CLOSE, &[])).await;
+                }
+                ws.write_all(&frame(OP_BINARY, &tcp_buf[..n])).await?;
+            }
+            n = ws.read(&mut ws_buf) => {
+                let n = n?;
+                if n == 0 {
+                    return tcp.shutdown().await;
+                }
+                from_ws.extend_from_slice(&ws_buf[..n]);
+            }
+        }
+    }
+}
+
+/// Takes one complete frame `(opcode, unmasked payload)` off the front of `buf`, if there is one.
+fn take_frame(buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let opcode = buf[0] & 0x0f;
+    let masked = buf[1] & 0x80 != 0;
+    let (len, mut pos) = match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => (
+            u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")) as usize,
+            10,
+        ),
+        126 | 127 => return None,
+        short => (short as usize, 2),
+    };
+    let mask = if masked {
+        let mask: [u8; 4] = buf.get(pos..pos + 4)?.try_into().expect("4 bytes");
+        pos += 4;
+        Some(mask)
+    } else {
+        None
+    };
+    let end = pos + len;
+    if buf.len() < end {
+        return None;
+    }
+    let mut payload = buf[pos..end].to_vec();
+    if let Some(mask) = mask {
+        payload
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b ^= mask[i % 4]);
+    }
+    buf.drain(..end);
+    Some((opcode, payload))
+}
+
+/// One final, masked client frame.
+fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x80 | opcode];
+    match payload.len() {
+        len if len < 126 => out.push(0x80 | len as u8),
+        len if len <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    let mask = fastrand::u32(..).to_be_bytes();
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
