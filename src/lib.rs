@@ -15,6 +15,7 @@
 //! - [`serial`]: the task that owns the serial port and frames its lines.
 //! - [`sim`]: the simulated controller (pure device model, thin pseudo-terminal shell).
 //! - [`config`]: typed settings, layered loading and validation.
+//! - [`state`]: the state and event JSON documents (SPEC §4), pure.
 //! - [`daemon`]: wires the tasks together and drives the core.
 #![forbid(unsafe_code)]
 
@@ -24,3 +25,4 @@ pub mod daemon;
 pub mod protocol;
 pub mod serial;
 pub mod sim;
+pub mod state;

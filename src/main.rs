@@ -1,1 +1,161 @@
-fn main() {}
+//! The `coffeebot` command line: `run`, `simulate`, `check-config`, `discovery`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use coffeebot::config::{self, ConfigError, Settings};
+use coffeebot::{daemon, sim};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(version, about = "Bridges a coffee maker's heater controller to MQTT, safely.")]
+struct Cli {
+    /// Configuration file (TOML); settings not in it keep their defaults.
+    #[arg(long, global = true, env = "COFFEEBOT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the bridge.
+    Run {
+        /// Run against a built-in simulated controller instead of `serial.port`.
+        #[arg(long)]
+        simulate: bool,
+    },
+    /// Run a simulated controller on a pseudo-terminal; fault controls on stdin.
+    Simulate {
+        /// Where to put the stable link to the pseudo-terminal.
+        #[arg(long, default_value = "/tmp/coffeebot-sim/tty")]
+        link: PathBuf,
+    },
+    /// Print the effective configuration (secrets redacted), or the first problem.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Cmd::CheckConfig => check_config(cli.config.as_deref()),
+        Cmd::Run { simulate } => {
+            let settings = match load(cli.config.as_deref()) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            report(runtime().and_then(|rt| rt.block_on(run(settings, simulate))))
+        }
+        Cmd::Simulate { link } => report(
+            runtime().and_then(|rt| rt.block_on(sim::run_cli(link, sim::SimConfig::default()))),
+        ),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_writer(std::io::stdout);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Loads the settings; on a problem prints one line per problem naming the key (stderr)
+/// and returns exit code 78.
+fn load(file: Option<&Path>) -> Result<Settings, ExitCode> {
+    config::load(file).map_err(|e| {
+        print_config_error(&e);
+        ExitCode::from(config::EX_CONFIG as u8)
+    })
+}
+
+fn print_config_error(e: &ConfigError) {
+    for problem in e.problems() {
+        eprintln!("coffeebot: configuration: {problem}");
+    }
+}
+
+fn check_config(file: Option<&Path>) -> ExitCode {
+    match load(file) {
+        Ok(settings) => {
+            print!("{}", settings.to_toml_string());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+async fn run(mut settings: Settings, simulate: bool) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signal(shutdown.clone()));
+    let _sim = if simulate {
+        let link = std::env::temp_dir().join(format!("coffeebot-sim-{}", std::process::id()));
+        std::fs::create_dir_all(&link).context("cannot create the simulator's directory")?;
+        let link = link.join("tty");
+        let handle = sim::Simulator::start(sim::SimConfig::default(), link.clone())
+            .await
+            .context("cannot start the simulated controller")?;
+        info!(port = %link.display(), "simulated controller started");
+        settings.serial.port = link.to_string_lossy().into_owned();
+        Some(handle)
+    } else {
+        None
+    };
+    let (inlets, outlets) = daemon::channels();
+    daemon::run(&settings, inlets, shutdown).await;
+    drop(outlets);
+    info!("stopped");
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).
+async fn on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        _ = int.recv() => info!("SIGINT"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,311 @@
+//! The state and event documents of SPEC §4, built from the core's [`Status`] and [`Event`].
+//!
+//! Pure: the caller passes the wall-clock time and the monotonic `now` so that instants the
+//! core remembers can be shown as RFC 3339 times. One builder serves MQTT and HTTP, so the
+//! retained state and `/status.json` are the same document.
+
+use crate::core::{Event, Fault, Status};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use std::time::{Instant, SystemTime};
+
+/// The `B/D/state` JSON. Every key is always present; `None` serialises as `null`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StateDoc {
+    /// `off`, `preheating`, `brewing`, `keep_warm`, `manual`.
+    pub mode: &'static str,
+    /// `ON`/`OFF` as the controller reports the relay.
+    pub heater: Option<&'static str>,
+    /// Hot-plate temperature, one decimal.
+    pub temperature_c: Option<f64>,
+    /// Distance to the water surface, two decimals.
+    pub water_distance_in: Option<f64>,
+    /// Reservoir level.
+    pub water_level_pct: Option<u8>,
+    /// Cups a `START` brews.
+    pub cups: u32,
+    /// Seconds of brewing left (only while brewing).
+    pub brew_remaining_s: Option<u64>,
+    /// `ON` while keep warm runs.
+    pub keep_warm: &'static str,
+    /// Interlocks that hold now.
+    pub faults: Vec<&'static str>,
+    /// The latest trip.
+    pub last_fault: Option<LastFault>,
+    /// `up` while the controller answers, else `down`.
+    pub link: &'static str,
+    /// Controller reboots since start.
+    pub controller_reboots: u64,
+    /// Firmware from the boot banner.
+    pub firmware: Option<String>,
+    /// When the controller last answered.
+    pub updated_at: Option<String>,
+}
+
+/// `last_fault` of the state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LastFault {
+    /// The fault's name.
+    pub reason: &'static str,
+    /// When it tripped.
+    pub at: String,
+}
+
+/// Deadbands under which a reading does not count as a change (SPEC §4).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Deadbands {
+    /// `mqtt.temperature_deadband_c`.
+    pub temperature_c: f64,
+    /// `mqtt.water_deadband_in`.
+    pub water_in: f64,
+}
+
+/// Converts monotonic instants into wall-clock RFC 3339 strings as of one moment.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Monotonic now.
+    pub now: Instant,
+    /// Wall-clock now.
+    pub wall: SystemTime,
+}
+
+impl Clock {
+    /// RFC 3339 with milliseconds, UTC (`2026-11-24T07:30:00.123Z`).
+    pub fn rfc3339(&self, at: Instant) -> String {
+        let wall = self.wall - self.now.saturating_duration_since(at);
+        humantime::format_rfc3339_millis(wall).to_string()
+    }
+
+    /// The wall-clock now as RFC 3339.
+    pub fn now_rfc3339(&self) -> String {
+        humantime::format_rfc3339_millis(self.wall).to_string()
+    }
+}
+
+impl StateDoc {
+    /// The document for a status.
+    pub fn new(status: &Status, clock: &Clock) -> StateDoc {
+        let answering = status.link_up && !status.faults.contains(Fault::StaleTelemetry);
+        StateDoc {
+            mode: status.mode.as_str(),
+            heater: status.heater.map(on_off),
+            temperature_c: status.temperature_c.map(|t| round(t, 10.0)),
+            water_distance_in: status.water_distance_in.map(|d| round(d, 100.0)),
+            water_level_pct: status.water_level_pct,
+            cups: status.cups,
+            brew_remaining_s: status.brew_remaining_s,
+            keep_warm: on_off(status.keep_warm),
+            faults: status.faults.iter().map(Fault::as_str).collect(),
+            last_fault: status.last_fault.map(|(reason, at)| LastFault {
+                reason,
+                at: clock.rfc3339(at),
+            }),
+            link: if answering { "up" } else { "down" },
+            controller_reboots: status.controller_reboots,
+            firmware: status.firmware.clone(),
+            updated_at: status.updated_at.map(|at| clock.rfc3339(at)),
+        }
+    }
+
+    /// Whether `self` differs from `published` enough to publish: any key but `updated_at`,
+    /// with readings compared through their deadbands.
+    pub fn differs_from(&self, published: &StateDoc, deadbands: Deadbands) -> bool {
+        let moved = |a: Option<f64>, b: Option<f64>, band: f64| match (a, b) {
+            (Some(a), Some(b)) => (a - b).abs() >= band.max(f64::EPSILON),
+            (a, b) => a.is_some() != b.is_some(),
+        };
+        moved(
+            self.temperature_c,
+            published.temperature_c,
+            deadbands.temperature_c,
+        ) || moved(
+            self.water_distance_in,
+            published.water_distance_in,
+            deadbands.water_in,
+        ) || StateDoc {
+            temperature_c: published.temperature_c,
+            water_distance_in: published.water_distance_in,
+            // The level follows the distance's deadband.
+            water_level_pct: published.water_level_pct,
+            updated_at: published.updated_at.clone(),
+            ..self.clone()
+        } != *published
+    }
+
+    /// Whether the controller answers (the device availability).
+    pub fn online(&self) -> bool {
+        self.link == "up"
+    }
+
+    /// The JSON text.
+    pub fn to_json(&self) -> String {
+        // Serialising plain data with string keys cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// An event as published on `B/D/event`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventDoc(pub Value);
+
+impl EventDoc {
+    /// The JSON of a core event at wall time `at`.
+    pub fn new(event: &Event, clock: &Clock) -> EventDoc {
+        let details = match event {
+            Event::BrewStarted { cups } => json!({ "cups": cups }),
+            Event::BrewFinished { cups, reason } | Event::BrewAborted { cups, reason } => {
+                json!({ "cups": cups, "reason": reason })
+            }
+            Event::KeepWarmStarted => json!({}),
+            Event::KeepWarmFinished { reason } | Event::Fault { reason } => {
+                json!({ "reason": reason })
+            }
+            Event::HeaterAutoOff { after_s } => json!({ "after_s": after_s }),
+            Event::ControllerRebooted { count } => json!({ "count": count }),
+        };
+        Self::with(event.event_type(), details, clock)
+    }
+
+    /// A `command_rejected` event. The payload is cut to 200 characters, invalid UTF-8
+    /// replaced.
+    pub fn command_rejected(command: &str, payload: &[u8], reason: &str, clock: &Clock) -> Self {
+        let head = &payload[..payload.len().min(800)];
+        let text: String = String::from_utf8_lossy(head).chars().take(200).collect();
+        Self::with(
+            "command_rejected",
+            json!({ "command": command, "payload": text, "reason": reason }),
+            clock,
+        )
+    }
+
+    fn with(event_type: &str, details: Value, clock: &Clock) -> Self {
+        let mut map = Map::new();
+        map.insert("event_type".into(), event_type.into());
+        map.insert("at".into(), clock.now_rfc3339().into());
+        if let Value::Object(details) = details {
+            map.extend(details);
+        }
+        EventDoc(Value::Object(map))
+    }
+
+    /// The `event_type`.
+    pub fn event_type(&self) -> &str {
+        self.0["event_type"].as_str().unwrap_or_default()
+    }
+
+    /// The JSON text.
+    pub fn to_json(&self) -> String {
+        self.0.to_string()
+    }
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "ON"
+    } else {
+        "OFF"
+    }
+}
+
+fn round(x: f64, scale: f64) -> f64 {
+    (x * scale).round() / scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{FaultSet, Mode};
+    use std::time::Duration;
+
+    fn status(now: Instant) -> Status {
+        Status {
+            mode: Mode::Brewing,
+            heater: Some(true),
+            temperature_c: Some(92.44),
+            water_distance_in: Some(3.523),
+            water_level_pct: Some(61),
+            cups: 4,
+            brew_remaining_s: Some(118),
+            keep_warm: false,
+            faults: FaultSet::default(),
+            last_fault: None,
+            link_up: true,
+            controller_reboots: 0,
+            firmware: Some("MrCoffeeBot v2.0".into()),
+            updated_at: Some(now - Duration::from_millis(500)),
+        }
+    }
+
+    fn clock(now: Instant) -> Clock {
+        Clock {
+            now,
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000),
+        }
+    }
+
+    #[test]
+    fn state_json_has_every_key_of_the_spec() {
+        let now = Instant::now();
+        let doc = StateDoc::new(&status(now), &clock(now));
+        let v: Value = serde_json::from_str(&doc.to_json()).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        for key in [
+            "mode",
+            "heater",
+            "temperature_c",
+            "water_distance_in",
+            "water_level_pct",
+            "cups",
+            "brew_remaining_s",
+            "keep_warm",
+            "faults",
+            "last_fault",
+            "link",
+            "controller_reboots",
+            "firmware",
+            "updated_at",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {v}");
+        }
+        assert_eq!(keys.len(), 14);
+        assert_eq!(v["temperature_c"], 92.4);
+        assert_eq!(v["water_distance_in"], 3.52);
+        assert_eq!(v["heater"], "ON");
+        assert_eq!(v["last_fault"], Value::Null);
+        assert_eq!(v["updated_at"], "2026-11-18T07:33:19.500Z");
+    }
+
+    #[test]
+    fn jitter_inside_the_deadband_is_not_a_change() {
+        let now = Instant::now();
+        let bands = Deadbands {
+            temperature_c: 0.3,
+            water_in: 0.05,
+        };
+        let a = StateDoc::new(&status(now), &clock(now));
+        let mut s = status(now);
+        s.temperature_c = Some(92.6);
+        s.water_distance_in = Some(3.54);
+        s.updated_at = Some(now);
+        assert!(!StateDoc::new(&s, &clock(now)).differs_from(&a, bands));
+        s.temperature_c = Some(92.8);
+        assert!(StateDoc::new(&s, &clock(now)).differs_from(&a, bands));
+        let mut s = status(now);
+        s.brew_remaining_s = Some(117);
+        assert!(StateDoc::new(&s, &clock(now)).differs_from(&a, bands));
+        let mut s = status(now);
+        s.temperature_c = None;
+        assert!(StateDoc::new(&s, &clock(now)).differs_from(&a, bands));
+    }
+
+    #[test]
+    fn rejected_payloads_are_cut_and_made_valid_text() {
+        let now = Instant::now();
+        let long = vec![b'x'; 10_000];
+        let e = EventDoc::command_rejected("brew", &long, "bad", &clock(now));
+        assert_eq!(e.0["payload"].as_str().unwrap().len(), 200);
+        let e = EventDoc::command_rejected("brew", b"\xff\xfeON", "bad", &clock(now));
+        assert_eq!(e.0["payload"], "\u{fffd}\u{fffd}ON");
+        assert_eq!(e.event_type(), "command_rejected");
+    }
+}
