@@ -487,7 +487,7 @@ pub fn limit(key: &str) -> Option<&'static Limit> {
 fn in_range(key: &str, value: f64) -> bool {
     limit(key)
         .and_then(|limit| limit.range)
-        .map_or(true, |range| range.contains(value))
+        .is_none_or(|range| range.contains(value))
 }
 
 /// The reason given in [`LIMITS`] for `key`.

@@ -367,8 +367,8 @@ proptest! {
             decoder.push(chunk);
             for frame in drain(&mut decoder) {
                 if let Frame::Reading(reading) = frame {
-                    prop_assert!(reading.temperature_c.map_or(true, f64::is_finite));
-                    prop_assert!(reading.water_distance_in.map_or(true, f64::is_finite));
+                    prop_assert!(reading.temperature_c.is_none_or(f64::is_finite));
+                    prop_assert!(reading.water_distance_in.is_none_or(f64::is_finite));
                 }
             }
         }

@@ -1,5 +1,7 @@
 //! The core in virtual time: a rig answers every command like the controller would, and
 //! `run_for` jumps from one deadline to the next. Nothing sleeps.
+// The clock is read once per test for a base instant; every later instant is virtual.
+#![allow(clippy::disallowed_methods)]
 
 use super::*;
 use proptest::prelude::*;
