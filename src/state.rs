@@ -272,7 +272,7 @@ mod tests {
         assert_eq!(v["water_distance_in"], 3.52);
         assert_eq!(v["heater"], "ON");
         assert_eq!(v["last_fault"], Value::Null);
-        assert_eq!(v["updated_at"], "2026-11-18T07:33:19.500Z");
+        assert_eq!(v["updated_at"], "2026-11-18T11:06:39.500Z");
     }
 
     #[test]
