@@ -173,11 +173,16 @@ pub fn status_line(snapshot: &SimSnapshot) -> String {
 }
 
 /// Runs `coffeebot simulate`: starts the simulator, prints `simulated controller on <path>`,
-/// then answers control lines from stdin with one line each until EOF, Ctrl-C or SIGTERM.
+/// then answers control lines from stdin with one line each, until Ctrl-C or SIGTERM. At the
+/// end of stdin (e.g. `</dev/null` under a supervisor) it keeps simulating.
 pub async fn run_cli(link_path: PathBuf, cfg: SimConfig) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use tokio::signal::unix::{signal, SignalKind};
 
+    if let Some(dir) = link_path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     let sim = Simulator::start(cfg, link_path.clone())
         .await
         .with_context(|| format!("cannot start the simulator on {}", link_path.display()))?;
@@ -193,15 +198,16 @@ pub async fn run_cli(link_path: PathBuf, cfg: SimConfig) -> anyhow::Result<()> {
         }
     });
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut stdin_open = true;
     loop {
         tokio::select! {
-            line = lines.recv() => match line {
+            line = lines.recv(), if stdin_open => match line {
                 Some(Ok(line)) => println!("{}", control(&sim, &line).await),
                 Some(Err(e)) => {
-                    println!("error: cannot read stdin: {e}");
-                    break;
+                    println!("error: cannot read stdin: {e}; controls are off");
+                    stdin_open = false;
                 }
-                None => break,
+                None => stdin_open = false,
             },
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
