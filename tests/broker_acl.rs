@@ -163,20 +163,24 @@ fn assert_matrix_is_testable() {
 }
 
 #[test]
-fn security_model_table_is_in_mosquitto_readme() {
+fn security_model_table_is_in_both_readmes() {
     let table = security_model_markdown();
     println!("{table}");
-    let readme_path = shipped_config()
+    let mosquitto_dir = shipped_config()
         .parent()
         .and_then(|config| config.parent())
         .expect("mosquitto/")
-        .join("README.md");
-    let readme = std::fs::read_to_string(&readme_path).expect("read mosquitto/README.md");
-    assert!(
-        readme.contains(&table),
-        "{} must contain the security model table exactly as tested:\n\n{table}",
-        readme_path.display()
-    );
+        .to_path_buf();
+    let project_dir = mosquitto_dir.parent().expect("the project").to_path_buf();
+    for readme_path in [mosquitto_dir.join("README.md"), project_dir.join("README.md")] {
+        let readme = std::fs::read_to_string(&readme_path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", readme_path.display()));
+        assert!(
+            readme.contains(&table),
+            "{} must contain the security model table exactly as tested:\n\n{table}",
+            readme_path.display()
+        );
+    }
 }
 
 /// Every subject publishes to every topic, and every subject that gets in subscribes to every
