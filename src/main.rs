@@ -14,7 +14,10 @@ use tracing::{error, info, warn};
 const MQTT_FINISH: std::time::Duration = std::time::Duration::from_millis(800);
 
 #[derive(Parser)]
-#[command(version, about = "Bridges a coffee maker's heater controller to MQTT, safely.")]
+#[command(
+    version,
+    about = "Bridges a coffee maker's heater controller to MQTT, safely."
+)]
 struct Cli {
     /// Configuration file (TOML); settings not in it keep their defaults.
     #[arg(long, global = true, env = "COFFEEBOT_CONFIG")]

@@ -162,8 +162,12 @@ mod tests {
             .unwrap_err()
             .starts_with("expected START, STOP"));
         assert!(p("brew", "{not json").is_err());
-        assert!(p("cups", "many").unwrap_err().contains("a number of cups 1..12"));
-        assert!(p("grind", "ON").unwrap_err().starts_with("unknown command \"grind\""));
+        assert!(p("cups", "many")
+            .unwrap_err()
+            .contains("a number of cups 1..12"));
+        assert!(p("grind", "ON")
+            .unwrap_err()
+            .starts_with("unknown command \"grind\""));
         let big = vec![b'O'; 1_000_000];
         assert_eq!(
             parse("heater", &big, 12).unwrap_err(),

@@ -431,7 +431,10 @@ impl Bridge {
         if self.connected {
             self.publish(&self.topics.event(), event.to_json(), false);
         } else {
-            debug!(event = event.event_type(), "not connected; event not published");
+            debug!(
+                event = event.event_type(),
+                "not connected; event not published"
+            );
             metrics::counter!("coffeebot_mqtt_events_dropped_total").increment(1);
         }
     }
