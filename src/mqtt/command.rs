@@ -187,13 +187,10 @@ mod tests {
             payload in prop::collection::vec(any::<u8>(), 0..300),
             max_cups in 1u32..40,
         ) {
-            if let Ok(request) = parse(command, &payload, max_cups) {
-                match request {
-                    Request::BrewStart { cups: Some(n) } | Request::SelectCups(n) => {
-                        prop_assert!((1..=max_cups).contains(&n));
-                    }
-                    _ => {}
-                }
+            if let Ok(Request::BrewStart { cups: Some(n) } | Request::SelectCups(n)) =
+                parse(command, &payload, max_cups)
+            {
+                prop_assert!((1..=max_cups).contains(&n));
             }
         }
     }

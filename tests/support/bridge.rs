@@ -122,6 +122,29 @@ impl Bridge {
         }
     }
 
+    /// Waits (at most `within`) until `count` lines containing `text` have been logged;
+    /// returns whether they were.
+    pub fn wait_for_log_count(&self, text: &str, count: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let wait = || loop {
+            if self.log().iter().filter(|l| l.contains(text)).count() >= count {
+                return true;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            // Any new line wakes the check; the reader thread has stored it before sending.
+            if self.lines.recv_timeout(left).is_err() {
+                return self.log().iter().filter(|l| l.contains(text)).count() >= count;
+            }
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
+        }
+    }
+
     /// Every line logged so far.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().expect("log lock").clone()
