@@ -537,3 +537,41 @@ async fn sigterm_turns_the_heater_off_publishes_offline_and_exits_0_within_2_s()
 fn settings() -> coffeebot::config::Settings {
     coffeebot::config::load_with(None, &[]).expect("defaults load")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_flood_never_starves_the_heater() {
+    let mut rig = Rig::start("flood", &[]).await;
+    rig.command("heater", "ON").await;
+    rig.state_where("heater ON", |s| s["heater"] == "ON").await;
+    let lan = rig.broker.credentials(User::Lan);
+    let mut flood = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            rig.broker.host(),
+            "-p",
+            &rig.broker.lan_port().to_string(),
+        ])
+        .args(["-u", &lan.username, "-P", &lan.password])
+        .args(["-q", "0", "-t", &format!("{D}/cups/set"), "-l"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub");
+    let mut stdin = flood.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        for i in 0..5000 {
+            if writeln!(stdin, "{}", 1 + i % 12).is_err() {
+                break;
+            }
+        }
+    });
+    // The feed goes on at its pace all through the flood.
+    keeps_seeing(&rig.sim, "B+1", 8, Duration::from_millis(600)).await;
+    writer.join().unwrap();
+    assert!(flood.wait().unwrap().success());
+    keeps_seeing(&rig.sim, "B+1", 4, Duration::from_millis(600)).await;
+    // And commands are served after it.
+    rig.command("heater", "OFF").await;
+    rig.state_where("heater OFF", |s| s["heater"] == "OFF")
+        .await;
+}
