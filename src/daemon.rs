@@ -207,8 +207,7 @@ impl Driver {
 
     fn on_command(&mut self, command: CommandIn) {
         let now = Instant::now().into_std();
-        metrics::counter!("coffeebot_commands_total", "command" => command.command)
-            .increment(1);
+        metrics::counter!("coffeebot_commands_total", "command" => command.command).increment(1);
         if let Err(rejection) = self.core.handle_request(now, command.request) {
             info!(command = command.command, reason = %rejection.reason, "command rejected");
             let doc = EventDoc::command_rejected(
