@@ -24,6 +24,9 @@ use tracing::{debug, info, warn};
 
 /// Longest wait for the controller to confirm `B+0` at shutdown (SPEC §3: ≤ 1 s).
 pub const SHUTDOWN_CONFIRM: Duration = Duration::from_secs(1);
+/// Longest wait, after the heater is confirmed off, for the link to write what is queued.
+/// With [`SHUTDOWN_CONFIRM`] and the MQTT goodbye this keeps shutdown within SPEC's 2 s.
+pub const LINK_FINISH: Duration = Duration::from_millis(200);
 /// The driver wakes at least this often, so `/healthz` can tell a stuck core.
 pub const HEARTBEAT: Duration = Duration::from_millis(250);
 
@@ -119,7 +122,7 @@ pub async fn run(settings: &Settings, inlets: Inlets, shutdown: CancellationToke
     };
     driver.run(link_events_rx, shutdown).await;
     // The command sender is gone: the link writes what is queued (B+0 last) and ends.
-    if tokio::time::timeout(SHUTDOWN_CONFIRM, link).await.is_err() {
+    if tokio::time::timeout(LINK_FINISH, link).await.is_err() {
         warn!("the serial link did not finish in time");
     }
 }

@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 
 /// Longest wait at shutdown for the MQTT task's `offline` and DISCONNECT, so that the whole
 /// shutdown stays inside SPEC §3's 2 s.
-const MQTT_FINISH: std::time::Duration = std::time::Duration::from_millis(800);
+const MQTT_FINISH: std::time::Duration = std::time::Duration::from_millis(600);
 
 #[derive(Parser)]
 #[command(
