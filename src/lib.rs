@@ -17,11 +17,15 @@
 //! - [`config`]: typed settings, layered loading and validation.
 //! - [`state`]: the state and event JSON documents (SPEC §4), pure.
 //! - [`daemon`]: wires the tasks together and drives the core.
+//! - [`http`]: the read-only status page, `status.json`, metrics and health probes.
+//! - [`metrics`]: the Prometheus recorder, build info and the cross-task measurements.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod serial;
 pub mod sim;
