@@ -7,6 +7,7 @@
 //! body limit, a per-request timeout, and at the socket ([`listener`]) a cap on connections,
 //! an idle timeout (which also bounds reading the headers) and a connection lifetime.
 
+pub mod history;
 pub mod listener;
 pub mod page;
 
@@ -17,6 +18,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use history::History;
 use listener::{GuardedListener, Limits};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::IntoFuture;
@@ -106,6 +108,12 @@ pub async fn serve_with(
             .clone()
             .run_until_cancelled_owned(crate::metrics::track_state(deps.state.clone())),
     );
+    let history = History::default();
+    tokio::spawn(
+        tasks
+            .clone()
+            .run_until_cancelled_owned(history.clone().follow(deps.state.clone())),
+    );
     let upkeep = metrics.clone();
     tokio::spawn(tasks.run_until_cancelled_owned(async move {
         let mut every = tokio::time::interval(METRICS_UPKEEP);
@@ -118,7 +126,7 @@ pub async fn serve_with(
     info!(%addr, "HTTP status page, metrics and health listening");
     let server = axum::serve(
         GuardedListener::new(listener, limits),
-        router(deps, metrics),
+        router(deps, metrics, history),
     )
     .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     tokio::select! {
@@ -131,8 +139,12 @@ pub async fn serve_with(
 }
 
 /// The routes, with their bounds. Public so that tests can serve it on their own listener.
-pub fn router(deps: HttpDeps, metrics: PrometheusHandle) -> Router {
-    let app = Arc::new(App { deps, metrics });
+pub fn router(deps: HttpDeps, metrics: PrometheusHandle, history: History) -> Router {
+    let app = Arc::new(App {
+        deps,
+        metrics,
+        history,
+    });
     Router::new()
         .route("/", get(status_page))
         .route("/status.json", get(status_json))
@@ -152,6 +164,7 @@ pub fn router(deps: HttpDeps, metrics: PrometheusHandle) -> Router {
 struct App {
     deps: HttpDeps,
     metrics: PrometheusHandle,
+    history: History,
 }
 
 type Shared = State<Arc<App>>;
@@ -179,7 +192,12 @@ const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
 
 async fn status_page(State(app): Shared) -> Response {
     let state = app.deps.state.borrow().clone();
-    let html = page::render(&app.deps.title, state.as_ref(), SystemTime::now());
+    let html = page::render(
+        &app.deps.title,
+        state.as_ref(),
+        &app.history.to_json(),
+        SystemTime::now(),
+    );
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),

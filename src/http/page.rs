@@ -10,11 +10,12 @@ use std::time::SystemTime;
 
 const TEMPLATE: &str = include_str!("page.html");
 
-/// The page for `state` (`None`: no state yet) as of wall-clock `now`.
-pub fn render(title: &str, state: Option<&StateDoc>, now: SystemTime) -> String {
+/// The page for `state` (`None`: no state yet) with the temperature `history` (JSON
+/// `[[unix ms, °C], …]`) as of wall-clock `now`.
+pub fn render(title: &str, state: Option<&StateDoc>, history: &str, now: SystemTime) -> String {
     let v = Values::new(state, now);
     let initial = state.map_or_else(|| "null".to_owned(), StateDoc::to_json);
-    let fields: [(&str, &str); 25] = [
+    let fields: [(&str, &str); 26] = [
         ("title", &escape(title)),
         ("conn_state", v.conn_state),
         ("conn_text", v.conn_text),
@@ -41,6 +42,7 @@ pub fn render(title: &str, state: Option<&StateDoc>, now: SystemTime) -> String 
         ("updated_ago", &v.updated_ago),
         // Inside <script>: `<` escaped so no `</script>` can end it early.
         ("initial_json", &initial.replace('<', "\\u003c")),
+        ("history_json", &history.replace('<', "\\u003c")),
     ];
     fill(TEMPLATE, &fields)
 }
@@ -307,6 +309,7 @@ mod tests {
         let html = render(
             "Coffee Pot",
             Some(&doc()),
+            "[]",
             at("2026-11-24T07:30:05.123Z") + Duration::from_millis(1),
         );
         assert!(!html.contains("{{"), "placeholder left in the page");
@@ -330,19 +333,19 @@ mod tests {
 
     #[test]
     fn device_text_is_escaped_in_html_and_in_the_script() {
-        let html = render("<b>Pot</b>", Some(&doc()), SystemTime::UNIX_EPOCH);
+        let html = render("<b>Pot</b>", Some(&doc()), "[]", SystemTime::UNIX_EPOCH);
         assert!(html.contains("Mr&lt;Coffee&gt;Bot &quot;v2&quot; &lt;/script&gt;"));
         assert!(html.contains("&lt;b&gt;Pot&lt;/b&gt;"));
         // The embedded JSON cannot close its <script> element.
         let script = html.split(r#"id="initial""#).nth(1).unwrap();
         let json_end = script.find("</script>").unwrap();
         assert!(script[..json_end].contains(r"\u003c/script>"));
-        assert_eq!(html.matches("</script>").count(), 2);
+        assert_eq!(html.matches("</script>").count(), 3);
     }
 
     #[test]
     fn without_state_the_page_says_it_waits() {
-        let html = render("Coffee Pot", None, SystemTime::UNIX_EPOCH);
+        let html = render("Coffee Pot", None, "[]", SystemTime::UNIX_EPOCH);
         assert!(!html.contains("{{"));
         assert!(html.contains("Waiting for the controller"));
         assert!(html.contains(r#"data-title="Coffee Pot">null</script>"#));
@@ -357,7 +360,7 @@ mod tests {
     fn brew_time_shows_only_while_brewing() {
         let mut d = doc();
         d.mode = "keep_warm";
-        let html = render("Pot", Some(&d), SystemTime::UNIX_EPOCH);
+        let html = render("Pot", Some(&d), "[]", SystemTime::UNIX_EPOCH);
         assert!(html.contains(r#"id="brew-remaining">—</p>"#));
     }
 }
