@@ -210,8 +210,9 @@ impl Driver {
 
     fn on_command(&mut self, command: CommandIn) {
         let now = Instant::now().into_std();
-        metrics::counter!("coffeebot_commands_total", "command" => command.command).increment(1);
-        if let Err(rejection) = self.core.handle_request(now, command.request) {
+        let result = self.core.handle_request(now, command.request);
+        crate::metrics::command_handled(command.command, &command.request, result.is_ok());
+        if let Err(rejection) = result {
             info!(command = command.command, reason = %rejection.reason, "command rejected");
             let doc = EventDoc::command_rejected(
                 command.command,
@@ -230,6 +231,7 @@ impl Driver {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Serial(command) => {
+                    crate::metrics::serial_queued(command);
                     if self.link.try_send(command).is_err() {
                         // The link is stuck or gone; the controller's 1 s timeout is the net.
                         warn!(?command, "serial queue full; command dropped");
@@ -237,11 +239,13 @@ impl Driver {
                     }
                 }
                 Output::Event(event) => {
+                    crate::metrics::record_event(&event);
                     info!(event = event.event_type(), details = ?event, "event");
                     self.send_event(EventDoc::new(&event, &clock()));
                 }
             }
         }
+        crate::metrics::flushed();
         let clock = Clock {
             now: now.into_std(),
             wall: SystemTime::now(),

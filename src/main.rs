@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use coffeebot::config::{self, ConfigError, Settings};
-use coffeebot::{daemon, mqtt, sim};
+use coffeebot::{daemon, http, mqtt, sim};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -163,7 +163,20 @@ async fn run(mut settings: Settings, simulate: bool) -> anyhow::Result<()> {
         None
     };
     let mqtt_options = mqtt::options(&settings).context("MQTT")?;
+    // Before the driver starts, so that no count is lost.
+    coffeebot::metrics::install();
     let (inlets, outlets) = daemon::channels();
+    let http_task = match settings.http.listen_addr() {
+        Some(addr) => {
+            let listener = http::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (http.listen)"))?;
+            info!(%addr, "status page on http://{addr}/");
+            let deps = http::HttpDeps::new(&outlets, &settings.device.name);
+            Some(tokio::spawn(http::serve(listener, deps, shutdown.clone())))
+        }
+        None => None,
+    };
     let mqtt_task = tokio::spawn(mqtt::run(
         settings.clone(),
         mqtt_options,
@@ -179,6 +192,10 @@ async fn run(mut settings: Settings, simulate: bool) -> anyhow::Result<()> {
     // The driver's state sender is gone: the MQTT task publishes offline and disconnects.
     if tokio::time::timeout(MQTT_FINISH, mqtt_task).await.is_err() {
         warn!("the MQTT task did not finish in time; the last will marks the bridge offline");
+    }
+    if let Some(task) = http_task {
+        // The token is cancelled: the server stops accepting; open requests are cut short.
+        task.abort();
     }
     info!("stopped");
     Ok(())
