@@ -138,7 +138,10 @@ enum Step {
         heater_on: bool,
     },
     /// A reply as a working controller gives it: the heater state it was commanded.
-    Reply { water: Value, temperature: Value },
+    Reply {
+        water: Value,
+        temperature: Value,
+    },
     /// The boot banner.
     Banner,
     Request(Req),
