@@ -162,6 +162,13 @@ impl Decoder {
         self.frames.pop_front()
     }
 
+    /// Bytes allocated for the partial line (its capacity, not just its length), so that
+    /// tests and fuzz targets outside this module can check the memory bound.
+    #[doc(hidden)]
+    pub fn buffered(&self) -> usize {
+        self.line.capacity()
+    }
+
     /// Forgets any partial line, partial reply and frames not yet taken (after the port was
     /// reopened).
     pub fn reset(&mut self) {
