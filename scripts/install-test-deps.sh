@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, from Debian packages,
 # only when it is missing: mosquitto (the broker the broker tests start) and
-# mosquitto-clients (mosquitto_pub/mosquitto_sub for manual checks).
+# mosquitto-clients (mosquitto_pub/mosquitto_sub for manual checks), and faketime
+# (libfaketime: tests/faults.rs moves the bridge's wall clock to show its timers do not follow it).
 # Idempotent and non-interactive; runs apt-get as root, or through sudo when available.
 set -euo pipefail
 
@@ -9,6 +10,7 @@ set -euo pipefail
 declare -A PROVIDES=(
   [mosquitto]=mosquitto
   [mosquitto-clients]=mosquitto_sub
+  [faketime]=faketime
 )
 
 have() {
@@ -18,7 +20,7 @@ have() {
 }
 
 missing=()
-for pkg in mosquitto mosquitto-clients; do
+for pkg in mosquitto mosquitto-clients faketime; do
   if have "${PROVIDES[$pkg]}"; then
     echo "install-test-deps: $pkg already installed"
   else
