@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, from Debian packages,
 # only when it is missing: mosquitto (the broker the broker tests start),
-# mosquitto-clients (mosquitto_pub/mosquitto_sub for manual checks) and chromium (the
-# headless browser the status-page test drives; Debian's build, never a downloaded one).
+# mosquitto-clients (mosquitto_pub/mosquitto_sub for manual checks), chromium (the
+# headless browser the status-page test drives; Debian's build, never a downloaded one) and
+# faketime (libfaketime: tests/faults.rs moves the bridge's wall clock to show its timers do
+# not follow it).
 # Idempotent and non-interactive; runs apt-get as root, or through sudo when available.
 set -euo pipefail
 
@@ -11,6 +13,7 @@ declare -A PROVIDES=(
   [mosquitto]=mosquitto
   [mosquitto-clients]=mosquitto_sub
   [chromium]=chromium
+  [faketime]=faketime
 )
 
 have() {
@@ -20,7 +23,7 @@ have() {
 }
 
 missing=()
-for pkg in mosquitto mosquitto-clients chromium; do
+for pkg in mosquitto mosquitto-clients chromium faketime; do
   if have "${PROVIDES[$pkg]}"; then
     echo "install-test-deps: $pkg already installed"
   else

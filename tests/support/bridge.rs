@@ -51,13 +51,37 @@ impl Bridge {
         extra: &[(&str, &str)],
         rust_log: &str,
     ) -> Bridge {
+        Bridge::start_via(&[], &[], port, broker, login, extra, rust_log)
+    }
+
+    /// [`Bridge::start_logging`], with the binary run through `wrapper` (a program and its
+    /// arguments, e.g. `["setpriv", "--bounding-set=-sys_admin", "--"]`; empty: none) and
+    /// `env` (full variable names, e.g. `LD_PRELOAD`) added to its environment.
+    pub fn start_via(
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        port: &Path,
+        broker: &Broker,
+        login: &Credentials,
+        extra: &[(&str, &str)],
+        rust_log: &str,
+    ) -> Bridge {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let client_id = format!(
             "coffeebot-test-{}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_coffeebot"));
+        let binary = env!("CARGO_BIN_EXE_coffeebot");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary);
+                cmd
+            }
+            None => Command::new(binary),
+        };
+        cmd.envs(env.iter().copied());
         cmd.arg("run")
             .env_remove("COFFEEBOT_CONFIG")
             .env("RUST_LOG", rust_log)
@@ -145,6 +169,28 @@ impl Bridge {
         }
     }
 
+    /// Waits (at most `within`) until `pred` holds for the lines logged so far (checked again
+    /// at every new line); returns whether it did.
+    pub fn wait_for_log_where(&self, pred: impl Fn(&[String]) -> bool, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let wait = || loop {
+            if pred(&self.log()) {
+                return true;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            if self.lines.recv_timeout(left).is_err() {
+                return pred(&self.log());
+            }
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
+        }
+    }
+
     /// Every line logged so far.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().expect("log lock").clone()
@@ -162,6 +208,24 @@ impl Bridge {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Sends `signal` (a name the shell's `kill` knows: `INT`, `STOP`, `CONT`, …).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -{signal} {}", self.pid())])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, …) in kB; `None` once the
+    /// process is gone.
+    pub fn proc_status_kb(&self, field: &str) -> Option<u64> {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.

@@ -139,6 +139,42 @@ impl Broker {
         panic!("mosquitto did not start: {last_error}");
     }
 
+    /// Prepares `setup` on fresh free ports and a fresh directory without starting it: for
+    /// tests of a client that comes up before its broker. [`Broker::launch`] starts it.
+    pub fn reserve(setup: Setup) -> Broker {
+        Broker::prepare(setup)
+    }
+
+    /// Starts a [`Broker::reserve`]d (or stopped) broker on its ports; panics if it does not
+    /// come up (another process may have taken a port meanwhile).
+    pub fn launch(&mut self) {
+        if self.is_running() {
+            return;
+        }
+        if let Err(e) = self.spawn() {
+            panic!("mosquitto did not start on its reserved ports: {e}");
+        }
+    }
+
+    /// [`Broker::start_with`], with `lines` appended to the configuration (general options
+    /// such as `max_queued_messages 20000`, for a test that must not lose a message to the
+    /// broker's own limits).
+    pub fn start_with_extra(setup: Setup, lines: &str) -> Broker {
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let mut broker = Broker::prepare(setup);
+            let mut text = fs::read_to_string(&broker.conf).expect("read conf");
+            text.push_str(lines);
+            text.push('\n');
+            fs::write(&broker.conf, text).expect("write conf");
+            match broker.spawn() {
+                Ok(()) => return broker,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("mosquitto did not start: {last_error}");
+    }
+
     fn prepare(setup: Setup) -> Broker {
         let dir = unique_temp_dir();
         let ports = free_ports(if setup == Setup::Shipped { 2 } else { 1 });

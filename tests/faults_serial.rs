@@ -1,0 +1,162 @@
+//! Fault injection: the controller's USB serial port unplugged mid-brew and a new device
+//! plugged in behind the same path, with `coffeebot run` as a separate process, a real
+//! mosquitto and the simulated controller on a real pseudo-terminal (see tests/faults.rs for
+//! the rest of the suite).
+//!
+//! A test binary of its own, with the bridge started before the simulator: the simulator's
+//! pty master is not opened close-on-exec, so every process this test process spawns after it
+//! (a bridge, a broker, those of tests running in parallel) keeps a copy of it, and an unplug
+//! (closing the master) would never reach the bridge as a hang-up. Here nothing is spawned
+//! after the simulator starts.
+
+mod support;
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use coffeebot::sim::{SimConfig, Simulator};
+use serde_json::Value;
+use support::bridge::Bridge;
+use support::mosquitto::{Broker, Listener, Login, Message, Protocol, TestClient, User};
+
+const D: &str = "coffeebot/coffeepot";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn json(m: &Message) -> Value {
+    serde_json::from_slice(&m.payload).unwrap_or(Value::Null)
+}
+
+/// The first message matching `pred` among those arriving from now on (at most [`WAIT`]).
+async fn next_message(
+    client: &mut TestClient,
+    what: &str,
+    pred: impl Fn(&Message) -> bool,
+) -> Message {
+    let old = client.seen().len();
+    message_since(client, old, what, pred).await
+}
+
+/// The first message matching `pred` among those seen after the first `old` ones.
+async fn message_since(
+    client: &mut TestClient,
+    old: usize,
+    what: &str,
+    pred: impl Fn(&Message) -> bool,
+) -> Message {
+    let calls = Cell::new(0usize);
+    client
+        .wait_for(what, WAIT, |m| {
+            calls.set(calls.get() + 1);
+            calls.get() > old && pred(m)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn next_state(client: &mut TestClient, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let topic = format!("{D}/state");
+    json(&next_message(client, what, |m| m.topic == topic && pred(&json(m))).await)
+}
+
+fn has_fault(state: &Value, fault: &str) -> bool {
+    state["faults"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == fault))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_unplugged_mid_brew_and_replugged_recovers_without_a_restart() {
+    let broker = Broker::start();
+    let dir = std::env::temp_dir().join(format!("coffeebot-faults-serial-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tty");
+    let mut w = broker
+        .connect(
+            Protocol::V311,
+            Listener::Lan,
+            Login::User(User::HomeAssistant),
+        )
+        .await
+        .unwrap();
+    w.subscribe_many(&[
+        &format!("{D}/state"),
+        &format!("{D}/event"),
+        &format!("{D}/availability"),
+    ])
+    .await
+    .unwrap();
+    let mut bridge = Bridge::start(
+        &path,
+        &broker,
+        &broker.credentials(User::Coffeebot),
+        &[("BREW__SECONDS_PER_CUP", "10")],
+    );
+    assert!(bridge.wait_for_log("cannot open", WAIT).is_some());
+    let sim = Simulator::start(SimConfig::default(), path).await.unwrap();
+    next_state(&mut w, "the controller answering", |s| {
+        s["temperature_c"].is_number()
+    })
+    .await;
+
+    let mut lan = broker
+        .connect(Protocol::V311, Listener::Lan, Login::User(User::Lan))
+        .await
+        .unwrap();
+    lan.publish(&format!("{D}/brew/set"), "2", false)
+        .await
+        .unwrap();
+    next_state(&mut w, "brewing", |s| s["mode"] == "brewing").await;
+    assert!(sim.snapshot().await.unwrap().device.heater_on);
+
+    let before = w.seen().len();
+    let unplugged = Instant::now();
+    sim.unplug().await.unwrap();
+    let state = next_state(&mut w, "link down", |s| has_fault(s, "link_down")).await;
+    let noticed = unplugged.elapsed();
+    assert_eq!(state["link"], "down");
+    assert_eq!(state["mode"], "off");
+    assert_eq!(state["heater"], Value::Null, "{state}");
+    for (event_type, reason) in [("fault", "link_down"), ("brew_aborted", "link_down")] {
+        message_since(&mut w, before, event_type, |m| {
+            m.topic == format!("{D}/event")
+                && json(m)["event_type"] == event_type
+                && json(m)["reason"] == reason
+        })
+        .await;
+    }
+    message_since(&mut w, before, "device offline", |m| {
+        m.topic == format!("{D}/availability") && m.payload == b"offline"
+    })
+    .await;
+
+    // A new device behind the same path; the same process picks it up.
+    let mut commands = sim.commands();
+    let replugged = Instant::now();
+    sim.replug().await.unwrap();
+    assert_eq!(
+        commands.next(WAIT).await.map(|c| c.line),
+        Some("B+0".to_owned()),
+        "the first line on the new device is not B+0"
+    );
+    let state = next_state(&mut w, "link up again", |s| {
+        s["link"] == "up" && s["faults"].as_array().is_some_and(Vec::is_empty)
+    })
+    .await;
+    let recovery = replugged.elapsed();
+    assert_eq!(state["mode"], "off");
+    for _ in 0..2 {
+        assert!(commands.next_matching("S+?", WAIT).await.is_some());
+    }
+    let log = sim.command_log().await.unwrap();
+    assert!(
+        log.iter().all(|c| c.line != "B+1" || c.at < replugged),
+        "heating resumed after the replug: {log:?}"
+    );
+    assert!(!sim.snapshot().await.unwrap().device.heater_on);
+    assert!(bridge.is_running());
+    println!(
+        "FIGURE serial unplug: link_down published {} ms after the unplug; link up {} ms after the replug",
+        noticed.as_millis(),
+        recovery.as_millis()
+    );
+}
