@@ -3,11 +3,11 @@
 //! mosquitto and the simulated controller on a real pseudo-terminal (see tests/faults.rs for
 //! the rest of the suite).
 //!
-//! A test binary of its own, with the bridge started before the simulator: the simulator's
-//! pty master is not opened close-on-exec, so every process this test process spawns after it
-//! (a bridge, a broker, those of tests running in parallel) keeps a copy of it, and an unplug
-//! (closing the master) would never reach the bridge as a hang-up. Here nothing is spawned
-//! after the simulator starts.
+//! A test binary of its own, with the bridge started before the simulator: the simulator's pty
+//! master becomes close-on-exec only just after it is opened (see `src/sim/pty.rs`), and a
+//! process spawned in that instant by a parallel test would keep a copy, so that an unplug
+//! (closing the master) never reached the bridge as a hang-up. Here nothing is spawned after
+//! the simulator starts.
 
 mod support;
 

@@ -434,7 +434,11 @@ impl Shell {
 
 /// A new pty pair with the link pointing at its slave.
 fn open_port(link_path: &Path) -> io::Result<Port> {
-    let (master, slave) = SerialStream::pair().map_err(io::Error::from)?;
+    let (master, slave) = serialport::TTYPort::pair().map_err(io::Error::from)?;
+    // `pair` opens the master without close-on-exec; every process started later (a bridge,
+    // a broker) would keep a copy and an unplug would never hang the port up. A close-on-exec
+    // duplicate replaces it.
+    let master = master.try_clone_native().map_err(io::Error::from)?;
     let device_path = slave
         .name()
         .map(PathBuf::from)
@@ -442,6 +446,7 @@ fn open_port(link_path: &Path) -> io::Result<Port> {
     point_link(link_path, &device_path)?;
     // The slave closes here; a client opens it through the link.
     drop(slave);
+    let master = SerialStream::try_from(master).map_err(io::Error::from)?;
     Ok(Port {
         master,
         device_path,
