@@ -85,7 +85,6 @@ impl Clock {
 impl StateDoc {
     /// The document for a status.
     pub fn new(status: &Status, clock: &Clock) -> StateDoc {
-        let answering = status.link_up && !status.faults.contains(Fault::StaleTelemetry);
         StateDoc {
             mode: status.mode.as_str(),
             heater: status.heater.map(on_off),
@@ -100,7 +99,7 @@ impl StateDoc {
                 reason,
                 at: clock.rfc3339(at),
             }),
-            link: if answering { "up" } else { "down" },
+            link: if status.answering { "up" } else { "down" },
             controller_reboots: status.controller_reboots,
             firmware: status.firmware.clone(),
             updated_at: status.updated_at.map(|at| clock.rfc3339(at)),
@@ -230,6 +229,7 @@ mod tests {
             faults: FaultSet::default(),
             last_fault: None,
             link_up: true,
+            answering: true,
             controller_reboots: 0,
             firmware: Some("MrCoffeeBot v2.0".into()),
             updated_at: Some(now - Duration::from_millis(500)),

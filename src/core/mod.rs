@@ -349,6 +349,12 @@ impl Core {
             faults: self.faults,
             last_fault: self.last_fault,
             link_up: self.link_up,
+            answering: self.link_up
+                && self
+                    .last_reply_at
+                    .zip(self.link_up_at)
+                    .is_some_and(|(reply, up)| reply >= up)
+                && !self.faults.contains(Fault::StaleTelemetry),
             controller_reboots: self.controller_reboots,
             firmware: self.firmware.clone(),
             updated_at: self.last_reply_at,

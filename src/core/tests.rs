@@ -171,6 +171,28 @@ fn first_output_is_heater_off_and_link_up_writes_heater_off_first() {
 }
 
 #[test]
+fn the_controller_answers_only_after_a_reply_on_the_open_port() {
+    let t0 = Instant::now();
+    let mut core = Core::new(limits(), t0);
+    core.handle_link(t0, true);
+    assert!(core.status(t0).link_up);
+    assert!(!core.status(t0).answering, "an open port is not an answer");
+    let reading = Reading {
+        water_distance_in: Some(2.0),
+        temperature_c: Some(21.0),
+        heater_on: false,
+    };
+    core.handle_reading(t0, reading);
+    assert!(core.status(t0).answering);
+    let later = t0 + secs(4);
+    core.handle_timeout(later);
+    assert!(
+        !core.status(later).answering,
+        "stale replies are not answers"
+    );
+}
+
+#[test]
 fn starting_with_the_port_closed_is_not_a_trip() {
     let rig = Rig::new(limits());
     assert!(rig.events.is_empty(), "{:?}", rig.events);

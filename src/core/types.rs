@@ -283,8 +283,11 @@ pub struct Status {
     pub faults: FaultSet,
     /// The latest trip: its reason and when.
     pub last_fault: Option<(&'static str, Instant)>,
-    /// Whether the controller answers (the port is open).
+    /// Whether the serial port is open.
     pub link_up: bool,
+    /// Whether the controller answers: the port is open, a reply came since it was opened,
+    /// and replies are not stale.
+    pub answering: bool,
     /// Controller reboots seen since start.
     pub controller_reboots: u64,
     /// Firmware from the boot banner.
