@@ -17,11 +17,14 @@
 //! - [`config`]: typed settings, layered loading and validation.
 //! - [`state`]: the state and event JSON documents (SPEC §4), pure.
 //! - [`daemon`]: wires the tasks together and drives the core.
+//! - [`mqtt`]: the task that owns the MQTT connection: state, events, commands, Home Assistant
+//!   discovery.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod mqtt;
 pub mod protocol;
 pub mod serial;
 pub mod sim;

@@ -3,11 +3,15 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use coffeebot::config::{self, ConfigError, Settings};
-use coffeebot::{daemon, sim};
+use coffeebot::{daemon, mqtt, sim};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+/// Longest wait at shutdown for the MQTT task's `offline` and DISCONNECT, so that the whole
+/// shutdown stays inside SPEC §3's 2 s.
+const MQTT_FINISH: std::time::Duration = std::time::Duration::from_millis(800);
 
 #[derive(Parser)]
 #[command(version, about = "Bridges a coffee maker's heater controller to MQTT, safely.")]
@@ -44,6 +48,9 @@ enum Cmd {
     },
     /// Print the effective configuration (secrets redacted), or the first problem.
     CheckConfig,
+    /// Print the Home Assistant discovery messages the bridge would publish, one per line:
+    /// `topic payload` (an empty payload removes an entity). The firmware is unknown here.
+    Discovery,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +58,22 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Cmd::CheckConfig => check_config(cli.config.as_deref()),
+        Cmd::Discovery => match load(cli.config.as_deref()) {
+            Ok(settings) => {
+                use std::io::Write;
+                let host = mqtt::host_name();
+                let mut out = std::io::stdout().lock();
+                for (topic, payload) in mqtt::discovery::messages(&settings, None, host.as_deref())
+                {
+                    // A closed pipe (`| head`) ends the listing, it is no failure.
+                    if writeln!(out, "{topic} {payload}").is_err() {
+                        break;
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
         Cmd::Run { simulate } => {
             let settings = match load(cli.config.as_deref()) {
                 Ok(s) => s,
@@ -136,9 +159,24 @@ async fn run(mut settings: Settings, simulate: bool) -> anyhow::Result<()> {
     } else {
         None
     };
+    let mqtt_options = mqtt::options(&settings).context("MQTT")?;
     let (inlets, outlets) = daemon::channels();
+    let mqtt_task = tokio::spawn(mqtt::run(
+        settings.clone(),
+        mqtt_options,
+        mqtt::Io {
+            state: outlets.state.clone(),
+            events: outlets.events,
+            events_tx: outlets.events_tx.clone(),
+            commands: outlets.commands.clone(),
+            connected: outlets.broker_connected_tx,
+        },
+    ));
     daemon::run(&settings, inlets, shutdown).await;
-    drop(outlets);
+    // The driver's state sender is gone: the MQTT task publishes offline and disconnects.
+    if tokio::time::timeout(MQTT_FINISH, mqtt_task).await.is_err() {
+        warn!("the MQTT task did not finish in time; the last will marks the bridge offline");
+    }
     info!("stopped");
     Ok(())
 }

@@ -1,0 +1,596 @@
+//! The task that owns the MQTT connection (SPEC §4): it publishes availability, state, events
+//! and Home Assistant discovery, and turns command messages into [`CommandIn`]s for the driver.
+//!
+//! Two loops, so that nothing ever blocks rumqttc's event loop and nothing waits on it:
+//! - the *poller* owns the [`EventLoop`] and does nothing but poll it, forwarding what matters
+//!   and sleeping a capped backoff after an error (polling again is how rumqttc reconnects);
+//! - the *bridge* reacts to those events, to the driver's state `watch` and its event queue,
+//!   and publishes with `try_publish` only, into a request queue sized for a whole reconnect's
+//!   worth of messages. It publishes only while connected: nothing queues while the broker is
+//!   away, and on every ConnAck it re-subscribes and re-publishes availability, the current
+//!   state and discovery.
+//!
+//! The heater core never waits on any of this: commands go to the driver with `try_send` and
+//! a full queue is a rejection ("bridge busy"), never a wait.
+//!
+//! The connection is MQTT 5 with a clean start, so that commands sent while the bridge was away
+//! are never replayed, and with a Maximum Packet Size of [`MAX_INCOMING_PACKET`]: the broker
+//! drops larger messages for this client instead of delivering them, so an oversized (even a
+//! retained) command can neither make the bridge allocate it nor make it drop the connection
+//! over and over. The command subscription asks for "retain as published", so a retained
+//! command is recognised as such even when it arrives live, and is never acted on.
+//!
+//! The task ends when the driver's state sender is dropped (the driver has finished shutting
+//! down): it publishes `offline` on both availability topics and disconnects.
+
+pub mod command;
+pub mod discovery;
+pub mod topics;
+
+use crate::config::{Discovery, Settings};
+use crate::daemon::CommandIn;
+use crate::state::{Clock, EventDoc, StateDoc};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnectReturnCode, LastWill, Packet, PubAckReason, SubscribeReasonCode,
+};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+use rumqttc::{Outgoing, TlsConfiguration, Transport};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant};
+use topics::{CommandTopic, Topics};
+use tracing::{debug, info, warn};
+
+/// Largest packet the broker may send the bridge (MQTT 5 Maximum Packet Size); commands are
+/// a few bytes, `homeassistant/status` a word.
+pub const MAX_INCOMING_PACKET: u32 = 64 * 1024;
+/// First wait before reconnecting after an error.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Longest wait before reconnecting.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A connection that lasted this long starts the next backoff from [`BACKOFF_MIN`] again.
+const STABLE: Duration = Duration::from_secs(10);
+/// Requests queued for the event loop: a reconnect's subscription, availability, state and
+/// every discovery message (with removals) fit with room to spare.
+const REQUEST_QUEUE: usize = 256;
+/// Longest wait, at shutdown, for the `offline` messages and the DISCONNECT to go out.
+const DISCONNECT_WAIT: Duration = Duration::from_millis(700);
+
+/// Why the MQTT connection cannot be set up at all (a configuration problem).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The password could not be read (`mqtt.password_file`).
+    #[error(transparent)]
+    Password(#[from] crate::config::ConfigError),
+    /// A TLS file named in `mqtt.tls` could not be read.
+    #[error("{key} {path}: {source}")]
+    TlsFile {
+        /// The setting that names the file.
+        key: &'static str,
+        /// The file.
+        path: String,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+}
+
+/// The ends of the driver's channels that the MQTT task holds (from [`crate::daemon::Outlets`]).
+#[derive(Debug)]
+pub struct Io {
+    /// The driver's state; every send is a publication. Its closing ends the task.
+    pub state: watch::Receiver<Option<StateDoc>>,
+    /// Events to publish.
+    pub events: mpsc::Receiver<EventDoc>,
+    /// Where this task puts the `command_rejected` events it makes itself.
+    pub events_tx: mpsc::Sender<EventDoc>,
+    /// Commands for the driver (bounded; full means "bridge busy").
+    pub commands: mpsc::Sender<CommandIn>,
+    /// Set while connected to the broker (read by `/readyz`).
+    pub connected: watch::Sender<bool>,
+}
+
+/// The rumqttc options of these settings: clean start, last will, keep-alive, credentials,
+/// TLS, packet size limit. Reads the password and TLS files.
+pub fn options(settings: &Settings) -> Result<MqttOptions, SetupError> {
+    let m = &settings.mqtt;
+    let topics = Topics::new(settings);
+    let mut options = MqttOptions::new(m.client_id.clone(), m.host.clone(), m.port);
+    options
+        .set_clean_start(true)
+        .set_keep_alive(Duration::from_secs(m.keep_alive_s.max(5)))
+        .set_request_channel_capacity(REQUEST_QUEUE)
+        .set_max_packet_size(Some(MAX_INCOMING_PACKET))
+        .set_last_will(LastWill::new(
+            topics.bridge_availability(),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+            None,
+        ));
+    if !m.username.is_empty() {
+        let password = settings.mqtt_password()?.unwrap_or_default();
+        options.set_credentials(m.username.clone(), password);
+    }
+    if m.tls.enabled() {
+        let read = |key: &'static str, path: &str| {
+            std::fs::read(path).map_err(|source| SetupError::TlsFile {
+                key,
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let ca = read("mqtt.tls.ca_file", &m.tls.ca_file)?;
+        let client_auth = if m.tls.client_cert.is_empty() {
+            None
+        } else {
+            Some((
+                read("mqtt.tls.client_cert", &m.tls.client_cert)?,
+                read("mqtt.tls.client_key", &m.tls.client_key)?,
+            ))
+        };
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        }));
+    }
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    network.set_connection_timeout(5);
+    options.set_network_options(network);
+    Ok(options)
+}
+
+/// Runs the MQTT side until the driver's state channel closes, then publishes `offline` and
+/// disconnects (bounded by a short deadline). Never returns on broker errors: it logs each
+/// distinct one once and reconnects with a capped backoff.
+pub async fn run(settings: Settings, options: MqttOptions, io: Io) {
+    let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+    let (polled_tx, polled_rx) = mpsc::channel(64);
+    let poller = tokio::spawn(poll(eventloop, polled_tx));
+    let bridge = Bridge {
+        topics: Topics::new(&settings),
+        host: host_name(),
+        settings,
+        client,
+        io,
+        connected: false,
+        ever_connected: false,
+        announced_online: None,
+        firmware: None,
+        discovery_due: None,
+        last_error: None,
+        queue_full_logged: false,
+        refused_publish_logged: false,
+    };
+    bridge.run(polled_rx).await;
+    poller.abort();
+}
+
+/// What the poller forwards.
+#[derive(Debug)]
+enum Polled {
+    Event(Event),
+    Error(ConnectionError),
+}
+
+/// Polls the event loop forever; after an error, waits the backoff before polling again.
+async fn poll(mut eventloop: EventLoop, tx: mpsc::Sender<Polled>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut connected_at: Option<Instant> = None;
+    loop {
+        match eventloop.poll().await {
+            Ok(event) => {
+                let done = matches!(event, Event::Outgoing(Outgoing::Disconnect));
+                let forward = match &event {
+                    Event::Incoming(Packet::ConnAck(_)) => {
+                        connected_at = Some(Instant::now());
+                        true
+                    }
+                    Event::Incoming(
+                        Packet::Publish(_)
+                        | Packet::SubAck(_)
+                        | Packet::PubAck(_)
+                        | Packet::Disconnect(_),
+                    ) => true,
+                    _ => done,
+                };
+                if forward && tx.send(Polled::Event(event)).await.is_err() {
+                    return;
+                }
+                if done {
+                    return;
+                }
+            }
+            Err(e) => {
+                if connected_at.take().is_some_and(|at| at.elapsed() >= STABLE) {
+                    backoff = BACKOFF_MIN;
+                }
+                if tx.send(Polled::Error(e)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+struct Bridge {
+    settings: Settings,
+    topics: Topics,
+    host: Option<String>,
+    client: AsyncClient,
+    io: Io,
+    connected: bool,
+    ever_connected: bool,
+    /// The device availability last published in this connection.
+    announced_online: Option<bool>,
+    /// The firmware the last discovery carried.
+    firmware: Option<String>,
+    /// When to re-publish discovery after Home Assistant's `online`.
+    discovery_due: Option<Instant>,
+    /// The last connection error logged, so a refusal is one line, not one per retry.
+    last_error: Option<String>,
+    queue_full_logged: bool,
+    refused_publish_logged: bool,
+}
+
+impl Bridge {
+    async fn run(mut self, mut polled: mpsc::Receiver<Polled>) {
+        loop {
+            let discovery_due = self.discovery_due;
+            tokio::select! {
+                changed = self.io.state.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.on_state();
+                }
+                p = polled.recv() => match p {
+                    Some(Polled::Event(event)) => self.on_event(event),
+                    Some(Polled::Error(e)) => self.on_error(&e),
+                    None => {
+                        // The poller never ends on its own; keep the state closing as the cue.
+                        warn!("MQTT event loop ended");
+                        let _ = self.io.state.changed().await;
+                        return;
+                    }
+                },
+                event = self.io.events.recv() => {
+                    if let Some(event) = event {
+                        self.publish_event(&event);
+                    }
+                }
+                () = sleep_until(discovery_due.unwrap_or_else(Instant::now)), if discovery_due.is_some() => {
+                    self.discovery_due = None;
+                    self.publish_discovery();
+                }
+            }
+        }
+        self.shut_down(polled).await;
+    }
+
+    /// Publishes the driver's last events and `offline`, then disconnects.
+    async fn shut_down(&mut self, mut polled: mpsc::Receiver<Polled>) {
+        while let Ok(event) = self.io.events.try_recv() {
+            self.publish_event(&event);
+        }
+        if !self.connected {
+            info!("MQTT: not connected at shutdown; the last will marks the bridge offline");
+            return;
+        }
+        self.publish(&self.topics.availability(), "offline", true);
+        self.publish(&self.topics.bridge_availability(), "offline", true);
+        if self.client.try_disconnect().is_err() {
+            warn!("MQTT: cannot queue DISCONNECT; the last will marks the bridge offline");
+            return;
+        }
+        let deadline = Instant::now() + DISCONNECT_WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, polled.recv()).await {
+                Ok(Some(Polled::Event(Event::Outgoing(Outgoing::Disconnect)))) => {
+                    info!("MQTT: published offline and disconnected");
+                    break;
+                }
+                Ok(Some(Polled::Error(_)) | None) | Err(_) => {
+                    warn!("MQTT: no clean disconnect; the last will marks the bridge offline");
+                    break;
+                }
+                Ok(Some(_)) => {}
+            }
+        }
+        self.set_connected(false);
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => self.on_connack(),
+            Event::Incoming(Packet::Publish(p)) => {
+                let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                self.on_message(&topic, &p.payload, p.retain);
+            }
+            Event::Incoming(Packet::SubAck(ack)) => {
+                for (filter, code) in self.topics.subscriptions().iter().zip(&ack.return_codes) {
+                    if !matches!(code, SubscribeReasonCode::Success(_)) {
+                        warn!(
+                            "broker refused the subscription to {filter}: {code:?}; commands \
+                             cannot reach the bridge (check the broker's ACL for user {:?})",
+                            self.settings.mqtt.username
+                        );
+                    }
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if !matches!(
+                    ack.reason,
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                ) && !self.refused_publish_logged
+                {
+                    self.refused_publish_logged = true;
+                    warn!(
+                        "broker refused a publication: {:?} (check the broker's ACL lets user \
+                         {:?} write {}/# and {}/#)",
+                        ack.reason,
+                        self.settings.mqtt.username,
+                        self.topics.base,
+                        self.topics.discovery_prefix
+                    );
+                }
+            }
+            Event::Incoming(Packet::Disconnect(d)) => {
+                warn!("broker closed the connection: {:?}", d.reason_code);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connack(&mut self) {
+        let m = &self.settings.mqtt;
+        if self.ever_connected {
+            metrics::counter!("coffeebot_mqtt_reconnects_total").increment(1);
+        }
+        info!(host = %m.host, port = m.port, "connected to the MQTT broker");
+        self.ever_connected = true;
+        self.last_error = None;
+        self.refused_publish_logged = false;
+        self.set_connected(true);
+        self.announced_online = None;
+        let filters = self.topics.subscriptions().map(|path| {
+            let mut filter = rumqttc::v5::mqttbytes::v5::Filter::new(path, QoS::AtLeastOnce);
+            // Keep the retain flag of live messages, so a retained command is always seen as one.
+            filter.preserve_retain = true;
+            filter
+        });
+        if let Err(e) = self.client.try_subscribe_many(filters) {
+            warn!("MQTT: cannot queue the subscription: {e}");
+        }
+        self.publish(&self.topics.bridge_availability(), "online", true);
+        self.firmware = self.current().and_then(|s| s.firmware);
+        self.publish_discovery();
+        self.publish_current_state();
+    }
+
+    fn on_error(&mut self, e: &ConnectionError) {
+        let was_connected = self.connected;
+        self.set_connected(false);
+        let text = describe(e, &self.settings);
+        if was_connected {
+            warn!("lost the MQTT broker: {text}; reconnecting");
+            self.last_error = Some(text);
+        } else if self.last_error.as_deref() != Some(text.as_str()) {
+            warn!("{text}; retrying with backoff (up to {BACKOFF_MAX:?})");
+            self.last_error = Some(text);
+        } else {
+            debug!("{text}; still retrying");
+        }
+    }
+
+    fn set_connected(&mut self, connected: bool) {
+        self.connected = connected;
+        self.io.connected.send_replace(connected);
+    }
+
+    fn current(&self) -> Option<StateDoc> {
+        self.io.state.borrow().clone()
+    }
+
+    fn on_state(&mut self) {
+        let state = self.io.state.borrow_and_update().clone();
+        if !self.connected {
+            return;
+        }
+        let firmware = state.as_ref().and_then(|s| s.firmware.clone());
+        if firmware.is_some() && firmware != self.firmware {
+            self.firmware = firmware;
+            self.publish_discovery();
+        }
+        self.publish_state(state.as_ref());
+    }
+
+    fn publish_current_state(&mut self) {
+        let state = self.io.state.borrow_and_update().clone();
+        self.publish_state(state.as_ref());
+    }
+
+    /// Availability when it changed (or was not yet said in this connection), then the state.
+    fn publish_state(&mut self, state: Option<&StateDoc>) {
+        let online = state.is_some_and(StateDoc::online);
+        if self.announced_online != Some(online) {
+            let payload = if online { "online" } else { "offline" };
+            self.publish(&self.topics.availability(), payload, true);
+            self.announced_online = Some(online);
+        }
+        if let Some(state) = state {
+            self.publish(&self.topics.state(), state.to_json(), true);
+        }
+    }
+
+    fn publish_event(&mut self, event: &EventDoc) {
+        if self.connected {
+            self.publish(&self.topics.event(), event.to_json(), false);
+        } else {
+            debug!(event = event.event_type(), "not connected; event not published");
+            metrics::counter!("coffeebot_mqtt_events_dropped_total").increment(1);
+        }
+    }
+
+    fn publish_discovery(&mut self) {
+        let messages = discovery::messages(
+            &self.settings,
+            self.firmware.as_deref(),
+            self.host.as_deref(),
+        );
+        if !messages.is_empty() {
+            debug!(count = messages.len(), "publishing discovery");
+        }
+        for (topic, payload) in messages {
+            self.publish(&topic, payload, true);
+        }
+    }
+
+    /// Queues a QoS 1 publication without waiting; a full queue drops it (the broker is not
+    /// taking what it gets; the next ConnAck re-publishes everything that matters).
+    fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
+        let payload: Vec<u8> = payload.into();
+        match self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+        {
+            Ok(()) => self.queue_full_logged = false,
+            Err(e) => {
+                metrics::counter!("coffeebot_mqtt_publish_dropped_total").increment(1);
+                if !self.queue_full_logged {
+                    self.queue_full_logged = true;
+                    warn!("MQTT: publication to {topic} dropped: {e}");
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, topic: &str, payload: &[u8], retain: bool) {
+        if topic == self.topics.ha_status() {
+            let online = payload.trim_ascii().eq_ignore_ascii_case(b"online");
+            if online && self.settings.homeassistant.discovery != Discovery::Off {
+                let delay = Duration::from_millis(fastrand::u64(1000..=5000));
+                debug!(?delay, "Home Assistant is online; discovery follows");
+                self.discovery_due = Some(Instant::now() + delay);
+            }
+            return;
+        }
+        let Some(command) = self.topics.parse_command(topic) else {
+            debug!(topic, "message on a topic the bridge does not handle");
+            return;
+        };
+        let name = match &command {
+            CommandTopic::Known(name) => *name,
+            CommandTopic::Unknown(name) => name.as_str(),
+        };
+        if retain {
+            info!(
+                topic,
+                "ignoring a retained command (clear it with: mosquitto_pub -r -n -t {topic})"
+            );
+            count(name, "retained_ignored");
+            return;
+        }
+        let parsed = match command {
+            CommandTopic::Known(name) => command::parse(name, payload, self.settings.brew.max_cups)
+                .map(|request| (name, request)),
+            CommandTopic::Unknown(ref name) => Err(command::expected(name, 0)
+                .err()
+                .unwrap_or_else(|| format!("unknown command {name:?}"))),
+        };
+        match parsed {
+            Ok((name, request)) => {
+                let command = CommandIn {
+                    request,
+                    command: name,
+                    payload: payload.to_vec(),
+                };
+                match self.io.commands.try_send(command) {
+                    Ok(()) => count(name, "forwarded"),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        count(name, "busy");
+                        self.reject(
+                            name,
+                            payload,
+                            "bridge busy: too many commands at once; try again in a moment",
+                        );
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        count(name, "rejected");
+                        self.reject(name, payload, "the bridge is shutting down");
+                    }
+                }
+            }
+            Err(reason) => {
+                count(name, "rejected");
+                self.reject(name, payload, &reason);
+            }
+        }
+    }
+
+    fn reject(&mut self, command: &str, payload: &[u8], reason: &str) {
+        info!(command, reason, "command rejected");
+        let clock = Clock {
+            now: std::time::Instant::now(),
+            wall: SystemTime::now(),
+        };
+        let doc = EventDoc::command_rejected(command, payload, reason, &clock);
+        if self.io.events_tx.try_send(doc).is_err() {
+            metrics::counter!("coffeebot_events_dropped_total").increment(1);
+        }
+    }
+}
+
+/// Counts a command by what became of it on the MQTT side (`forwarded` to the core, which
+/// may still reject it; `rejected`; `busy`; `retained_ignored`).
+fn count(command: &str, outcome: &'static str) {
+    let command = match topics::COMMANDS.iter().find(|c| **c == command) {
+        Some(known) => *known,
+        // Unknown names are not labels: they would let anyone grow the metric without bound.
+        None => "unknown",
+    };
+    metrics::counter!("coffeebot_mqtt_commands_total", "command" => command, "outcome" => outcome)
+        .increment(1);
+}
+
+/// One line a person can act on, the same for every retry of the same problem.
+fn describe(e: &ConnectionError, settings: &Settings) -> String {
+    let m = &settings.mqtt;
+    let at = format!("{}:{}", m.host, m.port);
+    match e {
+        ConnectionError::ConnectionRefused(code) => {
+            let why = match code {
+                ConnectReturnCode::BadUserNamePassword => format!(
+                    "bad user name or password (user {:?}; check the password in \
+                     mqtt.password_file or COFFEEBOT__MQTT__PASSWORD)",
+                    m.username
+                ),
+                ConnectReturnCode::NotAuthorized => {
+                    format!("not authorized (user {:?})", m.username)
+                }
+                ConnectReturnCode::ClientIdentifierNotValid | ConnectReturnCode::BadClientId => {
+                    format!("client id {:?} not accepted (mqtt.client_id)", m.client_id)
+                }
+                other => format!("{other:?}"),
+            };
+            format!("broker {at} refused the connection: {why}")
+        }
+        ConnectionError::Io(io) => format!("cannot reach the MQTT broker at {at}: {io}"),
+        ConnectionError::Tls(tls) => format!("TLS with the MQTT broker at {at} failed: {tls}"),
+        ConnectionError::Timeout(_) => format!("the MQTT broker at {at} did not answer in time"),
+        other => format!("connection to the MQTT broker at {at} failed: {other}"),
+    }
+}
+
+/// This machine's host name, for `configuration_url` when HTTP listens on every address.
+pub fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}

@@ -1,0 +1,152 @@
+//! The bridge's topic names (SPEC §4), built once from the settings so that the task, the
+//! discovery builder and the tests agree on every string.
+
+use crate::config::Settings;
+
+/// The command names, each the first level under the device of a `B/D/<name>/set` topic.
+pub const COMMANDS: [&str; 5] = ["heater", "brew", "cups", "keep_warm", "controller"];
+
+/// What a topic under the device's command subscription names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandTopic {
+    /// One of [`COMMANDS`].
+    Known(&'static str),
+    /// `B/D/<name>/set` with a name that is no command (rejected with `command_rejected`).
+    Unknown(String),
+}
+
+/// Every topic the bridge publishes or subscribes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topics {
+    /// `B`, `mqtt.base_topic`.
+    pub base: String,
+    /// `D`, `device.id`.
+    pub device: String,
+    /// `homeassistant.discovery_prefix`.
+    pub discovery_prefix: String,
+}
+
+impl Topics {
+    /// The topics of these settings.
+    pub fn new(settings: &Settings) -> Topics {
+        Topics {
+            base: settings.mqtt.base_topic.clone(),
+            device: settings.device.id.clone(),
+            discovery_prefix: settings.homeassistant.discovery_prefix.clone(),
+        }
+    }
+
+    /// `B/bridge/availability`: retained `online`/`offline`, also the last will.
+    pub fn bridge_availability(&self) -> String {
+        format!("{}/bridge/availability", self.base)
+    }
+
+    /// `B/D/availability`: retained `online` while the controller answers.
+    pub fn availability(&self) -> String {
+        format!("{}/{}/availability", self.base, self.device)
+    }
+
+    /// `B/D/state`: the retained state JSON.
+    pub fn state(&self) -> String {
+        format!("{}/{}/state", self.base, self.device)
+    }
+
+    /// `B/D/event`: event JSON, not retained.
+    pub fn event(&self) -> String {
+        format!("{}/{}/event", self.base, self.device)
+    }
+
+    /// `B/D/<command>/set`.
+    pub fn command(&self, command: &str) -> String {
+        format!("{}/{}/{command}/set", self.base, self.device)
+    }
+
+    /// The filter the bridge subscribes to for commands, `B/D/+/set`: the five command topics,
+    /// and any other `…/set` under the device, so that a typo gets a `command_rejected` rather
+    /// than silence (with the shipped ACL the broker delivers only the five).
+    pub fn command_filter(&self) -> String {
+        format!("{}/{}/+/set", self.base, self.device)
+    }
+
+    /// Home Assistant's birth and will topic, `<prefix>/status`.
+    pub fn ha_status(&self) -> String {
+        format!("{}/status", self.discovery_prefix)
+    }
+
+    /// Every filter the bridge subscribes to.
+    pub fn subscriptions(&self) -> [String; 2] {
+        [self.command_filter(), self.ha_status()]
+    }
+
+    /// The command a topic names, if it is `B/D/<name>/set`.
+    pub fn parse_command(&self, topic: &str) -> Option<CommandTopic> {
+        let name = topic
+            .strip_prefix(self.base.as_str())?
+            .strip_prefix('/')?
+            .strip_prefix(self.device.as_str())?
+            .strip_prefix('/')?
+            .strip_suffix("/set")?;
+        if name.is_empty() || name.contains('/') {
+            return None;
+        }
+        Some(match COMMANDS.iter().find(|c| **c == name) {
+            Some(known) => CommandTopic::Known(known),
+            None => CommandTopic::Unknown(name.to_owned()),
+        })
+    }
+}
+
+/// Whether an MQTT topic filter (with `+` and `#`) matches a topic name.
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    for f in filter.split('/') {
+        match (f, levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (f, Some(t)) if f == t => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics() -> Topics {
+        Topics {
+            base: "coffeebot".into(),
+            device: "coffeepot".into(),
+            discovery_prefix: "homeassistant".into(),
+        }
+    }
+
+    #[test]
+    fn names_follow_the_spec() {
+        let t = topics();
+        assert_eq!(t.bridge_availability(), "coffeebot/bridge/availability");
+        assert_eq!(t.availability(), "coffeebot/coffeepot/availability");
+        assert_eq!(t.state(), "coffeebot/coffeepot/state");
+        assert_eq!(t.event(), "coffeebot/coffeepot/event");
+        assert_eq!(t.command("brew"), "coffeebot/coffeepot/brew/set");
+        assert_eq!(t.ha_status(), "homeassistant/status");
+    }
+
+    #[test]
+    fn command_topics_are_recognised() {
+        let t = topics();
+        for c in COMMANDS {
+            assert_eq!(t.parse_command(&t.command(c)), Some(CommandTopic::Known(c)));
+            assert!(filter_matches(&t.command_filter(), &t.command(c)));
+        }
+        assert_eq!(
+            t.parse_command("coffeebot/coffeepot/grind/set"),
+            Some(CommandTopic::Unknown("grind".into()))
+        );
+        assert_eq!(t.parse_command("coffeebot/coffeepot/state"), None);
+        assert_eq!(t.parse_command("coffeebot/other/brew/set"), None);
+        assert_eq!(t.parse_command("coffeebot/coffeepot//set"), None);
+        assert_eq!(t.parse_command("coffeebot/coffeepot/a/b/set"), None);
+    }
+}
