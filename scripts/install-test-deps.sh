@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, from Debian packages,
-# only when it is missing: mosquitto (the broker the broker tests start) and
-# mosquitto-clients (mosquitto_pub/mosquitto_sub for manual checks).
+# only when it is missing: mosquitto (the broker the broker tests start),
+# mosquitto-clients (mosquitto_pub/mosquitto_sub for manual checks) and chromium (the
+# headless browser the status-page test drives; Debian's build, never a downloaded one).
 # Idempotent and non-interactive; runs apt-get as root, or through sudo when available.
 set -euo pipefail
 
@@ -9,6 +10,7 @@ set -euo pipefail
 declare -A PROVIDES=(
   [mosquitto]=mosquitto
   [mosquitto-clients]=mosquitto_sub
+  [chromium]=chromium
 )
 
 have() {
@@ -18,7 +20,7 @@ have() {
 }
 
 missing=()
-for pkg in mosquitto mosquitto-clients; do
+for pkg in mosquitto mosquitto-clients chromium; do
   if have "${PROVIDES[$pkg]}"; then
     echo "install-test-deps: $pkg already installed"
   else

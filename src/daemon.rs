@@ -24,6 +24,9 @@ use tracing::{debug, info, warn};
 
 /// Longest wait for the controller to confirm `B+0` at shutdown (SPEC §3: ≤ 1 s).
 pub const SHUTDOWN_CONFIRM: Duration = Duration::from_secs(1);
+/// Longest wait, after the heater is confirmed off, for the link to write what is queued.
+/// With [`SHUTDOWN_CONFIRM`] and the MQTT goodbye this keeps shutdown within SPEC's 2 s.
+pub const LINK_FINISH: Duration = Duration::from_millis(200);
 /// The driver wakes at least this often, so `/healthz` can tell a stuck core.
 pub const HEARTBEAT: Duration = Duration::from_millis(250);
 
@@ -119,7 +122,7 @@ pub async fn run(settings: &Settings, inlets: Inlets, shutdown: CancellationToke
     };
     driver.run(link_events_rx, shutdown).await;
     // The command sender is gone: the link writes what is queued (B+0 last) and ends.
-    if tokio::time::timeout(SHUTDOWN_CONFIRM, link).await.is_err() {
+    if tokio::time::timeout(LINK_FINISH, link).await.is_err() {
         warn!("the serial link did not finish in time");
     }
 }
@@ -207,9 +210,9 @@ impl Driver {
 
     fn on_command(&mut self, command: CommandIn) {
         let now = Instant::now().into_std();
-        metrics::counter!("coffeebot_commands_total", "command" => command.command)
-            .increment(1);
-        if let Err(rejection) = self.core.handle_request(now, command.request) {
+        let result = self.core.handle_request(now, command.request);
+        crate::metrics::command_handled(command.command, &command.request, result.is_ok());
+        if let Err(rejection) = result {
             info!(command = command.command, reason = %rejection.reason, "command rejected");
             let doc = EventDoc::command_rejected(
                 command.command,
@@ -228,6 +231,7 @@ impl Driver {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Serial(command) => {
+                    crate::metrics::serial_queued(command);
                     if self.link.try_send(command).is_err() {
                         // The link is stuck or gone; the controller's 1 s timeout is the net.
                         warn!(?command, "serial queue full; command dropped");
@@ -235,11 +239,13 @@ impl Driver {
                     }
                 }
                 Output::Event(event) => {
+                    crate::metrics::record_event(&event);
                     info!(event = event.event_type(), details = ?event, "event");
                     self.send_event(EventDoc::new(&event, &clock()));
                 }
             }
         }
+        crate::metrics::flushed();
         let clock = Clock {
             now: now.into_std(),
             wall: SystemTime::now(),

@@ -19,11 +19,15 @@
 //! - [`daemon`]: wires the tasks together and drives the core.
 //! - [`mqtt`]: the task that owns the MQTT connection: state, events, commands, Home Assistant
 //!   discovery.
+//! - [`http`]: the read-only status page, `status.json`, metrics and health probes.
+//! - [`metrics`]: the Prometheus recorder, build info and the cross-task measurements.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod http;
+pub mod metrics;
 pub mod mqtt;
 pub mod protocol;
 pub mod serial;

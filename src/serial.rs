@@ -185,6 +185,7 @@ async fn write_line(port: &mut tokio_serial::SerialStream, cmd: Command) -> io::
     port.write_all(cmd.line()).await?;
     port.flush().await?;
     metrics::counter!("coffeebot_serial_lines_sent_total").increment(1);
+    crate::metrics::line_written(cmd);
     debug!(?cmd, "wrote");
     Ok(())
 }

@@ -160,7 +160,9 @@ async fn a_brew_runs_preheat_then_brew_then_off() {
     let mut commands = bridge.sim.commands();
     bridge.ask(Request::BrewStart { cups: Some(2) }).await;
     assert_eq!(bridge.event("brew_started").await["cups"], 2);
-    bridge.state_where("preheating", |s| s.mode == "preheating").await;
+    bridge
+        .state_where("preheating", |s| s.mode == "preheating")
+        .await;
     assert!(commands.next_matching("B+1", WAIT).await.is_some());
     let brewing = bridge.state_where("brewing", |s| s.mode == "brewing").await;
     assert!(brewing.temperature_c.unwrap() >= 26.5);
@@ -181,7 +183,9 @@ async fn muting_the_controller_trips_stale_telemetry_and_heater_off() {
     let mut bridge = Bridge::start(&[]).await;
     let mut commands = bridge.sim.commands();
     bridge.ask(Request::Heater(true)).await;
-    bridge.state_where("heating", |s| s.heater == Some("ON")).await;
+    bridge
+        .state_where("heating", |s| s.heater == Some("ON"))
+        .await;
     assert!(commands.next_matching("B+1", WAIT).await.is_some());
     bridge.sim.mute(true).await.unwrap();
     let fault = bridge.event("fault").await;
@@ -204,7 +208,9 @@ async fn muting_the_controller_trips_stale_telemetry_and_heater_off() {
 async fn unplug_and_replug_recover_without_a_restart() {
     let mut bridge = Bridge::start(&[]).await;
     bridge.ask(Request::Heater(true)).await;
-    bridge.state_where("heating", |s| s.heater == Some("ON")).await;
+    bridge
+        .state_where("heating", |s| s.heater == Some("ON"))
+        .await;
     bridge.sim.unplug().await.unwrap();
     assert_eq!(bridge.event("fault").await["reason"], "link_down");
     let down = bridge
@@ -227,7 +233,9 @@ async fn unplug_and_replug_recover_without_a_restart() {
 async fn controller_reboot_mid_brew_ends_it_and_never_re_enables() {
     let mut bridge = Bridge::start(&[]).await;
     bridge.ask(Request::BrewStart { cups: Some(1) }).await;
-    bridge.state_where("preheating", |s| s.mode == "preheating").await;
+    bridge
+        .state_where("preheating", |s| s.mode == "preheating")
+        .await;
     bridge.sim.reboot(true).await.unwrap();
     assert_eq!(bridge.event("controller_rebooted").await["count"], 1);
     let state = bridge
@@ -266,7 +274,9 @@ async fn shutdown_while_heating_writes_heater_off_last_within_two_seconds() {
 async fn crc_errors_trip_sensor_error() {
     let mut bridge = Bridge::start(&[]).await;
     bridge.ask(Request::Heater(true)).await;
-    bridge.state_where("heating", |s| s.heater == Some("ON")).await;
+    bridge
+        .state_where("heating", |s| s.heater == Some("ON"))
+        .await;
     bridge.sim.crc_error(true).await.unwrap();
     assert_eq!(bridge.event("fault").await["reason"], "sensor_error");
     let s = bridge
@@ -274,7 +284,10 @@ async fn crc_errors_trip_sensor_error() {
         .await;
     assert_eq!(s.temperature_c, None);
     assert_eq!(s.mode, "off");
-    assert!(s.online(), "a controller answering with sentinels is online");
+    assert!(
+        s.online(),
+        "a controller answering with sentinels is online"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,7 +295,9 @@ async fn stuck_relay_trips_heater_mismatch() {
     let mut bridge = Bridge::start(&[]).await;
     bridge.sim.stuck_heater(true).await.unwrap();
     bridge.ask(Request::Heater(true)).await;
-    bridge.state_where("heating", |s| s.heater == Some("ON")).await;
+    bridge
+        .state_where("heating", |s| s.heater == Some("ON"))
+        .await;
     bridge.ask(Request::Heater(false)).await;
     assert_eq!(bridge.event("fault").await["reason"], "heater_mismatch");
     let mut commands = bridge.sim.commands();

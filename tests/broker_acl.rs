@@ -172,7 +172,10 @@ fn security_model_table_is_in_both_readmes() {
         .expect("mosquitto/")
         .to_path_buf();
     let project_dir = mosquitto_dir.parent().expect("the project").to_path_buf();
-    for readme_path in [mosquitto_dir.join("README.md"), project_dir.join("README.md")] {
+    for readme_path in [
+        mosquitto_dir.join("README.md"),
+        project_dir.join("README.md"),
+    ] {
         let readme = std::fs::read_to_string(&readme_path)
             .unwrap_or_else(|e| panic!("read {}: {e}", readme_path.display()));
         assert!(

@@ -506,9 +506,7 @@ impl Core {
         match program {
             Program::Idle | Program::Manual => {}
             Program::Preheat { cups, .. } | Program::Brew { cups, .. } => match end {
-                End::Done | End::ReservoirEmpty => {
-                    self.emit(Event::BrewFinished { cups, reason })
-                }
+                End::Done | End::ReservoirEmpty => self.emit(Event::BrewFinished { cups, reason }),
                 _ => self.emit(Event::BrewAborted { cups, reason }),
             },
             Program::KeepWarm { .. } => {
@@ -670,7 +668,14 @@ impl Core {
         }
         let want = self.program.wants_heat() && self.faults.blocking().is_empty();
         if want != self.relay_on {
-            self.send(now, if want { Command::HeaterOn } else { Command::HeaterOff });
+            self.send(
+                now,
+                if want {
+                    Command::HeaterOn
+                } else {
+                    Command::HeaterOff
+                },
+            );
             return;
         }
         let due = |interval: Duration| {

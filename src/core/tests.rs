@@ -108,7 +108,11 @@ impl Rig {
         let end = self.now + d;
         loop {
             self.drain();
-            let next = self.core.poll_timeout().map_or(end, |t| t.min(end)).max(self.now);
+            let next = self
+                .core
+                .poll_timeout()
+                .map_or(end, |t| t.min(end))
+                .max(self.now);
             if self.relay && self.heat_rate > 0.0 {
                 let dt = (next - self.now).as_secs_f64();
                 self.temp = self.temp.map(|t| t + self.heat_rate * dt);
@@ -156,21 +160,14 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-
 #[test]
 fn first_output_is_heater_off_and_link_up_writes_heater_off_first() {
     let t0 = Instant::now();
     let mut core = Core::new(limits(), t0);
-    assert_eq!(
-        core.poll_output(),
-        Some(Output::Serial(Command::HeaterOff))
-    );
+    assert_eq!(core.poll_output(), Some(Output::Serial(Command::HeaterOff)));
     assert_eq!(core.poll_output(), None);
     core.handle_link(t0, true);
-    assert_eq!(
-        core.poll_output(),
-        Some(Output::Serial(Command::HeaterOff))
-    );
+    assert_eq!(core.poll_output(), Some(Output::Serial(Command::HeaterOff)));
 }
 
 #[test]
@@ -411,11 +408,7 @@ fn heater_off_replaces_a_brew() {
 /// Heats manually, then lets `fault` happen; checks the trip: B+0 at once, program ended,
 /// `fault` event, and a start command refused while it holds.
 fn assert_trips(rig: &mut Rig, reason: &'static str) {
-    assert!(
-        rig.has_event(&Event::Fault { reason }),
-        "{:?}",
-        rig.events
-    );
+    assert!(rig.has_event(&Event::Fault { reason }), "{:?}", rig.events);
     assert_eq!(rig.status().mode, Mode::Off);
     assert!(!rig.core.relay_on, "the core commands the heater off");
     assert_eq!(rig.status().last_fault.map(|(r, _)| r), Some(reason));
@@ -441,7 +434,11 @@ fn interlock_link_down() {
     assert!(err.reason.starts_with("link_down"));
     let sent = rig.sent.len();
     rig.run_for(secs(5));
-    assert_eq!(rig.sent.len(), sent, "nothing is written while the link is down");
+    assert_eq!(
+        rig.sent.len(),
+        sent,
+        "nothing is written while the link is down"
+    );
 }
 
 #[test]
@@ -592,7 +589,11 @@ fn heater_found_off_while_commanded_on_counts_as_a_reboot() {
         .unwrap()
         .0;
     // The first B+1 after the loss is answered B+0; one feed period later it is a reboot.
-    assert!(reboot_at - at <= Duration::from_millis(600), "{at:?} {:?}", rig.events);
+    assert!(
+        reboot_at - at <= Duration::from_millis(600),
+        "{at:?} {:?}",
+        rig.events
+    );
     rig.run_for(secs(5));
     assert_eq!(rig.feeds_after(reboot_at), 0);
 }
@@ -633,7 +634,10 @@ fn reset_writes_heater_off_then_reset() {
     rig.request(Request::ResetController).unwrap();
     let n = rig.sent.len();
     assert_eq!(
-        rig.sent[n - 2..].iter().map(|(_, c)| *c).collect::<Vec<_>>(),
+        rig.sent[n - 2..]
+            .iter()
+            .map(|(_, c)| *c)
+            .collect::<Vec<_>>(),
         [Command::HeaterOff, Command::Reset]
     );
     assert_eq!(rig.status().mode, Mode::Off);

@@ -162,8 +162,12 @@ mod tests {
             .unwrap_err()
             .starts_with("expected START, STOP"));
         assert!(p("brew", "{not json").is_err());
-        assert!(p("cups", "many").unwrap_err().contains("a number of cups 1..12"));
-        assert!(p("grind", "ON").unwrap_err().starts_with("unknown command \"grind\""));
+        assert!(p("cups", "many")
+            .unwrap_err()
+            .contains("a number of cups 1..12"));
+        assert!(p("grind", "ON")
+            .unwrap_err()
+            .starts_with("unknown command \"grind\""));
         let big = vec![b'O'; 1_000_000];
         assert_eq!(
             parse("heater", &big, 12).unwrap_err(),
@@ -183,13 +187,10 @@ mod tests {
             payload in prop::collection::vec(any::<u8>(), 0..300),
             max_cups in 1u32..40,
         ) {
-            if let Ok(request) = parse(command, &payload, max_cups) {
-                match request {
-                    Request::BrewStart { cups: Some(n) } | Request::SelectCups(n) => {
-                        prop_assert!((1..=max_cups).contains(&n));
-                    }
-                    _ => {}
-                }
+            if let Ok(Request::BrewStart { cups: Some(n) } | Request::SelectCups(n)) =
+                parse(command, &payload, max_cups)
+            {
+                prop_assert!((1..=max_cups).contains(&n));
             }
         }
     }

@@ -408,12 +408,16 @@ pub fn configuration_url(listen: &str, host: Option<&str>) -> Option<String> {
     Some(format!("http://{addr}/"))
 }
 
-/// Home Assistant's slug of a name: lowercase ASCII letters and digits, `_` between words.
+/// Home Assistant's slug of a name: lowercase ASCII letters and digits, `_` between words;
+/// Latin letters with diacritics lose them (`Büro` → `buro`), as Home Assistant's
+/// transliteration does; other scripts are dropped.
 pub fn slug(name: &str) -> String {
     let mut out = String::new();
     for c in name.chars().flat_map(char::to_lowercase) {
         if c.is_ascii_alphanumeric() {
             out.push(c);
+        } else if let Some(plain) = fold(c) {
+            out.push_str(plain);
         } else if !out.is_empty() && !out.ends_with('_') {
             out.push('_');
         }
@@ -426,6 +430,24 @@ pub fn slug(name: &str) -> String {
     } else {
         out
     }
+}
+
+/// The plain Latin letters of a lowercase Latin-1 letter with a diacritic.
+fn fold(c: char) -> Option<&'static str> {
+    Some(match c {
+        'à'..='å' => "a",
+        'æ' => "ae",
+        'ç' => "c",
+        'è'..='ë' => "e",
+        'ì'..='ï' => "i",
+        'ñ' => "n",
+        'ò'..='ö' | 'ø' => "o",
+        'œ' => "oe",
+        'ù'..='ü' => "u",
+        'ý' | 'ÿ' => "y",
+        'ß' => "ss",
+        _ => return None,
+    })
 }
 
 fn merge(into: &mut Value, extra: Value) {

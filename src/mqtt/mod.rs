@@ -171,7 +171,7 @@ pub async fn run(settings: Settings, options: MqttOptions, io: Io) {
 /// What the poller forwards.
 #[derive(Debug)]
 enum Polled {
-    Event(Event),
+    Event(Box<Event>),
     Error(ConnectionError),
 }
 
@@ -196,7 +196,7 @@ async fn poll(mut eventloop: EventLoop, tx: mpsc::Sender<Polled>) {
                     ) => true,
                     _ => done,
                 };
-                if forward && tx.send(Polled::Event(event)).await.is_err() {
+                if forward && tx.send(Polled::Event(Box::new(event))).await.is_err() {
                     return;
                 }
                 if done {
@@ -249,7 +249,7 @@ impl Bridge {
                     self.on_state();
                 }
                 p = polled.recv() => match p {
-                    Some(Polled::Event(event)) => self.on_event(event),
+                    Some(Polled::Event(event)) => self.on_event(*event),
                     Some(Polled::Error(e)) => self.on_error(&e),
                     None => {
                         // The poller never ends on its own; keep the state closing as the cue.
@@ -290,7 +290,9 @@ impl Bridge {
         let deadline = Instant::now() + DISCONNECT_WAIT;
         loop {
             match tokio::time::timeout_at(deadline, polled.recv()).await {
-                Ok(Some(Polled::Event(Event::Outgoing(Outgoing::Disconnect)))) => {
+                Ok(Some(Polled::Event(event)))
+                    if matches!(*event, Event::Outgoing(Outgoing::Disconnect)) =>
+                {
                     info!("MQTT: published offline and disconnected");
                     break;
                 }
@@ -322,22 +324,21 @@ impl Bridge {
                     }
                 }
             }
-            Event::Incoming(Packet::PubAck(ack)) => {
+            Event::Incoming(Packet::PubAck(ack))
                 if !matches!(
                     ack.reason,
                     PubAckReason::Success | PubAckReason::NoMatchingSubscribers
-                ) && !self.refused_publish_logged
-                {
-                    self.refused_publish_logged = true;
-                    warn!(
-                        "broker refused a publication: {:?} (check the broker's ACL lets user \
-                         {:?} write {}/# and {}/#)",
-                        ack.reason,
-                        self.settings.mqtt.username,
-                        self.topics.base,
-                        self.topics.discovery_prefix
-                    );
-                }
+                ) && !self.refused_publish_logged =>
+            {
+                self.refused_publish_logged = true;
+                warn!(
+                    "broker refused a publication: {:?} (check the broker's ACL lets user \
+                     {:?} write {}/# and {}/#)",
+                    ack.reason,
+                    self.settings.mqtt.username,
+                    self.topics.base,
+                    self.topics.discovery_prefix
+                );
             }
             Event::Incoming(Packet::Disconnect(d)) => {
                 warn!("broker closed the connection: {:?}", d.reason_code);
@@ -431,7 +432,10 @@ impl Bridge {
         if self.connected {
             self.publish(&self.topics.event(), event.to_json(), false);
         } else {
-            debug!(event = event.event_type(), "not connected; event not published");
+            debug!(
+                event = event.event_type(),
+                "not connected; event not published"
+            );
             metrics::counter!("coffeebot_mqtt_events_dropped_total").increment(1);
         }
     }
@@ -564,13 +568,14 @@ fn describe(e: &ConnectionError, settings: &Settings) -> String {
     match e {
         ConnectionError::ConnectionRefused(code) => {
             let why = match code {
-                ConnectReturnCode::BadUserNamePassword => format!(
-                    "bad user name or password (user {:?}; check the password in \
-                     mqtt.password_file or COFFEEBOT__MQTT__PASSWORD)",
-                    m.username
-                ),
-                ConnectReturnCode::NotAuthorized => {
-                    format!("not authorized (user {:?})", m.username)
+                // mosquitto answers a wrong password over MQTT 5 with "not authorized".
+                ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => {
+                    format!(
+                        "bad user name or password, or not authorized ({code:?}; user {:?}: \
+                         check the password in mqtt.password_file or COFFEEBOT__MQTT__PASSWORD \
+                         against the broker's password file)",
+                        m.username
+                    )
                 }
                 ConnectReturnCode::ClientIdentifierNotValid | ConnectReturnCode::BadClientId => {
                     format!("client id {:?} not accepted (mqtt.client_id)", m.client_id)

@@ -180,8 +180,7 @@ pub async fn run_cli(link_path: PathBuf, cfg: SimConfig) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
 
     if let Some(dir) = link_path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let sim = Simulator::start(cfg, link_path.clone())
         .await

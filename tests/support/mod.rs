@@ -2,4 +2,5 @@
 //! and uses a part of them, hence `dead_code` is allowed here.
 #![allow(dead_code)]
 
+pub mod bridge;
 pub mod mosquitto;

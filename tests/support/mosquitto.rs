@@ -478,19 +478,8 @@ fn find_program(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("`{name}` is not installed: run scripts/install-test-deps.sh"))
 }
 
-/// Whether an MQTT topic filter (with `+` and `#`) matches a topic name.
-pub fn topic_matches(filter: &str, topic: &str) -> bool {
-    let mut levels = topic.split('/');
-    for f in filter.split('/') {
-        match (f, levels.next()) {
-            ("#", _) => return true,
-            ("+", Some(_)) => {}
-            (f, Some(t)) if f == t => {}
-            _ => return false,
-        }
-    }
-    levels.next().is_none()
-}
+/// Whether an MQTT topic filter (with `+` and `#`) matches a topic name: the bridge's own.
+pub use coffeebot::mqtt::topics::filter_matches as topic_matches;
 
 // ---------------------------------------------------------------------------------------
 // Clients

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Runs the whole product on this machine with a simulated coffee maker: a local mosquitto
+# (the shipped mosquitto/ configuration, loopback only, fresh random passwords in a temporary
+# directory) and `coffeebot run --simulate`, then prints the mosquitto_sub / mosquitto_pub
+# lines to watch it and to brew. Ctrl-C stops both and removes the temporary directory.
+#
+#   scripts/quickstart.sh
+#
+# Installs mosquitto from the distribution's packages first if it is missing
+# (scripts/install-test-deps.sh). Environment: QUICKSTART_MQTT_PORT (default: 1883, or the
+# first free of 11883, 21883), QUICKSTART_WS_PORT (default 9001 likewise), RUST_LOG.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+say() { echo "quickstart: $*"; }
+
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+if ! have mosquitto || ! have mosquitto_passwd || ! have mosquitto_sub; then
+  say "installing mosquitto"
+  "$root/scripts/install-test-deps.sh"
+fi
+mosquitto_bin="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+pick_port() {
+  local p
+  for p in "$@"; do
+    if port_free "$p"; then echo "$p"; return 0; fi
+  done
+  say "ports $* are all taken; set QUICKSTART_MQTT_PORT / QUICKSTART_WS_PORT" >&2
+  return 1
+}
+mqtt_port="${QUICKSTART_MQTT_PORT:-$(pick_port 1883 11883 21883)}"
+ws_port="${QUICKSTART_WS_PORT:-$(pick_port 9001 19001 29001)}"
+
+dir="$(mktemp -d "${TMPDIR:-/tmp}/coffeebot-quickstart.XXXXXX")"
+mosquitto_pid=""
+bridge_pid=""
+cleanup() {
+  trap - INT TERM EXIT
+  [ -z "$bridge_pid" ] || kill -TERM "$bridge_pid" 2>/dev/null || true
+  [ -z "$bridge_pid" ] || wait "$bridge_pid" 2>/dev/null || true
+  [ -z "$mosquitto_pid" ] || kill -TERM "$mosquitto_pid" 2>/dev/null || true
+  [ -z "$mosquitto_pid" ] || wait "$mosquitto_pid" 2>/dev/null || true
+  rm -rf "$dir"
+  say "stopped"
+}
+trap cleanup INT TERM EXIT
+
+# The shipped configuration, moved onto loopback ports; nothing else changes.
+mkdir -p "$dir/config" "$dir/data"
+cp "$root/mosquitto/config/mosquitto.conf" "$root/mosquitto/config/acl-lan" \
+  "$root/mosquitto/config/acl-public" "$dir/config/"
+sed -i -e "s/^listener 1883\$/listener $mqtt_port 127.0.0.1/" \
+  -e "s/^listener 9001\$/listener $ws_port 127.0.0.1/" "$dir/config/mosquitto.conf"
+grep -q "^listener $mqtt_port 127.0.0.1\$" "$dir/config/mosquitto.conf" ||
+  { say "cannot move the LAN listener in mosquitto.conf" >&2; exit 1; }
+"$root/mosquitto/make-passwords.sh" -f "$dir/config/passwd" >/dev/null
+password() { sed -n "s/^$1=//p" "$dir/config/passwd.generated"; }
+bridge_password="$(password coffeebot)"
+lan_password="$(password lan)"
+ha_password="$(password homeassistant)"
+rm -f "$dir/config/passwd.generated"
+chmod 0755 "$dir" "$dir/config"
+# Run as root, mosquitto drops to the mosquitto user, which must write data/.
+if [ "$(id -u)" -eq 0 ] && id mosquitto >/dev/null 2>&1; then chown mosquitto "$dir/data"; fi
+
+say "starting mosquitto on 127.0.0.1:$mqtt_port (websockets :$ws_port)"
+(cd "$dir" && exec "$mosquitto_bin" -c config/mosquitto.conf) >"$dir/mosquitto.log" 2>&1 &
+mosquitto_pid=$!
+for _ in $(seq 100); do
+  port_free "$mqtt_port" || break
+  kill -0 "$mosquitto_pid" 2>/dev/null || { cat "$dir/mosquitto.log" >&2; exit 1; }
+  sleep 0.1
+done
+
+say "building coffeebot"
+cargo build --quiet --manifest-path "$root/Cargo.toml" --bin coffeebot
+target="$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" |
+  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+
+cat <<EOF_HELP
+
+  The coffee maker is simulated; the broker runs on 127.0.0.1:$mqtt_port. In another terminal:
+
+  watch everything:
+    mosquitto_sub -h 127.0.0.1 -p $mqtt_port -u lan -P '$lan_password' -t 'coffeebot/#' -v
+
+  brew 2 cups (then: STOP; or heater/set ON|OFF, cups/set N, keep_warm/set ON|OFF):
+    mosquitto_pub -h 127.0.0.1 -p $mqtt_port -u lan -P '$lan_password' -q 1 -t coffeebot/coffeepot/brew/set -m 2
+
+  Home Assistant: MQTT integration, broker 127.0.0.1:$mqtt_port, user homeassistant,
+  password '$ha_password'. The device appears as "Coffee Pot".
+
+  Ctrl-C stops everything.
+
+EOF_HELP
+
+export COFFEEBOT__MQTT__HOST=127.0.0.1
+export COFFEEBOT__MQTT__PORT="$mqtt_port"
+export COFFEEBOT__MQTT__USERNAME=coffeebot
+export COFFEEBOT__MQTT__PASSWORD="$bridge_password"
+"$target/debug/coffeebot" run --simulate &
+bridge_pid=$!
+wait "$bridge_pid" || true
+bridge_pid=""

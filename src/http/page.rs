@@ -1,0 +1,366 @@
+//! The status page: one self-contained HTML document (inline CSS and JS, nothing fetched but
+//! `status.json`), rendered with the current values so that it reads right without JS too.
+//!
+//! Pure: the state and the wall-clock time go in, HTML comes out. The script in the page
+//! formats values the same way as [`render`] and then polls `status.json` every second.
+
+use crate::state::StateDoc;
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+const TEMPLATE: &str = include_str!("page.html");
+
+/// The page for `state` (`None`: no state yet) with the temperature `history` (JSON
+/// `[[unix ms, °C], …]`) as of wall-clock `now`.
+pub fn render(title: &str, state: Option<&StateDoc>, history: &str, now: SystemTime) -> String {
+    let v = Values::new(state, now);
+    let initial = state.map_or_else(|| "null".to_owned(), StateDoc::to_json);
+    let fields: [(&str, &str); 26] = [
+        ("title", &escape(title)),
+        ("conn_state", v.conn_state),
+        ("conn_text", v.conn_text),
+        ("temperature", &v.temperature),
+        ("mode", v.mode),
+        ("mode_label", v.mode_label),
+        ("heater", v.heater),
+        ("heater_label", v.heater_label),
+        ("water_level", &v.water_level),
+        ("water_bar", &v.water_bar),
+        ("water_distance", &v.water_distance),
+        ("brew_remaining", &v.brew_remaining),
+        ("cups", &v.cups),
+        ("keep_warm", v.keep_warm),
+        ("keep_warm_label", v.keep_warm_label),
+        ("link", v.link),
+        ("link_label", v.link_label),
+        ("firmware", &escape(&v.firmware)),
+        ("reboots", &v.reboots),
+        ("faults", &v.faults),
+        ("last_fault", &escape(&v.last_fault)),
+        ("updated_at", &escape(&v.updated_at)),
+        ("updated_clock", &escape(&v.updated_clock)),
+        ("updated_ago", &v.updated_ago),
+        // Inside <script>: `<` escaped so no `</script>` can end it early.
+        ("initial_json", &initial.replace('<', "\\u003c")),
+        ("history_json", &history.replace('<', "\\u003c")),
+    ];
+    fill(TEMPLATE, &fields)
+}
+
+/// Replaces every `{{name}}` in `template` by its value; unknown names are left as they are.
+fn fill(template: &str, fields: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len() + 1024);
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            rest = &rest[start..];
+            break;
+        };
+        let name = &after[..end];
+        match fields.iter().find(|(n, _)| *n == name) {
+            Some((_, value)) => out.push_str(value),
+            None => out.push_str(&rest[start..start + 2 + end + 2]),
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Escapes text for HTML content and double-quoted attributes.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The label the page shows for a mode (the script has the same table).
+pub fn mode_label(mode: &str) -> &'static str {
+    match mode {
+        "off" => "Off",
+        "preheating" => "Preheating",
+        "brewing" => "Brewing",
+        "keep_warm" => "Keeping warm",
+        "manual" => "Manual heat",
+        _ => "Unknown",
+    }
+}
+
+/// The label the page shows for a fault (the script has the same table).
+pub fn fault_label(fault: &str) -> &'static str {
+    match fault {
+        "link_down" => "Controller unplugged",
+        "stale_telemetry" => "Controller not answering",
+        "sensor_error" => "Temperature sensor error",
+        "overtemp" => "Plate too hot",
+        "dry_boil" => "Boiling dry?",
+        "heater_mismatch" => "Heater stuck on",
+        "no_water" => "Reservoir empty",
+        "feed_gap" => "Heater feed late",
+        _ => "Other fault",
+    }
+}
+
+/// Every value the template shows, formatted.
+struct Values {
+    conn_state: &'static str,
+    conn_text: &'static str,
+    temperature: String,
+    mode: &'static str,
+    mode_label: &'static str,
+    heater: &'static str,
+    heater_label: &'static str,
+    water_level: String,
+    water_bar: String,
+    water_distance: String,
+    brew_remaining: String,
+    cups: String,
+    keep_warm: &'static str,
+    keep_warm_label: &'static str,
+    link: &'static str,
+    link_label: &'static str,
+    firmware: String,
+    reboots: String,
+    faults: String,
+    last_fault: String,
+    updated_at: String,
+    updated_clock: String,
+    updated_ago: String,
+}
+
+impl Values {
+    fn new(state: Option<&StateDoc>, now: SystemTime) -> Self {
+        let Some(d) = state else {
+            return Self::waiting();
+        };
+        let mut faults = String::new();
+        if d.faults.is_empty() {
+            faults.push_str(r#"<li class="none">None</li>"#);
+        }
+        for f in &d.faults {
+            let _ = write!(faults, "<li>{}</li>", fault_label(f));
+        }
+        Values {
+            conn_state: "live",
+            conn_text: "As of page load",
+            temperature: d
+                .temperature_c
+                .map_or_else(|| "—".into(), |t| format!("{t:.1}")),
+            mode: d.mode,
+            mode_label: mode_label(d.mode),
+            heater: d.heater.unwrap_or("unknown"),
+            heater_label: match d.heater {
+                Some("ON") => "Heater on",
+                Some(_) => "Heater off",
+                None => "Heater unknown",
+            },
+            water_level: d
+                .water_level_pct
+                .map_or_else(|| "—".into(), |p| format!("{p} %")),
+            water_bar: d.water_level_pct.unwrap_or(0).to_string(),
+            water_distance: d.water_distance_in.map_or_else(
+                || "No reading".into(),
+                |w| format!("{w:.2} in to the surface"),
+            ),
+            brew_remaining: match (d.mode, d.brew_remaining_s) {
+                ("brewing", Some(s)) => format!("{}:{:02}", s / 60, s % 60),
+                _ => "—".into(),
+            },
+            cups: format!(
+                "{} {} selected",
+                d.cups,
+                if d.cups == 1 { "cup" } else { "cups" }
+            ),
+            keep_warm: d.keep_warm,
+            keep_warm_label: if d.keep_warm == "ON" { "On" } else { "Off" },
+            link: d.link,
+            link_label: if d.online() {
+                "Answering"
+            } else {
+                "Not answering"
+            },
+            firmware: d
+                .firmware
+                .clone()
+                .unwrap_or_else(|| "Firmware unknown".into()),
+            reboots: format!(
+                "{} {} since start",
+                d.controller_reboots,
+                if d.controller_reboots == 1 {
+                    "reboot"
+                } else {
+                    "reboots"
+                }
+            ),
+            faults,
+            last_fault: d.last_fault.as_ref().map_or_else(
+                || "No trips since start".into(),
+                |f| format!("Last: {} at {}", fault_label(f.reason), utc_clock(&f.at)),
+            ),
+            updated_at: d.updated_at.clone().unwrap_or_default(),
+            updated_clock: d
+                .updated_at
+                .as_deref()
+                .map_or_else(|| "Never".into(), utc_clock),
+            updated_ago: d.updated_at.as_deref().map_or_else(
+                || "The controller has not answered yet".into(),
+                |at| ago(at, now),
+            ),
+        }
+    }
+
+    fn waiting() -> Self {
+        let dash = || "—".to_owned();
+        Values {
+            conn_state: "waiting",
+            conn_text: "Waiting for the controller…",
+            temperature: dash(),
+            mode: "off",
+            mode_label: "Starting",
+            heater: "unknown",
+            heater_label: "Heater unknown",
+            water_level: dash(),
+            water_bar: "0".into(),
+            water_distance: "No reading".into(),
+            brew_remaining: dash(),
+            cups: String::new(),
+            keep_warm: "OFF",
+            keep_warm_label: "Off",
+            link: "down",
+            link_label: "Not answering",
+            firmware: "Firmware unknown".into(),
+            reboots: String::new(),
+            faults: String::new(),
+            last_fault: String::new(),
+            updated_at: String::new(),
+            updated_clock: "Never".into(),
+            updated_ago: "The controller has not answered yet".into(),
+        }
+    }
+}
+
+/// `HH:MM:SS UTC` from an RFC 3339 time (the script shows local time instead).
+fn utc_clock(rfc3339: &str) -> String {
+    match rfc3339.get(11..19) {
+        Some(hms) => format!("{hms} UTC"),
+        None => rfc3339.to_owned(),
+    }
+}
+
+fn ago(rfc3339: &str, now: SystemTime) -> String {
+    let Ok(at) = humantime::parse_rfc3339(rfc3339) else {
+        return String::new();
+    };
+    let s = now.duration_since(at).map_or(0, |d| d.as_secs());
+    if s < 90 {
+        format!("{s} s ago")
+    } else if s < 90 * 60 {
+        format!("{} min ago", (s + 30) / 60)
+    } else {
+        format!("{} h ago", (s + 1800) / 3600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::LastFault;
+    use std::time::Duration;
+
+    fn doc() -> StateDoc {
+        StateDoc {
+            mode: "brewing",
+            heater: Some("ON"),
+            temperature_c: Some(92.4),
+            water_distance_in: Some(3.52),
+            water_level_pct: Some(61),
+            cups: 4,
+            brew_remaining_s: Some(118),
+            keep_warm: "OFF",
+            faults: vec!["no_water"],
+            last_fault: Some(LastFault {
+                reason: "overtemp",
+                at: "2026-11-24T07:29:00.000Z".into(),
+            }),
+            link: "up",
+            controller_reboots: 1,
+            firmware: Some("Mr<Coffee>Bot \"v2\" </script>".into()),
+            updated_at: Some("2026-11-24T07:30:00.123Z".into()),
+        }
+    }
+
+    fn at(s: &str) -> SystemTime {
+        humantime::parse_rfc3339(s).unwrap()
+    }
+
+    #[test]
+    fn renders_every_value_and_no_placeholder_is_left() {
+        let html = render(
+            "Coffee Pot",
+            Some(&doc()),
+            "[]",
+            at("2026-11-24T07:30:05.123Z") + Duration::from_millis(1),
+        );
+        assert!(!html.contains("{{"), "placeholder left in the page");
+        for needle in [
+            r#"<span id="temperature">92.4</span>"#,
+            r#"data-value="brewing" aria-live="polite">Brewing</span>"#,
+            r#"data-value="ON">Heater on</span>"#,
+            r#"id="water-level">61 %</p>"#,
+            r#"style="width: 61%""#,
+            r#"id="brew-remaining">1:58</p>"#,
+            r#"id="cups">4 cups selected</p>"#,
+            "<li>Reservoir empty</li>",
+            "Last: Plate too hot at 07:29:00 UTC",
+            ">07:30:00 UTC</time>",
+            r#"id="updated-ago">5 s ago</p>"#,
+            "<title>Coffee Pot</title>",
+        ] {
+            assert!(html.contains(needle), "{needle} missing");
+        }
+    }
+
+    #[test]
+    fn device_text_is_escaped_in_html_and_in_the_script() {
+        let html = render("<b>Pot</b>", Some(&doc()), "[]", SystemTime::UNIX_EPOCH);
+        assert!(html.contains("Mr&lt;Coffee&gt;Bot &quot;v2&quot; &lt;/script&gt;"));
+        assert!(html.contains("&lt;b&gt;Pot&lt;/b&gt;"));
+        // The embedded JSON cannot close its <script> element.
+        let script = html.split(r#"id="initial""#).nth(1).unwrap();
+        let json_end = script.find("</script>").unwrap();
+        assert!(script[..json_end].contains(r"\u003c/script>"));
+        assert_eq!(html.matches("</script>").count(), 3);
+    }
+
+    #[test]
+    fn without_state_the_page_says_it_waits() {
+        let html = render("Coffee Pot", None, "[]", SystemTime::UNIX_EPOCH);
+        assert!(!html.contains("{{"));
+        assert!(html.contains("Waiting for the controller"));
+        assert!(html.contains(r#"data-title="Coffee Pot">null</script>"#));
+    }
+
+    #[test]
+    fn fill_keeps_unknown_and_unclosed_placeholders() {
+        assert_eq!(fill("a{{x}}b{{y}}c{{", &[("x", "1")]), "a1b{{y}}c{{");
+    }
+
+    #[test]
+    fn brew_time_shows_only_while_brewing() {
+        let mut d = doc();
+        d.mode = "keep_warm";
+        let html = render("Pot", Some(&d), "[]", SystemTime::UNIX_EPOCH);
+        assert!(html.contains(r#"id="brew-remaining">—</p>"#));
+    }
+}

@@ -1,0 +1,241 @@
+//! The bridge in-process for the HTTP tests: the simulated controller on a real
+//! pseudo-terminal, the real serial link and driver (`daemon::run`), and the HTTP server on
+//! 127.0.0.1 port 0. The MQTT task is not started: tests set `broker_connected` themselves
+//! through the watch sender the MQTT task would hold (MQTT is tested on its own, against a real
+//! mosquitto). Every wait is bounded and waits for something observable.
+
+#![allow(dead_code, reason = "each test binary uses part of the harness")]
+
+use coffeebot::config;
+use coffeebot::daemon::{self, CommandIn, Outlets};
+use coffeebot::http::{self, listener::Limits, HttpDeps};
+use coffeebot::sim::{SimConfig, SimHandle, Simulator};
+use coffeebot::state::StateDoc;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+/// Longest wait for anything the bridge should do promptly.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running bridge with its simulator and HTTP server.
+pub struct Bridge {
+    /// The simulated controller.
+    pub sim: SimHandle,
+    /// The driver's outlets, as `main` would hold them.
+    pub outlets: Outlets,
+    /// Where the HTTP server listens.
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    daemon: JoinHandle<()>,
+    http: JoinHandle<std::io::Result<()>>,
+}
+
+/// Settings for fast tests: short brews, a low preheat target, staleness after 1 s.
+pub const FAST: &[(&str, &str)] = &[
+    ("COFFEEBOT__SAFETY__STALE_AFTER_S", "1"),
+    ("COFFEEBOT__SERIAL__POLL_INTERVAL_MS", "250"),
+    ("COFFEEBOT__BREW__SECONDS_PER_CUP", "1"),
+    ("COFFEEBOT__BREW__PREHEAT_C", "25"),
+    ("COFFEEBOT__KEEP_WARM__AFTER_BREW", "false"),
+];
+
+impl Bridge {
+    /// Starts everything with [`FAST`] settings, `env` on top, and the default HTTP limits.
+    pub async fn start(name: &str, env: &[(&str, &str)]) -> Bridge {
+        Self::start_with(name, env, http::LIMITS).await
+    }
+
+    /// [`Bridge::start`] with other HTTP socket limits.
+    pub async fn start_with(name: &str, env: &[(&str, &str)], limits: Limits) -> Bridge {
+        // Before the driver runs, so that no count is lost.
+        coffeebot::metrics::install();
+        let link = std::env::temp_dir()
+            .join(format!("coffeebot-http-{}-{name}", std::process::id()))
+            .join("tty");
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        let sim = Simulator::start(SimConfig::default(), link.clone())
+            .await
+            .expect("the simulator starts");
+        let mut vars: Vec<(String, String)> = vec![(
+            "COFFEEBOT__SERIAL__PORT".into(),
+            link.to_string_lossy().into_owned(),
+        )];
+        vars.extend(
+            FAST.iter()
+                .chain(env)
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let settings = config::load_with(None, &vars).expect("valid test settings");
+        let (inlets, outlets) = daemon::channels();
+        let shutdown = CancellationToken::new();
+        let daemon = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { daemon::run(&settings, inlets, shutdown).await }
+        });
+        let listener = http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let deps = HttpDeps::new(&outlets, "Coffee Pot");
+        let http = tokio::spawn(http::serve_with(listener, deps, shutdown.clone(), limits));
+        Bridge {
+            sim,
+            outlets,
+            addr,
+            shutdown,
+            daemon,
+            http,
+        }
+    }
+
+    /// Waits until the published state satisfies `pred`; returns it.
+    pub async fn wait_state(&self, what: &str, pred: impl Fn(&StateDoc) -> bool) -> StateDoc {
+        let mut rx = self.outlets.state.clone();
+        let waited = timeout(WAIT, async {
+            rx.wait_for(|s| s.as_ref().is_some_and(&pred))
+                .await
+                .map(|s| s.clone())
+        })
+        .await;
+        match waited {
+            Ok(got) => got.expect("the driver is running").expect("checked above"),
+            Err(_) => panic!(
+                "no state where {what} within {WAIT:?}; last: {:?}",
+                self.state()
+            ),
+        }
+    }
+
+    /// The current state document.
+    pub fn state(&self) -> Option<StateDoc> {
+        self.outlets.state.borrow().clone()
+    }
+
+    /// Says what the MQTT task would say about the broker connection.
+    pub fn set_broker_connected(&self, connected: bool) {
+        self.outlets.broker_connected_tx.send_replace(connected);
+    }
+
+    /// Sends a command to the core as the MQTT task would.
+    pub async fn command(&self, command: CommandIn) {
+        self.outlets
+            .commands
+            .send(command)
+            .await
+            .expect("the driver takes commands");
+    }
+
+    /// Waits for the next event of `event_type`, skipping others.
+    pub async fn wait_event(&mut self, event_type: &str) -> serde_json::Value {
+        timeout(WAIT, async {
+            loop {
+                let event = self.outlets.events.recv().await.expect("events flow");
+                if event.event_type() == event_type {
+                    return event.0;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {event_type} event within {WAIT:?}"))
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> Reply {
+        request(self.addr, "GET", path, b"").await
+    }
+
+    /// Stops the bridge: the driver writes `B+0` and ends, the server stops.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        timeout(WAIT, self.daemon)
+            .await
+            .expect("the driver stops")
+            .unwrap();
+        timeout(WAIT, self.http)
+            .await
+            .expect("the HTTP server stops")
+            .unwrap()
+            .unwrap();
+        let _ = self.sim.shutdown().await;
+    }
+}
+
+/// An HTTP response as the tests look at it.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Header names in lower case, with their values.
+    pub headers: Vec<(String, String)>,
+    /// The body as text.
+    pub body: String,
+}
+
+impl Reply {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request on its own connection (`Connection: close`), read to the end.
+pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    stream.write_all(body).await.expect("write");
+    let mut raw = Vec::new();
+    timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no complete response within {WAIT:?}"))
+        .expect("read");
+    parse(&raw).unwrap_or_else(|| panic!("{method} {path}: not HTTP: {raw:?}"))
+}
+
+fn parse(raw: &[u8]) -> Option<Reply> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Some(Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}
+
+/// The sum of the samples of `series` in Prometheus text: `name` alone matches every label
+/// set; `name{labels}` one series (labels in the order the exporter writes them).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(name, _)| {
+            *name == series || (!series.contains('{') && name.starts_with(&format!("{series}{{")))
+        })
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
+}
+
+/// A brew command as the MQTT task builds it from `brew/set <cups>`.
+pub fn brew(cups: u32) -> CommandIn {
+    CommandIn {
+        request: coffeebot::core::Request::BrewStart { cups: Some(cups) },
+        command: "brew",
+        payload: cups.to_string().into_bytes(),
+    }
+}

@@ -1,0 +1,577 @@
+//! The bridge end to end: `coffeebot run` as a real process, the simulator on a real
+//! pseudo-terminal, a real mosquitto running the shipped configuration (or a plain anonymous
+//! one where a test needs what the shipped ACL forbids), and MQTT test clients.
+//!
+//! Every wait ends on an observable event (a message, a serial command line, a log line, the
+//! process's exit) or fails after a timeout; nothing sleeps to synchronise.
+
+mod support;
+
+use std::cell::Cell;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use coffeebot::sim::{SimConfig, SimHandle, Simulator};
+use serde_json::Value;
+use support::bridge::Bridge;
+use support::mosquitto::{Broker, Listener, Login, Message, Protocol, TestClient, User};
+
+const B: &str = "coffeebot";
+const D: &str = "coffeebot/coffeepot";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Every key of the state JSON (SPEC §4).
+const STATE_KEYS: [&str; 14] = [
+    "mode",
+    "heater",
+    "temperature_c",
+    "water_distance_in",
+    "water_level_pct",
+    "cups",
+    "brew_remaining_s",
+    "keep_warm",
+    "faults",
+    "last_fault",
+    "link",
+    "controller_reboots",
+    "firmware",
+    "updated_at",
+];
+
+async fn simulator(name: &str) -> SimHandle {
+    let dir = std::env::temp_dir().join(format!("coffeebot-mqtt-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("sim dir");
+    Simulator::start(SimConfig::default(), dir.join("tty"))
+        .await
+        .expect("simulator starts")
+}
+
+/// A broker, the simulator, a watching client (subscribed to everything before the bridge
+/// starts) and the bridge.
+struct Rig {
+    broker: Broker,
+    sim: SimHandle,
+    watcher: TestClient,
+    bridge: Bridge,
+}
+
+impl Rig {
+    /// The shipped broker configuration; the watcher is `homeassistant`.
+    async fn start(name: &str, extra: &[(&str, &str)]) -> Rig {
+        let broker = Broker::start();
+        let sim = simulator(name).await;
+        let mut watcher = connect(&broker, Login::User(User::HomeAssistant)).await;
+        assert!(watcher
+            .subscribe_many(&[&format!("{B}/#"), "homeassistant/#"])
+            .await
+            .unwrap());
+        let bridge = Bridge::start(
+            sim.path(),
+            &broker,
+            &broker.credentials(User::Coffeebot),
+            extra,
+        );
+        let mut rig = Rig {
+            broker,
+            sim,
+            watcher,
+            bridge,
+        };
+        rig.state_where("the controller answering", |s| s["link"] == "up")
+            .await;
+        rig
+    }
+
+    /// Publishes a command as `lan` (a fresh connection, QoS 1, PUBACK awaited).
+    async fn command(&self, command: &str, payload: impl Into<Vec<u8>>) {
+        let mut lan = connect(&self.broker, Login::User(User::Lan)).await;
+        lan.publish(&format!("{D}/{command}/set"), payload, false)
+            .await
+            .unwrap();
+        lan.disconnect().await;
+    }
+
+    /// The first state (from now on: earlier ones do not count) for which `pred` holds.
+    async fn state_where(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let m = next_message(&mut self.watcher, what, |m| {
+            m.topic == format!("{D}/state") && pred(&json(m))
+        })
+        .await;
+        json(&m)
+    }
+
+    /// The first event (from now on) of this type.
+    async fn event(&mut self, event_type: &str) -> Value {
+        let m = next_message(&mut self.watcher, event_type, |m| {
+            m.topic == format!("{D}/event") && json(m)["event_type"] == event_type
+        })
+        .await;
+        json(&m)
+    }
+}
+
+async fn connect(broker: &Broker, login: Login) -> TestClient {
+    broker
+        .connect(Protocol::V311, Listener::Lan, login)
+        .await
+        .expect("test client connects")
+}
+
+fn json(m: &Message) -> Value {
+    serde_json::from_slice(&m.payload).unwrap_or(Value::Null)
+}
+
+/// The first message matching `pred` among those arriving from now on (at most [`WAIT`]).
+/// [`TestClient::wait_for`] looks at the messages already seen first; the counter makes it
+/// skip them (it scans them in order, one call each).
+async fn next_message(
+    client: &mut TestClient,
+    what: &str,
+    pred: impl Fn(&Message) -> bool,
+) -> Message {
+    let old = client.seen().len();
+    message_since(client, old, what, pred).await
+}
+
+/// The first message matching `pred` among those seen after the first `old` ones.
+async fn message_since(
+    client: &mut TestClient,
+    old: usize,
+    what: &str,
+    pred: impl Fn(&Message) -> bool,
+) -> Message {
+    let calls = Cell::new(0usize);
+    client
+        .wait_for(what, WAIT, |m| {
+            calls.set(calls.get() + 1);
+            calls.get() > old && pred(m)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits until the simulator has accepted `line` `times` times in a row of waits, each within
+/// `within` of the previous.
+async fn keeps_seeing(sim: &SimHandle, line: &str, times: usize, within: Duration) {
+    let mut commands = sim.commands();
+    for i in 0..times {
+        assert!(
+            commands.next_matching(line, within).await.is_some(),
+            "{line} number {i} did not come within {within:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_topic_and_state_key_and_discovery_on_start() {
+    let mut rig = Rig::start("topics", &[]).await;
+    let w = &mut rig.watcher;
+    w.wait_for_payload(&format!("{B}/bridge/availability"), "online")
+        .await
+        .unwrap();
+    w.wait_for_payload(&format!("{D}/availability"), "online")
+        .await
+        .unwrap();
+    let state = rig.state_where("a full state", |_| true).await;
+    let keys: Vec<&str> = state
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for key in STATE_KEYS {
+        assert!(keys.contains(&key), "{key} missing from {state}");
+    }
+    assert_eq!(keys.len(), STATE_KEYS.len(), "{state}");
+    assert_eq!(state["mode"], "off");
+    assert_eq!(state["heater"], "OFF");
+    assert_eq!(state["cups"], 4);
+    assert_eq!(state["brew_remaining_s"], Value::Null);
+    // Every discovery config, non-empty.
+    let expected = coffeebot::mqtt::discovery::entities(&settings());
+    for e in &expected {
+        let topic = format!(
+            "homeassistant/{}/coffeebot_coffeepot/{}/config",
+            e.platform, e.key
+        );
+        let m = rig
+            .watcher
+            .wait_for(&topic, WAIT, |m| m.topic == topic && !m.payload.is_empty())
+            .await
+            .unwrap();
+        assert_eq!(
+            json(&m)["unique_id"],
+            format!("coffeebot_coffeepot_{}", e.key)
+        );
+    }
+    // The retained messages are there for a client that comes later.
+    let mut late = connect(&rig.broker, Login::User(User::Lan)).await;
+    let got = late
+        .subscribe_and_collect(&format!("{B}/#"), 3, WAIT)
+        .await
+        .unwrap();
+    assert!(got.iter().all(|m| m.retain), "{got:?}");
+    // The event topic: a rejected command is an event.
+    rig.command("heater", "maybe").await;
+    let event = rig.event("command_rejected").await;
+    assert!(event["at"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heater_on_feeds_the_controller_until_off() {
+    let mut rig = Rig::start("heater", &[]).await;
+    rig.command("heater", "ON").await;
+    keeps_seeing(&rig.sim, "B+1", 6, Duration::from_millis(600)).await;
+    rig.state_where("heater ON, manual", |s| {
+        s["heater"] == "ON" && s["mode"] == "manual"
+    })
+    .await;
+    assert!(rig.sim.snapshot().await.unwrap().device.heater_on);
+    rig.command("heater", "off").await;
+    rig.state_where("heater OFF", |s| s["heater"] == "OFF" && s["mode"] == "off")
+        .await;
+    assert!(!rig.sim.snapshot().await.unwrap().device.heater_on);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brew_cups_keep_warm_and_reset_commands() {
+    let mut rig = Rig::start("brew", &[]).await;
+    rig.command("cups", "2").await;
+    rig.state_where("cups 2", |s| s["cups"] == 2).await;
+    let mut commands = rig.sim.commands();
+    rig.command("brew", "START").await;
+    assert_eq!(rig.event("brew_started").await["cups"], 2);
+    assert!(commands.next_matching("B+1", WAIT).await.is_some());
+    let finished = rig.event("brew_finished").await;
+    assert_eq!(finished["reason"], "done");
+    rig.state_where("off after the brew", |s| s["mode"] == "off")
+        .await;
+
+    rig.command("brew", r#"{"cups": 3}"#).await;
+    assert_eq!(rig.event("brew_started").await["cups"], 3);
+    rig.state_where("3 cups selected", |s| s["cups"] == 3).await;
+    rig.command("brew", "stop").await;
+    assert_eq!(rig.event("brew_aborted").await["reason"], "stopped");
+
+    rig.command("keep_warm", "ON").await;
+    rig.event("keep_warm_started").await;
+    rig.state_where("keep warm", |s| {
+        s["keep_warm"] == "ON" && s["mode"] == "keep_warm"
+    })
+    .await;
+    rig.command("keep_warm", "OFF").await;
+    rig.event("keep_warm_finished").await;
+    rig.state_where("keep warm off", |s| s["keep_warm"] == "OFF")
+        .await;
+
+    let before_reset = rig.watcher.seen().len();
+    rig.command("controller", "RESET").await;
+    assert!(commands.next_matching("RESET", WAIT).await.is_some());
+    rig.event("controller_rebooted").await;
+    rig.state_where("one reboot counted", |s| {
+        s["controller_reboots"] == 1 && s["firmware"] == "MrCoffeeBot v2.0"
+    })
+    .await;
+    // The banner's firmware goes into the device block of every config.
+    message_since(
+        &mut rig.watcher,
+        before_reset,
+        "discovery with the firmware",
+        |m| {
+            m.topic == "homeassistant/sensor/coffeebot_coffeepot/temperature/config"
+                && json(m)["device"]["hw_version"] == "MrCoffeeBot v2.0"
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_payloads_are_rejected_and_the_bridge_keeps_serving() {
+    // The shipped ACL keeps unknown topics from the bridge; an anonymous broker does not.
+    let broker = Broker::start_anonymous();
+    let sim = simulator("bad").await;
+    let mut w = connect(&broker, Login::Anonymous).await;
+    // Not the command topics: this client would drop its connection over the megabyte too.
+    w.subscribe_many(&[&format!("{D}/state"), &format!("{D}/event")])
+        .await
+        .unwrap();
+    let mut bridge = Bridge::start(
+        sim.path(),
+        &broker,
+        &support::mosquitto::Credentials {
+            username: String::new(),
+            password: String::new(),
+        },
+        &[],
+    );
+    next_message(&mut w, "state", |m| m.topic == format!("{D}/state")).await;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "heater",
+            b"maybe".to_vec(),
+            "expected ON or OFF, got \"maybe\"",
+        ),
+        ("cups", b"99".to_vec(), "cups must be 1..12, got 99"),
+        (
+            "brew",
+            br#"{"cups": 0}"#.to_vec(),
+            "cups must be 1..12, got 0",
+        ),
+        ("brew", b"{nope".to_vec(), "expected START, STOP"),
+        (
+            "keep_warm",
+            b"\xff\xfe".to_vec(),
+            "payload is not UTF-8 text",
+        ),
+        (
+            "controller",
+            vec![b'R'; 1000],
+            "payload too large (1000 bytes)",
+        ),
+        ("grind", b"ON".to_vec(), "unknown command \"grind\""),
+    ];
+    for (command, payload, reason) in cases {
+        w.publish(&format!("{D}/{command}/set"), payload, false)
+            .await
+            .unwrap();
+        let m = next_message(&mut w, reason, |m| {
+            m.topic == format!("{D}/event")
+                && json(m)["event_type"] == "command_rejected"
+                && json(m)["reason"].as_str().unwrap_or("").starts_with(reason)
+        })
+        .await;
+        assert_eq!(json(&m)["command"], command);
+    }
+    // A megabyte: the broker never delivers it (the bridge's MQTT 5 maximum packet size).
+    let mut big = Command::new("mosquitto_pub")
+        .args(["-h", broker.host(), "-p", &broker.lan_port().to_string()])
+        .args(["-q", "1", "-t", &format!("{D}/heater/set"), "-s"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub");
+    {
+        use std::io::Write;
+        let mut stdin = big.stdin.take().unwrap();
+        stdin.write_all(&vec![b'O'; 1 << 20]).unwrap();
+    }
+    assert!(big.wait().unwrap().success());
+    // Still serving, and still on its first connection.
+    w.publish(&format!("{D}/cups/set"), "5", false)
+        .await
+        .unwrap();
+    next_message(&mut w, "cups 5", |m| {
+        m.topic == format!("{D}/state") && json(m)["cups"] == 5
+    })
+    .await;
+    assert!(bridge.is_running());
+    let reconnects = bridge
+        .log()
+        .iter()
+        .filter(|l| l.contains("connected to the MQTT broker"))
+        .count();
+    assert_eq!(reconnects, 1, "{:#?}", bridge.log());
+    assert!(!sim.snapshot().await.unwrap().device.heater_on);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_on_never_switches_the_heater_on() {
+    let broker = Broker::start();
+    let sim = simulator("retained").await;
+    let mut lan = connect(&broker, Login::User(User::Lan)).await;
+    lan.publish(&format!("{D}/heater/set"), "ON", true)
+        .await
+        .unwrap();
+    lan.publish(&format!("{D}/brew/set"), "START", true)
+        .await
+        .unwrap();
+    let bridge = Bridge::start(
+        sim.path(),
+        &broker,
+        &broker.credentials(User::Coffeebot),
+        &[],
+    );
+    assert!(bridge
+        .wait_for_log("ignoring a retained command", WAIT)
+        .is_some());
+    // Also live: a retained publication while the bridge is connected.
+    lan.subscribe(&format!("{D}/state")).await.unwrap();
+    lan.publish(&format!("{D}/keep_warm/set"), "ON", true)
+        .await
+        .unwrap();
+    lan.publish(&format!("{D}/cups/set"), "6", false)
+        .await
+        .unwrap();
+    next_message(&mut lan, "cups 6", |m| json(m)["cups"] == 6).await;
+    let log = bridge.log();
+    let ignored = log
+        .iter()
+        .filter(|l| l.contains("ignoring a retained command"))
+        .count();
+    assert_eq!(ignored, 3, "{log:#?}");
+    let lines = sim.command_log().await.unwrap();
+    assert!(
+        lines.iter().all(|c| c.line != "B+1"),
+        "the heater was switched on: {lines:?}"
+    );
+    assert!(!sim.snapshot().await.unwrap().device.heater_on);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_brings_everything_back_and_the_brew_keeps_its_limits() {
+    let mut rig = Rig::start("restart", &[]).await;
+    rig.watcher
+        .wait_for("discovery", WAIT, |m| m.topic.starts_with("homeassistant/"))
+        .await
+        .unwrap();
+    let mut commands = rig.sim.commands();
+    rig.command("brew", "3").await;
+    let first = commands.next_matching("B+1", WAIT).await.expect("B+1");
+    // The broker crashes: nothing retained survives, so what comes back was re-published.
+    rig.broker.kill();
+    let off = commands.next_matching("B+0", WAIT).await.expect("B+0");
+    let log = rig.sim.command_log().await.unwrap();
+    let last_on = log
+        .iter()
+        .filter(|c| c.line == "B+1")
+        .map(|c| c.at)
+        .max()
+        .unwrap();
+    let heating = last_on.duration_since(first.at);
+    // Preheat (about 2 s at the simulator's 2 °C/s) plus 3 cups at 1 s, with a margin.
+    assert!(heating < Duration::from_secs(8), "heated {heating:?}");
+    assert!(off.at >= last_on);
+    rig.broker.restart();
+    let mut w = connect(&rig.broker, Login::User(User::HomeAssistant)).await;
+    w.subscribe_many(&[&format!("{B}/#"), "homeassistant/#"])
+        .await
+        .unwrap();
+    w.wait_for("bridge online", WAIT, |m| {
+        m.topic == format!("{B}/bridge/availability") && m.payload == b"online"
+    })
+    .await
+    .unwrap();
+    w.wait_for("device online", WAIT, |m| {
+        m.topic == format!("{D}/availability") && m.payload == b"online"
+    })
+    .await
+    .unwrap();
+    w.wait_for("state after the brew", WAIT, |m| {
+        m.topic == format!("{D}/state") && json(m)["mode"] == "off"
+    })
+    .await
+    .unwrap();
+    for e in coffeebot::mqtt::discovery::entities(&settings()) {
+        let topic = format!(
+            "homeassistant/{}/coffeebot_coffeepot/{}/config",
+            e.platform, e.key
+        );
+        w.wait_for(&topic, WAIT, |m| m.topic == topic && !m.payload.is_empty())
+            .await
+            .unwrap();
+    }
+    assert!(rig.bridge.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_assistant_online_republishes_every_discovery_config() {
+    let mut rig = Rig::start("ha-status", &[]).await;
+    let entities = coffeebot::mqtt::discovery::entities(&settings());
+    let mut ha = connect(&rig.broker, Login::User(User::HomeAssistant)).await;
+    ha.subscribe("homeassistant/+/coffeebot_coffeepot/+/config")
+        .await
+        .unwrap();
+    ha.publish("homeassistant/status", "online", false)
+        .await
+        .unwrap();
+    // Live (not retained-on-subscribe) copies of every config.
+    for e in &entities {
+        let topic = format!(
+            "homeassistant/{}/coffeebot_coffeepot/{}/config",
+            e.platform, e.key
+        );
+        ha.wait_for(&topic, WAIT, |m| m.topic == topic && !m.retain)
+            .await
+            .unwrap();
+    }
+    assert!(rig.bridge.is_running());
+    let _ = &mut rig.watcher;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_will_marks_a_killed_bridge_offline() {
+    let mut rig = Rig::start("will", &[]).await;
+    rig.bridge.kill();
+    next_message(&mut rig.watcher, "bridge offline", |m| {
+        m.topic == format!("{B}/bridge/availability") && m.payload == b"offline"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_the_heater_off_publishes_offline_and_exits_0_within_2_s() {
+    let mut rig = Rig::start("sigterm", &[]).await;
+    rig.command("heater", "ON").await;
+    rig.state_where("heater ON", |s| s["heater"] == "ON").await;
+    let mut commands = rig.sim.commands();
+    let start = std::time::Instant::now();
+    rig.bridge.sigterm();
+    let status = rig
+        .bridge
+        .wait_exit(Duration::from_secs(2))
+        .expect("exited within 2 s");
+    assert!(status.success(), "{status}");
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(commands.next_matching("B+0", WAIT).await.is_some());
+    next_message(&mut rig.watcher, "device offline", |m| {
+        m.topic == format!("{D}/availability") && m.payload == b"offline"
+    })
+    .await;
+    next_message(&mut rig.watcher, "bridge offline", |m| {
+        m.topic == format!("{B}/bridge/availability") && m.payload == b"offline"
+    })
+    .await;
+    assert!(!rig.sim.snapshot().await.unwrap().device.heater_on);
+}
+
+/// The default settings (the tests use the default ids, prefix and max cups).
+fn settings() -> coffeebot::config::Settings {
+    coffeebot::config::load_with(None, &[]).expect("defaults load")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_flood_never_starves_the_heater() {
+    let mut rig = Rig::start("flood", &[]).await;
+    rig.command("heater", "ON").await;
+    rig.state_where("heater ON", |s| s["heater"] == "ON").await;
+    let lan = rig.broker.credentials(User::Lan);
+    let mut flood = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            rig.broker.host(),
+            "-p",
+            &rig.broker.lan_port().to_string(),
+        ])
+        .args(["-u", &lan.username, "-P", &lan.password])
+        .args(["-q", "0", "-t", &format!("{D}/cups/set"), "-l"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub");
+    let mut stdin = flood.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        for i in 0..5000 {
+            if writeln!(stdin, "{}", 1 + i % 12).is_err() {
+                break;
+            }
+        }
+    });
+    // The feed goes on at its pace all through the flood.
+    keeps_seeing(&rig.sim, "B+1", 8, Duration::from_millis(600)).await;
+    writer.join().unwrap();
+    assert!(flood.wait().unwrap().success());
+    keeps_seeing(&rig.sim, "B+1", 4, Duration::from_millis(600)).await;
+    // And commands are served after it.
+    rig.command("heater", "OFF").await;
+    rig.state_where("heater OFF", |s| s["heater"] == "OFF")
+        .await;
+}

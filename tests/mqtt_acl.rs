@@ -1,0 +1,177 @@
+//! The broker's promise seen from the bridge (issue 4): with the shipped configuration, only
+//! LAN users can brew; anonymous publishes on the public listener never reach the bridge; and a
+//! bridge whose credentials the broker refuses says so once and keeps retrying.
+
+mod support;
+
+use std::time::Duration;
+
+use coffeebot::sim::{SimConfig, SimHandle, Simulator};
+use support::bridge::Bridge;
+use support::mosquitto::{Broker, Credentials, Listener, Login, Protocol, TestClient, User};
+
+const D: &str = "coffeebot/coffeepot";
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn simulator(name: &str) -> SimHandle {
+    let dir = std::env::temp_dir().join(format!("coffeebot-acl-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("sim dir");
+    Simulator::start(SimConfig::default(), dir.join("tty"))
+        .await
+        .expect("simulator starts")
+}
+
+async fn lan(broker: &Broker, user: User) -> TestClient {
+    broker
+        .connect(Protocol::V311, Listener::Lan, Login::User(user))
+        .await
+        .expect("LAN client connects")
+}
+
+/// Waits for a state whose `cups` is `n`, as `user` sees it.
+async fn wait_cups(client: &mut TestClient, n: u64) {
+    client
+        .wait_for(&format!("cups {n}"), WAIT, |m| {
+            m.topic == format!("{D}/state")
+                && serde_json::from_slice::<serde_json::Value>(&m.payload)
+                    .is_ok_and(|s| s["cups"] == n)
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_listener_commands_never_reach_the_bridge() {
+    let broker = Broker::start();
+    let sim = simulator("public").await;
+    let bridge = Bridge::start(
+        sim.path(),
+        &broker,
+        &broker.credentials(User::Coffeebot),
+        &[],
+    );
+    let mut watcher = lan(&broker, User::Lan).await;
+    watcher.subscribe(&format!("{D}/state")).await.unwrap();
+    wait_cups(&mut watcher, 4).await;
+    let commands = [
+        ("heater", "ON"),
+        ("brew", "START"),
+        ("brew", "7"),
+        ("cups", "9"),
+        ("keep_warm", "ON"),
+        ("controller", "RESET"),
+    ];
+    for (i, protocol) in Protocol::ALL.into_iter().enumerate() {
+        let mut public = broker
+            .connect(protocol, Listener::Public, Login::Anonymous)
+            .await
+            .expect("anonymous public client connects");
+        for (command, payload) in commands {
+            // mosquitto answers the PUBACK after it has routed (here: dropped) the message.
+            public
+                .publish(&format!("{D}/{command}/set"), payload, false)
+                .await
+                .unwrap();
+        }
+        // A LAN command after them: once its effect shows, the bridge has handled everything
+        // the broker routed to it before (one connection, in order).
+        let marker = 2 + i as u64;
+        let mut user = lan(&broker, User::Lan).await;
+        user.publish(&format!("{D}/cups/set"), marker.to_string(), false)
+            .await
+            .unwrap();
+        wait_cups(&mut watcher, marker).await;
+    }
+    let log = sim.command_log().await.unwrap();
+    assert!(
+        log.iter().all(|c| c.line != "B+1" && c.line != "RESET"),
+        "a public command reached the controller: {log:?}"
+    );
+    assert!(!sim.snapshot().await.unwrap().device.heater_on);
+    assert!(
+        !bridge.log().iter().any(|l| l.contains("command rejected")),
+        "{:#?}",
+        bridge.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lan_and_homeassistant_can_brew() {
+    let broker = Broker::start();
+    let sim = simulator("lan").await;
+    let _bridge = Bridge::start(
+        sim.path(),
+        &broker,
+        &broker.credentials(User::Coffeebot),
+        &[],
+    );
+    let mut watcher = lan(&broker, User::Lan).await;
+    watcher.subscribe(&format!("{D}/state")).await.unwrap();
+    wait_cups(&mut watcher, 4).await;
+    for user in [User::Lan, User::HomeAssistant] {
+        for protocol in Protocol::ALL {
+            let mut client = broker
+                .connect(protocol, Listener::Lan, Login::User(user))
+                .await
+                .expect("LAN user connects");
+            let mut commands = sim.commands();
+            client
+                .publish(&format!("{D}/brew/set"), "START", false)
+                .await
+                .unwrap();
+            assert!(
+                commands.next_matching("B+1", WAIT).await.is_some(),
+                "{user:?} over {protocol:?} could not brew"
+            );
+            client
+                .publish(&format!("{D}/brew/set"), "STOP", false)
+                .await
+                .unwrap();
+            assert!(commands.next_matching("B+0", WAIT).await.is_some());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_bridge_says_so_once_and_keeps_retrying() {
+    let broker = Broker::start();
+    let sim = simulator("refused").await;
+    let wrong = Credentials {
+        username: User::Coffeebot.name().to_owned(),
+        password: "not-the-password".to_owned(),
+    };
+    let mut bridge = Bridge::start_logging(
+        sim.path(),
+        &broker,
+        &wrong,
+        &[],
+        "info,coffeebot::mqtt=debug",
+    );
+    let line = bridge
+        .wait_for_log("refused the connection: bad user name or password", WAIT)
+        .expect("a refusal line");
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        !line.contains("not-the-password"),
+        "the password was logged: {line}"
+    );
+    // Two more attempts (0.5 s, then 1 s of backoff), each logged at debug level only.
+    assert!(
+        bridge.wait_for_log_count("still retrying", 2, WAIT),
+        "no retries: {:#?}",
+        bridge.log()
+    );
+    let refusals = bridge
+        .log()
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("refused the connection"))
+        .count();
+    assert_eq!(refusals, 1, "{:#?}", bridge.log());
+    assert!(bridge.is_running(), "the bridge exited");
+    // Still driving the controller safely meanwhile: it answers polls.
+    assert!(sim
+        .commands()
+        .next_matching("S+?", Duration::from_secs(3))
+        .await
+        .is_some());
+}

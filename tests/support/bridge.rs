@@ -1,0 +1,218 @@
+//! The bridge as a real process: `coffeebot run` configured through `COFFEEBOT__…`
+//! environment variables, its stdout captured line by line so tests can wait for a log line,
+//! and signals to stop it. Killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::mosquitto::{Broker, Credentials};
+
+/// Settings that make the tests fast: short intervals, a quick brew, no HTTP server.
+pub const FAST: &[(&str, &str)] = &[
+    ("MQTT__STATE_INTERVAL_S", "2"),
+    ("MQTT__KEEP_ALIVE_S", "5"),
+    ("BREW__SECONDS_PER_CUP", "1.0"),
+    ("BREW__PREHEAT_C", "25.0"),
+    ("BREW__PREHEAT_TIMEOUT_S", "30"),
+    ("KEEP_WARM__AFTER_BREW", "false"),
+    ("HTTP__LISTEN", ""),
+];
+
+/// A running `coffeebot run`.
+pub struct Bridge {
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    log: Arc<Mutex<Vec<String>>>,
+    /// The MQTT client id it connects with (unique per bridge).
+    pub client_id: String,
+}
+
+impl Bridge {
+    /// Starts the bridge on the simulator's `port`, against `broker`'s LAN listener with
+    /// `login`, with [`FAST`] settings, then `extra` (`SECTION__KEY`, value) on top.
+    pub fn start(
+        port: &Path,
+        broker: &Broker,
+        login: &Credentials,
+        extra: &[(&str, &str)],
+    ) -> Bridge {
+        Bridge::start_logging(port, broker, login, extra, "info")
+    }
+
+    /// [`Bridge::start`] with this `RUST_LOG` filter.
+    pub fn start_logging(
+        port: &Path,
+        broker: &Broker,
+        login: &Credentials,
+        extra: &[(&str, &str)],
+        rust_log: &str,
+    ) -> Bridge {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let client_id = format!(
+            "coffeebot-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_coffeebot"));
+        cmd.arg("run")
+            .env_remove("COFFEEBOT_CONFIG")
+            .env("RUST_LOG", rust_log)
+            .env("COFFEEBOT__SERIAL__PORT", port)
+            .env("COFFEEBOT__MQTT__HOST", broker.host())
+            .env("COFFEEBOT__MQTT__PORT", broker.lan_port().to_string())
+            .env("COFFEEBOT__MQTT__CLIENT_ID", &client_id)
+            .env("COFFEEBOT__MQTT__USERNAME", &login.username)
+            .env("COFFEEBOT__MQTT__PASSWORD", &login.password);
+        for (key, value) in FAST.iter().chain(extra) {
+            cmd.env(format!("COFFEEBOT__{key}"), value);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn coffeebot");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let keep = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                keep.lock().expect("log lock").push(line.clone());
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Bridge {
+            child: Some(child),
+            lines,
+            log,
+            client_id,
+        }
+    }
+
+    /// Waits (at most `within`) for a log line containing `text`, looking at the lines
+    /// already logged first; returns it. Blocks the thread: inside a multi-threaded tokio runtime it tells tokio so first.
+    pub fn wait_for_log(&self, text: &str, within: Duration) -> Option<String> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::task::block_in_place(|| self.wait_for_log_blocking(text, within))
+        } else {
+            self.wait_for_log_blocking(text, within)
+        }
+    }
+
+    fn wait_for_log_blocking(&self, text: &str, within: Duration) -> Option<String> {
+        if let Some(line) = self.log().into_iter().find(|l| l.contains(text)) {
+            return Some(line);
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits (at most `within`) until `count` lines containing `text` have been logged;
+    /// returns whether they were.
+    pub fn wait_for_log_count(&self, text: &str, count: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let wait = || loop {
+            if self.log().iter().filter(|l| l.contains(text)).count() >= count {
+                return true;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            // Any new line wakes the check; the reader thread has stored it before sending.
+            if self.lines.recv_timeout(left).is_err() {
+                return self.log().iter().filter(|l| l.contains(text)).count() >= count;
+            }
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
+        }
+    }
+
+    /// Every line logged so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM (through the shell's builtin `kill`; std can only SIGKILL).
+    pub fn sigterm(&self) {
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.pid())])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits (at most `within`) for the process to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::task::block_in_place(|| self.wait_exit_blocking(within))
+        } else {
+            self.wait_exit_blocking(within)
+        }
+    }
+
+    fn wait_exit_blocking(&mut self, within: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("poll coffeebot") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            // Polling for the exit with a deadline, not synchronisation.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => child.try_wait().expect("poll coffeebot").is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- coffeebot log ---");
+            for line in self.log() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
