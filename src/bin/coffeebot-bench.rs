@@ -693,7 +693,7 @@ async fn next_line(
 // ---------------------------------------------------------------------------------------------
 // The bridge process
 
-fn bridge_env(port: &Path, mqtt_port: u16) -> Vec<(String, String)> {
+fn bridge_env(port: &Path, mqtt_port: u16, http_port: u16) -> Vec<(String, String)> {
     [
         (
             "COFFEEBOT__SERIAL__PORT",
@@ -706,7 +706,8 @@ fn bridge_env(port: &Path, mqtt_port: u16) -> Vec<(String, String)> {
             "COFFEEBOT__MQTT__CLIENT_ID",
             "coffeebot-bench-bridge".to_owned(),
         ),
-        ("COFFEEBOT__HTTP__LISTEN", String::new()),
+        // HTTP is on by default (probes, status page): on, on a free loopback port.
+        ("COFFEEBOT__HTTP__LISTEN", format!("127.0.0.1:{http_port}")),
         ("RUST_LOG", "info".to_owned()),
     ]
     .into_iter()
@@ -747,7 +748,7 @@ async fn start_bridge(
     figures: &mut Figures,
 ) -> Result<Bridge> {
     tap.renew()?;
-    let env = bridge_env(&tap.bridge_path, mqtt_port);
+    let env = bridge_env(&tap.bridge_path, mqtt_port, free_port()?);
     // A retained state from an earlier start must not count: clear it and wait for the ack.
     client
         .client
@@ -1286,7 +1287,10 @@ async fn heating(
     let mut handled = Vec::new();
     let mut heater_stayed_on = true;
     // Collect until the window ends; check the relay every second on the way.
-    let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut check = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_millis(500),
+        Duration::from_secs(1),
+    );
     loop {
         let now = Instant::now();
         if now >= end {
@@ -1535,7 +1539,7 @@ impl Figures {
             "commit": commit(),
             "bridge_binary": bin.display().to_string(),
             "settings": {
-                "bridge": "config/default.toml defaults; anonymous MQTT on loopback; HTTP off; RUST_LOG=info to a file",
+                "bridge": "config/default.toml defaults; anonymous MQTT and HTTP on loopback; RUST_LOG=info to a file",
                 "feed_interval_ms": FEED_INTERVAL_MS,
                 "poll_interval_ms": 1000,
                 "starts": plan.starts,
