@@ -254,6 +254,11 @@ async fn run(args: &Args, plan: Plan) -> Result<()> {
             stress.name(),
             run.brief()
         ));
+        if std::env::var_os("BENCH_DEBUG").is_some() {
+            for line in &run.context {
+                say(line);
+            }
+        }
         figures.cadence.push(run);
         bridge.check_alive()?;
     }
@@ -719,6 +724,8 @@ fn bridge_env(port: &Path, mqtt_port: u16, http_port: u16) -> Vec<(String, Strin
 struct Bridge {
     child: Child,
     pid: u32,
+    /// Where its HTTP server (and `/metrics`) listens.
+    http_port: u16,
 }
 
 impl Bridge {
@@ -748,7 +755,8 @@ async fn start_bridge(
     figures: &mut Figures,
 ) -> Result<Bridge> {
     tap.renew()?;
-    let env = bridge_env(&tap.bridge_path, mqtt_port, free_port()?);
+    let http_port = free_port()?;
+    let env = bridge_env(&tap.bridge_path, mqtt_port, http_port);
     // A retained state from an earlier start must not count: clear it and wait for the ack.
     client
         .client
@@ -771,7 +779,11 @@ async fn start_bridge(
         .spawn()
         .with_context(|| format!("cannot run {}", bin.display()))?;
     let pid = child.id();
-    let mut bridge = Bridge { child, pid };
+    let mut bridge = Bridge {
+        child,
+        pid,
+        http_port,
+    };
     // One pass over the states: the first one, and the first with the controller's reading
     // (often the same message, when the bridge had the reading before it reached the broker).
     let mut first_at = None;
@@ -821,6 +833,58 @@ async fn stop_bridge(mut bridge: Bridge, figures: &mut Figures) -> Result<()> {
             return Ok(()); // Drop kills it.
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bridge's own view: /metrics
+
+/// The bridge's feed-gap histogram (`coffeebot_feed_gap_seconds`): total count and the count
+/// at or below each bucket bound, from its `/metrics`. `None` when unavailable.
+fn feed_gap_histogram(http_port: u16) -> Option<Histogram> {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, http_port));
+    let mut stream = StdTcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.take(4 << 20).read_to_string(&mut text).ok()?;
+    let mut h = Histogram::default();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("coffeebot_feed_gap_seconds_bucket{le=\"") {
+            let (le, count) = rest.split_once("\"} ")?;
+            h.buckets.push((le.to_owned(), count.trim().parse().ok()?));
+        } else if let Some(count) = line.strip_prefix("coffeebot_feed_gap_seconds_count ") {
+            h.count = count.trim().parse().ok()?;
+        }
+    }
+    Some(h)
+}
+
+/// A Prometheus histogram's cumulative buckets.
+#[derive(Clone, Debug, Default)]
+struct Histogram {
+    count: u64,
+    buckets: Vec<(String, u64)>,
+}
+
+impl Histogram {
+    /// Observations above `le` between `earlier` and `self`.
+    fn above_since(&self, earlier: Option<&Histogram>, le: &str) -> Option<u64> {
+        let at = |h: &Histogram| -> Option<u64> {
+            let below = h.buckets.iter().find(|(b, _)| b == le)?.1;
+            Some(h.count - below.min(h.count))
+        };
+        let now = at(self)?;
+        let before = earlier.map_or(Some(0), at)?;
+        Some(now.saturating_sub(before))
+    }
+
+    /// Observations between `earlier` and `self`.
+    fn count_since(&self, earlier: Option<&Histogram>) -> u64 {
+        self.count.saturating_sub(earlier.map_or(0, |h| h.count))
     }
 }
 
@@ -1203,6 +1267,11 @@ struct Cadence {
     flood_sent: u64,
     flood_acked: u64,
     rejected_events: usize,
+    /// Feed gaps the bridge itself recorded (`/metrics`), and how many exceeded 300 ms.
+    bridge_gaps: Option<u64>,
+    bridge_gaps_over_300ms: Option<u64>,
+    /// The serial lines around the largest gap.
+    context: Vec<String>,
 }
 
 impl Cadence {
@@ -1210,10 +1279,13 @@ impl Cadence {
         let w = Stats::of(&self.wire_gaps);
         let h = Stats::of(&self.handled_gaps);
         format!(
-            "largest gap {:.1} ms written / {:.1} ms at the controller ({} feeds), {}",
+            "largest gap {:.1} ms written / {:.1} ms at the controller ({} feeds; the bridge's \
+             /metrics: {} gaps over 300 ms), {}",
             ms(w.max),
             ms(h.max),
             self.handled_gaps.len() + 1,
+            self.bridge_gaps_over_300ms
+                .map_or("?".to_owned(), |n| n.to_string()),
             self.cpu.brief()
         )
     }
@@ -1283,7 +1355,10 @@ async fn heating(
         tokio::spawn(async move { flood(c, per_s, dur).await })
     });
     let cpu_a = cpu_sample(bridge.pid);
+    let metrics_a = feed_gap_histogram(bridge.http_port);
     let mut wire = vec![start];
+    // Every line in the window, to show what surrounded the largest gap.
+    let mut window_lines: Vec<TapLine> = Vec::new();
     let mut handled = Vec::new();
     let mut heater_stayed_on = true;
     // Collect until the window ends; check the relay every second on the way.
@@ -1298,8 +1373,15 @@ async fn heating(
         }
         tokio::select! {
             line = lines.recv() => match line {
-                Ok(l) if l.dir == Dir::ToDevice && l.line == "B+1" && l.at <= end => wire.push(l.at),
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Ok(l) => {
+                    if l.dir == Dir::ToDevice && l.line == "B+1" && l.at <= end {
+                        wire.push(l.at);
+                    }
+                    if window_lines.len() < 100_000 {
+                        window_lines.push(l);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => bail!("the serial tap stopped"),
             },
             event = commands.next_matching("B+1", end.saturating_duration_since(now)) => {
@@ -1318,6 +1400,15 @@ async fn heating(
         }
     }
     let cpu = CpuUse::between(cpu_a, cpu_sample(bridge.pid));
+    let metrics_b = feed_gap_histogram(bridge.http_port);
+    let (bridge_gaps, bridge_gaps_over_300ms) = match &metrics_b {
+        Some(b) => (
+            Some(b.count_since(metrics_a.as_ref())),
+            b.above_since(metrics_a.as_ref(), "0.3"),
+        ),
+        None => (None, None),
+    };
+    let context = largest_gap_context(&wire, &window_lines);
     let (flood_sent, flood_acked) = match flood {
         Some(task) => tokio::time::timeout(WAIT, task)
             .await
@@ -1362,7 +1453,39 @@ async fn heating(
         flood_sent,
         flood_acked,
         rejected_events,
+        bridge_gaps,
+        bridge_gaps_over_300ms,
+        context,
     })
+}
+
+/// The serial lines around the largest gap between feeds, as offsets in ms from the feed
+/// that opened the gap.
+fn largest_gap_context(feeds: &[Instant], lines: &[TapLine]) -> Vec<String> {
+    let Some((a, b)) = feeds
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+        .max_by_key(|(a, b)| *b - *a)
+    else {
+        return Vec::new();
+    };
+    let from = a.checked_sub(Duration::from_millis(300)).unwrap_or(a);
+    lines
+        .iter()
+        .filter(|l| l.at >= from && l.at <= b)
+        .map(|l| {
+            let offset = if l.at >= a {
+                ms(l.at - a)
+            } else {
+                -ms(a - l.at)
+            };
+            let dir = match l.dir {
+                Dir::ToDevice => "bridge→",
+                Dir::FromDevice => "←device",
+            };
+            format!("{offset:+9.3} ms {dir} {}", l.line)
+        })
+        .collect()
 }
 
 /// Aborts a task on drop.
@@ -1527,6 +1650,9 @@ impl Figures {
                         "flood_acked": c.flood_acked,
                         "flood_rate_per_s": c.flood_sent as f64 / c.window.as_secs_f64(),
                         "command_rejected_events": c.rejected_events,
+                        "bridge_metrics_feed_gaps": c.bridge_gaps,
+                        "bridge_metrics_feed_gaps_over_300ms": c.bridge_gaps_over_300ms,
+                        "largest_gap_serial_context": c.context,
                     }),
                 )
             })
