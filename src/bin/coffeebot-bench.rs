@@ -191,7 +191,10 @@ async fn run(args: &Args, plan: Plan) -> Result<()> {
     client.subscribe(STATE).await?;
     client.subscribe(EVENT).await?;
 
-    let mut figures = Figures::default();
+    let mut figures = Figures {
+        loadavg_start: loadavg(),
+        ..Figures::default()
+    };
 
     // 1. Start-up (and shutdown for all but the last start).
     let log_path = args.out.join("bridge.log");
@@ -267,6 +270,7 @@ async fn run(args: &Args, plan: Plan) -> Result<()> {
     figures.rss_end_kb = proc_status_kb(bridge.pid, "VmRSS");
     figures.rss_peak_kb = proc_status_kb(bridge.pid, "VmHWM");
     figures.binary_bytes = fs::metadata(&bridge_bin).ok().map(|m| m.len());
+    figures.loadavg_end = loadavg();
     stop_bridge(bridge, &mut figures).await?;
     client.disconnect().await;
 
@@ -1597,6 +1601,9 @@ fn ms(d: Duration) -> f64 {
 
 #[derive(Default)]
 struct Figures {
+    /// `/proc/loadavg` before and after: other work on the machine shows here.
+    loadavg_start: Option<String>,
+    loadavg_end: Option<String>,
     start_to_state: Vec<Duration>,
     start_to_reading: Vec<Duration>,
     shutdown: Vec<Duration>,
@@ -1662,6 +1669,7 @@ impl Figures {
             "mode": if args.short { "short" } else { "full" },
             "when": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             "machine": machine(),
+            "loadavg": { "start": self.loadavg_start, "end": self.loadavg_end },
             "commit": commit(),
             "bridge_binary": bin.display().to_string(),
             "settings": {
@@ -1817,6 +1825,15 @@ impl Figures {
         );
         row(
             &mut t,
+            "load average at start / end",
+            format!(
+                "{} / {}",
+                self.loadavg_start.as_deref().unwrap_or("?"),
+                self.loadavg_end.as_deref().unwrap_or("?")
+            ),
+        );
+        row(
+            &mut t,
             "release binary size",
             self.binary_bytes.map_or("?".to_owned(), |b| {
                 format!("{:.2} MB", b as f64 / 1_048_576.0)
@@ -1863,6 +1880,12 @@ fn machine() -> Value {
         "cpu_model": cpu,
         "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
     })
+}
+
+fn loadavg() -> Option<String> {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.trim().to_owned())
 }
 
 fn commit() -> Value {
