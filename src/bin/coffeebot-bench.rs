@@ -624,7 +624,7 @@ impl Drop for Tap {
 
 /// Forwards bytes both ways as soon as they can be read, stamping each line.
 async fn shuttle(
-    mut bridge: SerialStream,
+    bridge: SerialStream,
     mut device: SerialStream,
     mut swaps: mpsc::Receiver<SerialStream>,
     lines: broadcast::Sender<TapLine>,
@@ -633,18 +633,32 @@ async fn shuttle(
     let mut from_device = [0u8; 512];
     let mut to_device_line = Vec::new();
     let mut from_device_line = Vec::new();
+    // `None` after the bridge side failed (its slave was released before the swap arrived):
+    // the controller's output is dropped until the next bridge side, as with no reader.
+    let mut bridge = Some(bridge);
     loop {
         tokio::select! {
             swap = swaps.recv() => match swap {
                 Some(master) => {
-                    bridge = master;
+                    bridge = Some(master);
                     to_device_line.clear();
                 }
                 None => return,
             },
-            read = bridge.read(&mut from_bridge) => {
+            read = async {
+                match bridge.as_mut() {
+                    Some(b) => b.read(&mut from_bridge).await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 let at = Instant::now();
-                let n = match read { Ok(n) if n > 0 => n, _ => return };
+                let n = match read {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        bridge = None;
+                        continue;
+                    }
+                };
                 if device.write_all(&from_bridge[..n]).await.is_err() {
                     return;
                 }
@@ -653,8 +667,10 @@ async fn shuttle(
             read = device.read(&mut from_device) => {
                 let at = Instant::now();
                 let n = match read { Ok(n) if n > 0 => n, _ => return };
-                if bridge.write_all(&from_device[..n]).await.is_err() {
-                    return;
+                if let Some(b) = bridge.as_mut() {
+                    if b.write_all(&from_device[..n]).await.is_err() {
+                        bridge = None;
+                    }
                 }
                 split(&mut from_device_line, &from_device[..n], at, Dir::FromDevice, &lines);
             }
