@@ -54,6 +54,8 @@ const STABLE: Duration = Duration::from_secs(10);
 /// Requests queued for the event loop: a reconnect's subscription, availability, state and
 /// every discovery message (with removals) fit with room to spare.
 const REQUEST_QUEUE: usize = 256;
+/// Most QoS 1 publications awaiting their PUBACK at once; the broker may ask for fewer.
+const OUTGOING_INFLIGHT: u16 = 100;
 /// Longest wait, at shutdown, for the `offline` messages and the DISCONNECT to go out.
 const DISCONNECT_WAIT: Duration = Duration::from_millis(700);
 
@@ -101,6 +103,10 @@ pub fn options(settings: &Settings) -> Result<MqttOptions, SetupError> {
         .set_keep_alive(Duration::from_secs(m.keep_alive_s.max(5)))
         .set_request_channel_capacity(REQUEST_QUEUE)
         .set_max_packet_size(Some(MAX_INCOMING_PACKET))
+        // rumqttc sizes its table of unacknowledged publications by this limit up front
+        // (65,535 by default: 13.5 MiB resident); the bridge never has more than a few
+        // publications in flight.
+        .set_outgoing_inflight_upper_limit(OUTGOING_INFLIGHT)
         .set_last_will(LastWill::new(
             topics.bridge_availability(),
             "offline",
