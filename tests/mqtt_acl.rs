@@ -40,6 +40,19 @@ async fn wait_cups(client: &mut TestClient, n: u64) {
         .unwrap();
 }
 
+/// Waits for a state showing the controller answering with a temperature: before that, a
+/// brew is refused ("no valid plate temperature yet").
+async fn wait_answering(client: &mut TestClient) {
+    client
+        .wait_for("the controller answering", WAIT, |m| {
+            m.topic == format!("{D}/state")
+                && serde_json::from_slice::<serde_json::Value>(&m.payload)
+                    .is_ok_and(|s| s["link"] == "up" && s["temperature_c"].is_number())
+        })
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_listener_commands_never_reach_the_bridge() {
     let broker = Broker::start();
@@ -107,7 +120,7 @@ async fn lan_and_homeassistant_can_brew() {
     );
     let mut watcher = lan(&broker, User::Lan).await;
     watcher.subscribe(&format!("{D}/state")).await.unwrap();
-    wait_cups(&mut watcher, 4).await;
+    wait_answering(&mut watcher).await;
     for user in [User::Lan, User::HomeAssistant] {
         for protocol in Protocol::ALL {
             let mut client = broker
