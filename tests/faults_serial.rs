@@ -11,47 +11,17 @@
 
 mod support;
 
-use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use coffeebot::sim::{SimConfig, Simulator};
 use serde_json::Value;
 use support::bridge::Bridge;
-use support::mosquitto::{Broker, Listener, Login, Message, Protocol, TestClient, User};
+use support::mosquitto::{
+    json, message_since, next_message, Broker, Listener, Login, Protocol, TestClient, User,
+};
 
 const D: &str = "coffeebot/coffeepot";
 const WAIT: Duration = Duration::from_secs(10);
-
-fn json(m: &Message) -> Value {
-    serde_json::from_slice(&m.payload).unwrap_or(Value::Null)
-}
-
-/// The first message matching `pred` among those arriving from now on (at most [`WAIT`]).
-async fn next_message(
-    client: &mut TestClient,
-    what: &str,
-    pred: impl Fn(&Message) -> bool,
-) -> Message {
-    let old = client.seen().len();
-    message_since(client, old, what, pred).await
-}
-
-/// The first message matching `pred` among those seen after the first `old` ones.
-async fn message_since(
-    client: &mut TestClient,
-    old: usize,
-    what: &str,
-    pred: impl Fn(&Message) -> bool,
-) -> Message {
-    let calls = Cell::new(0usize);
-    client
-        .wait_for(what, WAIT, |m| {
-            calls.set(calls.get() + 1);
-            calls.get() > old && pred(m)
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-}
 
 async fn next_state(client: &mut TestClient, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let topic = format!("{D}/state");

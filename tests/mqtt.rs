@@ -7,14 +7,15 @@
 
 mod support;
 
-use std::cell::Cell;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use coffeebot::sim::{SimConfig, SimHandle, Simulator};
 use serde_json::Value;
 use support::bridge::Bridge;
-use support::mosquitto::{Broker, Listener, Login, Message, Protocol, TestClient, User};
+use support::mosquitto::{
+    json, message_since, next_message, Broker, Listener, Login, Protocol, TestClient, User,
+};
 
 const B: &str = "coffeebot";
 const D: &str = "coffeebot/coffeepot";
@@ -115,39 +116,6 @@ async fn connect(broker: &Broker, login: Login) -> TestClient {
         .connect(Protocol::V311, Listener::Lan, login)
         .await
         .expect("test client connects")
-}
-
-fn json(m: &Message) -> Value {
-    serde_json::from_slice(&m.payload).unwrap_or(Value::Null)
-}
-
-/// The first message matching `pred` among those arriving from now on (at most [`WAIT`]).
-/// [`TestClient::wait_for`] looks at the messages already seen first; the counter makes it
-/// skip them (it scans them in order, one call each).
-async fn next_message(
-    client: &mut TestClient,
-    what: &str,
-    pred: impl Fn(&Message) -> bool,
-) -> Message {
-    let old = client.seen().len();
-    message_since(client, old, what, pred).await
-}
-
-/// The first message matching `pred` among those seen after the first `old` ones.
-async fn message_since(
-    client: &mut TestClient,
-    old: usize,
-    what: &str,
-    pred: impl Fn(&Message) -> bool,
-) -> Message {
-    let calls = Cell::new(0usize);
-    client
-        .wait_for(what, WAIT, |m| {
-            calls.set(calls.get() + 1);
-            calls.get() > old && pred(m)
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Waits until the simulator has accepted `line` `times` times in a row of waits, each within

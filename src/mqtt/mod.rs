@@ -57,7 +57,7 @@ const REQUEST_QUEUE: usize = 256;
 /// Most QoS 1 publications awaiting their PUBACK at once; the broker may ask for fewer.
 const OUTGOING_INFLIGHT: u16 = 100;
 /// Longest wait, at shutdown, for the `offline` messages and the DISCONNECT to go out.
-const DISCONNECT_WAIT: Duration = Duration::from_millis(700);
+const DISCONNECT_WAIT: Duration = Duration::from_millis(500);
 
 /// Why the MQTT connection cannot be set up at all (a configuration problem).
 #[derive(Debug, thiserror::Error)]
@@ -179,16 +179,21 @@ pub async fn run(settings: Settings, options: MqttOptions, io: Io) {
 enum Polled {
     Event(Box<Event>),
     Error(ConnectionError),
+    /// After our DISCONNECT, the broker closed the connection: everything sent before it
+    /// was read and handled by the broker.
+    Closed,
 }
 
 /// Polls the event loop forever; after an error, waits the backoff before polling again.
 async fn poll(mut eventloop: EventLoop, tx: mpsc::Sender<Polled>) {
     let mut backoff = BACKOFF_MIN;
     let mut connected_at: Option<Instant> = None;
+    let mut disconnecting = false;
     loop {
         match eventloop.poll().await {
             Ok(event) => {
                 let done = matches!(event, Event::Outgoing(Outgoing::Disconnect));
+                disconnecting |= done;
                 let forward = match &event {
                     Event::Incoming(Packet::ConnAck(_)) => {
                         connected_at = Some(Instant::now());
@@ -205,9 +210,13 @@ async fn poll(mut eventloop: EventLoop, tx: mpsc::Sender<Polled>) {
                 if forward && tx.send(Polled::Event(Box::new(event))).await.is_err() {
                     return;
                 }
-                if done {
-                    return;
-                }
+            }
+            // Keep reading after our DISCONNECT until the broker closes the connection: a
+            // process that exits with unread bytes (PUBACKs) resets the connection, and a
+            // reset can make the broker drop what it had not read yet — the `offline`.
+            Err(_) if disconnecting => {
+                let _ = tx.send(Polled::Closed).await;
+                return;
             }
             Err(e) => {
                 if connected_at.take().is_some_and(|at| at.elapsed() >= STABLE) {
@@ -257,6 +266,7 @@ impl Bridge {
                 p = polled.recv() => match p {
                     Some(Polled::Event(event)) => self.on_event(*event),
                     Some(Polled::Error(e)) => self.on_error(&e),
+                    Some(Polled::Closed) => {}
                     None => {
                         // The poller never ends on its own; keep the state closing as the cue.
                         warn!("MQTT event loop ended");
@@ -296,9 +306,7 @@ impl Bridge {
         let deadline = Instant::now() + DISCONNECT_WAIT;
         loop {
             match tokio::time::timeout_at(deadline, polled.recv()).await {
-                Ok(Some(Polled::Event(event)))
-                    if matches!(*event, Event::Outgoing(Outgoing::Disconnect)) =>
-                {
+                Ok(Some(Polled::Closed)) => {
                     info!("MQTT: published offline and disconnected");
                     break;
                 }
@@ -306,7 +314,7 @@ impl Bridge {
                     warn!("MQTT: no clean disconnect; the last will marks the bridge offline");
                     break;
                 }
-                Ok(Some(_)) => {}
+                Ok(Some(Polled::Event(_))) => {}
             }
         }
         self.set_connected(false);

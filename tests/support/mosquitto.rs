@@ -1169,3 +1169,41 @@ fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     out
 }
+
+/// How long [`next_message`] and [`message_since`] wait.
+pub const MESSAGE_WAIT: Duration = Duration::from_secs(10);
+
+/// A message's payload as JSON (`null` if it is not JSON).
+pub fn json(m: &Message) -> serde_json::Value {
+    serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null)
+}
+
+/// The first message matching `pred` among those arriving from now on (at most
+/// [`MESSAGE_WAIT`]).
+pub async fn next_message(
+    client: &mut TestClient,
+    what: &str,
+    pred: impl Fn(&Message) -> bool,
+) -> Message {
+    let old = client.seen().len();
+    message_since(client, old, what, pred).await
+}
+
+/// The first message matching `pred` among those seen after the first `old` ones.
+/// [`TestClient::wait_for`] looks at the messages already seen first; the counter makes it
+/// skip them (it scans them in order, one call each).
+pub async fn message_since(
+    client: &mut TestClient,
+    old: usize,
+    what: &str,
+    pred: impl Fn(&Message) -> bool,
+) -> Message {
+    let calls = std::cell::Cell::new(0usize);
+    client
+        .wait_for(what, MESSAGE_WAIT, |m| {
+            calls.set(calls.get() + 1);
+            calls.get() > old && pred(m)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
