@@ -20,7 +20,8 @@ use coffeebot::sim::{CommandEvent, Fault, SimConfig, SimHandle, Simulator};
 use serde_json::Value;
 use support::bridge::Bridge;
 use support::mosquitto::{
-    json, next_message, Broker, Listener, Login, Protocol, Setup, TestClient, User,
+    json, lan_command, next_message, next_state, Broker, Listener, Login, Protocol, Setup,
+    TestClient, User,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -100,20 +101,12 @@ impl Rig {
 
     /// Publishes a command as `lan` (a fresh connection, QoS 1, PUBACK awaited).
     async fn command(&self, command: &str, payload: impl Into<Vec<u8>>) {
-        let mut lan = connect(&self.broker, Login::User(User::Lan)).await;
-        lan.publish(&format!("{D}/{command}/set"), payload, false)
-            .await
-            .unwrap();
-        lan.disconnect().await;
+        lan_command(&self.broker, command, payload).await;
     }
 
     /// The first state (from now on) for which `pred` holds.
     async fn state_where(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let m = next_message(&mut self.watcher, what, |m| {
-            m.topic == format!("{D}/state") && pred(&json(m))
-        })
-        .await;
-        json(&m)
+        next_state(&mut self.watcher, what, pred).await
     }
 
     /// The first event (from now on) of this type for which `pred` holds.

@@ -17,16 +17,11 @@ use coffeebot::sim::{SimConfig, Simulator};
 use serde_json::Value;
 use support::bridge::Bridge;
 use support::mosquitto::{
-    json, message_since, next_message, Broker, Listener, Login, Protocol, TestClient, User,
+    json, message_since, next_state, Broker, Listener, Login, Protocol, User,
 };
 
 const D: &str = "coffeebot/coffeepot";
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn next_state(client: &mut TestClient, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let topic = format!("{D}/state");
-    json(&next_message(client, what, |m| m.topic == topic && pred(&json(m))).await)
-}
 
 fn has_fault(state: &Value, fault: &str) -> bool {
     state["faults"]

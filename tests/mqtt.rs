@@ -14,7 +14,8 @@ use coffeebot::sim::{SimConfig, SimHandle, Simulator};
 use serde_json::Value;
 use support::bridge::Bridge;
 use support::mosquitto::{
-    json, message_since, next_message, Broker, Listener, Login, Protocol, TestClient, User,
+    json, lan_command, message_since, next_message, next_state, Broker, Listener, Login, Protocol,
+    TestClient, User,
 };
 
 const B: &str = "coffeebot";
@@ -85,20 +86,12 @@ impl Rig {
 
     /// Publishes a command as `lan` (a fresh connection, QoS 1, PUBACK awaited).
     async fn command(&self, command: &str, payload: impl Into<Vec<u8>>) {
-        let mut lan = connect(&self.broker, Login::User(User::Lan)).await;
-        lan.publish(&format!("{D}/{command}/set"), payload, false)
-            .await
-            .unwrap();
-        lan.disconnect().await;
+        lan_command(&self.broker, command, payload).await;
     }
 
     /// The first state (from now on: earlier ones do not count) for which `pred` holds.
     async fn state_where(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let m = next_message(&mut self.watcher, what, |m| {
-            m.topic == format!("{D}/state") && pred(&json(m))
-        })
-        .await;
-        json(&m)
+        next_state(&mut self.watcher, what, pred).await
     }
 
     /// The first event (from now on) of this type.

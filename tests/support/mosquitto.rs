@@ -1207,3 +1207,29 @@ pub async fn message_since(
         .await
         .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// The default device's topics (`mqtt.base_topic`/`device.id`), as the tests run the bridge.
+pub const DEVICE_TOPIC: &str = "coffeebot/coffeepot";
+
+/// The first state of the default device (from now on) for which `pred` holds.
+pub async fn next_state(
+    client: &mut TestClient,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let topic = format!("{DEVICE_TOPIC}/state");
+    json(&next_message(client, what, |m| m.topic == topic && pred(&json(m))).await)
+}
+
+/// Publishes a command to the default device as `lan` (a fresh connection over MQTT 3.1.1,
+/// QoS 1, PUBACK awaited).
+pub async fn lan_command(broker: &Broker, command: &str, payload: impl Into<Vec<u8>>) {
+    let mut lan = broker
+        .connect(Protocol::V311, Listener::Lan, Login::User(User::Lan))
+        .await
+        .expect("lan connects");
+    lan.publish(&format!("{DEVICE_TOPIC}/{command}/set"), payload, false)
+        .await
+        .unwrap();
+    lan.disconnect().await;
+}
