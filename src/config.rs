@@ -76,6 +76,9 @@ pub struct Serial {
     pub feed_interval_ms: u64,
     /// Largest gap between `S+?` while idle; < 5000.
     pub poll_interval_ms: u64,
+    /// Allow heating with a controller build that has no 1 s heater timeout (MrCoffeeBot
+    /// 05a9a00, three-line replies): a dead bridge would leave its heater on up to 5 s.
+    pub allow_firmware_without_heater_timeout: bool,
 }
 
 /// `[mqtt]`. Its `Debug` and `Serialize` never show the password.
@@ -1003,6 +1006,10 @@ impl Settings {
         out.int("baud", s.serial.baud.into());
         out.int("feed_interval_ms", s.serial.feed_interval_ms);
         out.int("poll_interval_ms", s.serial.poll_interval_ms);
+        out.bool(
+            "allow_firmware_without_heater_timeout",
+            s.serial.allow_firmware_without_heater_timeout,
+        );
         out.section("mqtt");
         out.string("host", &s.mqtt.host);
         out.int("port", s.mqtt.port.into());

@@ -256,6 +256,11 @@ impl Driver {
             .published
             .as_ref()
             .is_none_or(|p| doc.differs_from(p, self.deadbands));
+        if doc.reply_format.is_some()
+            && doc.reply_format != self.published.as_ref().and_then(|p| p.reply_format)
+        {
+            announce_build(doc.reply_format, self.core.limits());
+        }
         if changed || due {
             if changed {
                 info!(
@@ -278,6 +283,25 @@ impl Driver {
         if self.inlets.events.try_send(doc).is_err() {
             metrics::counter!("coffeebot_events_dropped_total").increment(1);
         }
+    }
+}
+
+/// Says once per link session which firmware build answers, and what that means for heating.
+fn announce_build(format: Option<&str>, limits: &Limits) {
+    match format {
+        Some("one_line") => info!(
+            reply_format = "one_line",
+            "the controller answers in one line: MrCoffeeBot 6105f59, whose heater goes off 1 s after the last B+1"
+        ),
+        Some(format) if limits.allow_firmware_without_heater_timeout => warn!(
+            reply_format = format,
+            "the controller answers in three lines: MrCoffeeBot 05a9a00 has no 1 s heater timeout (a dead bridge leaves the heater on up to 5 s); heating allowed by serial.allow_firmware_without_heater_timeout"
+        ),
+        Some(format) => warn!(
+            reply_format = format,
+            "the controller answers in three lines: MrCoffeeBot 05a9a00 has no 1 s heater timeout; heating is refused — flash 6105f59 or set serial.allow_firmware_without_heater_timeout = true"
+        ),
+        None => {}
     }
 }
 

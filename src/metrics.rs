@@ -143,6 +143,10 @@ fn describe() {
         "coffeebot_controller_online",
         "1 while the controller answers."
     );
+    describe_gauge!(
+        "coffeebot_controller_reply_format",
+        "1 for the reply form of the controller that answers: one_line (MrCoffeeBot 6105f59, 1 s heater timeout) or three_lines (05a9a00, none)."
+    );
 }
 
 /// Counts an event the core emitted (call once per event, where it is published).
@@ -264,6 +268,11 @@ pub async fn track_state(mut state: watch::Receiver<Option<StateDoc>>) {
             gauge!("coffeebot_controller_online").set(f64::from(u8::from(doc.online())));
             if let Some(t) = doc.temperature_c {
                 gauge!("coffeebot_plate_temperature_celsius").set(t);
+            }
+            for format in ["one_line", "three_lines"] {
+                let this = doc.reply_format == Some(format);
+                gauge!("coffeebot_controller_reply_format", "format" => format)
+                    .set(f64::from(u8::from(this)));
             }
             if let Some(pct) = doc.water_level_pct {
                 gauge!("coffeebot_water_level_percent").set(f64::from(pct));

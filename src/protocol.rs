@@ -1,17 +1,21 @@
 //! The controller's line protocol (SPEC §2) as pure code: commands to bytes, bytes to frames.
 //!
 //! Nothing here does I/O or reads a clock. [`Decoder`] takes bytes in whatever pieces the port
-//! delivers, splits them into lines (`\n` or `\r\n`), caps line length, and assembles the
-//! three-line status reply (`W+`, `T+`, `B+`) into one [`Reading`]. The boot banner is found
-//! anywhere in a line, because a watchdog reboot can cut a reply short and print the banner
-//! on the same line. Every sentinel of the firmware becomes "no valid reading" (`None`),
-//! never a number.
+//! delivers, splits them into lines (`\n` or `\r\n`), caps line length, and turns each status
+//! reply into one [`Reading`]. Two builds of the firmware answer: MrCoffeeBot 6105f59 (its last
+//! commit, with the 1 s heater timeout) in one line, `W+2.01,T+21.0,B+0`, and 05a9a00 (no
+//! heater timeout) in three lines, `W+…`, `T+…`, `B+…`. Each reply is recognised on its own and
+//! says which form it had ([`ReplyFormat`]); the two are never mixed into one reading. The boot
+//! banner is found anywhere in a line, because a watchdog reboot can cut a reply short and
+//! print the banner on the same line. Every sentinel of the firmware becomes "no valid
+//! reading" (`None`), never a number.
 
 use std::collections::VecDeque;
 
-/// Longest line kept, in bytes. The firmware's largest legal line is a `T+` or `W+` followed by
-/// the ~310-character decimal of `DBL_MAX`; anything longer is garbage and is skipped whole.
-pub const MAX_LINE: usize = 400;
+/// Longest line kept, in bytes. The largest legal line is a one-line reply whose `W+` and `T+`
+/// both carry the ~310-character decimal of `DBL_MAX` (a build that answers before its first
+/// sensor reading); anything longer is garbage and is skipped whole.
+pub const MAX_LINE: usize = 700;
 
 /// A command line the host sends to the controller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -37,7 +41,7 @@ impl Command {
         }
     }
 
-    /// Whether the controller answers this command with a three-line status reply.
+    /// Whether the controller answers this command with a status reply.
     pub fn expects_reply(self) -> bool {
         !matches!(self, Command::Reset)
     }
@@ -58,6 +62,40 @@ impl Command {
     }
 }
 
+/// The shape of a status reply, which tells the firmware builds apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReplyFormat {
+    /// `W+…,T+…,B+…` on one line: MrCoffeeBot 6105f59, whose heater goes off 1 s after the
+    /// last `B+1`.
+    OneLine,
+    /// `W+…`, `T+…`, `B+…` on three lines: MrCoffeeBot 05a9a00, which has no heater timeout
+    /// (the relay stays on until `B+0` or a 5 s watchdog reboot).
+    ThreeLines,
+}
+
+impl ReplyFormat {
+    /// The label used in the state JSON, metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplyFormat::OneLine => "one_line",
+            ReplyFormat::ThreeLines => "three_lines",
+        }
+    }
+
+    /// The firmware build that answers in this form.
+    pub fn build(self) -> &'static str {
+        match self {
+            ReplyFormat::OneLine => "6105f59",
+            ReplyFormat::ThreeLines => "05a9a00",
+        }
+    }
+
+    /// Whether the build switches its heater off by itself 1 s after the last `B+1`.
+    pub fn has_heater_timeout(self) -> bool {
+        matches!(self, ReplyFormat::OneLine)
+    }
+}
+
 /// One complete status reply, sentinels already turned into `None`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Reading {
@@ -68,12 +106,14 @@ pub struct Reading {
     pub temperature_c: Option<f64>,
     /// The heater state the controller reports after the command (`B+`).
     pub heater_on: bool,
+    /// Whether the reply came as one line or three (which build answered).
+    pub format: ReplyFormat,
 }
 
 /// What the decoder makes of the byte stream.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
-    /// A complete, well-formed three-line reply.
+    /// A complete, well-formed reply (one line or three).
     Reading(Reading),
     /// The boot banner; `firmware` is e.g. `MrCoffeeBot v2.0`.
     Banner {
@@ -93,6 +133,8 @@ pub enum Rejected {
     Garbage,
     /// A reply line out of order (e.g. `T+` without `W+` before it), or a reply cut short.
     OutOfSequence,
+    /// A one-line reply (`W+…,`) with other fields than `W+`, `T+`, `B+` in that order.
+    Malformed,
 }
 
 /// Splits a byte stream into lines and assembles replies. Feed it with [`Decoder::push`], then
@@ -112,7 +154,7 @@ pub struct Decoder {
     frames: VecDeque<Frame>,
 }
 
-/// How far a three-line reply has got.
+/// How far a three-line reply has got (a one-line reply is decoded in one go).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 enum Partial {
     /// Waiting for `W+`.
@@ -232,6 +274,16 @@ impl Decoder {
             [tag @ (b'W' | b'T' | b'B'), b'+', value @ ..] => (*tag, value),
             _ => return Err(Rejected::Garbage),
         };
+        if line.contains(&b',') {
+            // A one-line reply. One that starts while a three-line reply is partial means the
+            // partial one was cut short: report that, then decode this one on its own.
+            let cut = std::mem::replace(&mut self.reply, Partial::Idle) != Partial::Idle;
+            if cut {
+                self.frames
+                    .push_back(Frame::Rejected(Rejected::OutOfSequence));
+            }
+            return parse_one_line(line).map(|r| Some(Frame::Reading(r)));
+        }
         match (tag, self.reply) {
             (b'W', previous) => {
                 let water = parse_value(value)?;
@@ -251,12 +303,38 @@ impl Decoder {
                     water_distance_in: water,
                     temperature_c: temperature,
                     heater_on,
+                    format: ReplyFormat::ThreeLines,
                 })))
             }
             (b'T', _) => parse_value(value).and(Err(Rejected::OutOfSequence)),
             _ => parse_heater(value).and(Err(Rejected::OutOfSequence)),
         }
     }
+}
+
+/// Decodes `W+<water>,T+<temperature>,B+<0|1>`: exactly three fields in that order. A field
+/// that is not a number (or `0`/`1`) is [`Rejected::Garbage`]; any other shape is
+/// [`Rejected::Malformed`]. Nothing of a malformed line is used.
+fn parse_one_line(line: &[u8]) -> Result<Reading, Rejected> {
+    let mut fields = line.split(|&b| b == b',');
+    let mut field = |tag: &[u8]| {
+        fields
+            .next()
+            .and_then(|f| f.strip_prefix(tag))
+            .ok_or(Rejected::Malformed)
+    };
+    let water = field(b"W+")?;
+    let temperature = field(b"T+")?;
+    let heater = field(b"B+")?;
+    if fields.next().is_some() {
+        return Err(Rejected::Malformed);
+    }
+    Ok(Reading {
+        water_distance_in: parse_value(water)?,
+        temperature_c: parse_value(temperature)?,
+        heater_on: parse_heater(heater)?,
+        format: ReplyFormat::OneLine,
+    })
 }
 
 /// Finds the boot banner anywhere in `line`: the bytes before it and the firmware name
@@ -361,6 +439,120 @@ mod tests {
             );
         }
         assert_eq!(parse_value(&[0xff, b'1']), Err(Rejected::Garbage));
+    }
+
+    fn one_line(water: Option<f64>, temperature: Option<f64>, heater_on: bool) -> Frame {
+        Frame::Reading(Reading {
+            water_distance_in: water,
+            temperature_c: temperature,
+            heater_on,
+            format: ReplyFormat::OneLine,
+        })
+    }
+
+    #[test]
+    fn one_line_replies_of_6105f59() {
+        let mut decoder = Decoder::new();
+        assert_eq!(
+            decode_all(
+                &mut decoder,
+                b"W+1.98,T+21.0,B+0
+W+2.01,T+85.0,B+1
+"
+            ),
+            [
+                one_line(Some(1.98), Some(21.0), false),
+                one_line(Some(2.01), Some(85.0), true)
+            ]
+        );
+        assert_eq!(
+            decode_all(
+                &mut decoder,
+                b"W+72.01,T+-1000.0,B+0
+"
+            ),
+            [one_line(Some(72.01), None, false)]
+        );
+    }
+
+    #[test]
+    fn malformed_one_line_replies_are_skipped_whole() {
+        let mut decoder = Decoder::new();
+        for bad in [
+            &b"W+1.98,T+21.0
+"[..],
+            b"W+1.98,T+21.0,B+0,X+1
+",
+            b"W+1.98,B+0,T+21.0
+",
+            b"W+1.98,T+21.0,B+2
+",
+            b"W+1.98,T+2x.0,B+0
+",
+            b"W+,T+21.0,B+0
+",
+            b"W+1.98,,B+0
+",
+            b"T+21.0,W+1.98,B+0
+",
+        ] {
+            let frames = decode_all(&mut decoder, bad);
+            assert_eq!(frames.len(), 1, "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                matches!(frames[0], Frame::Rejected(_)),
+                "{:?} gave {frames:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            decode_all(
+                &mut decoder,
+                b"W+1.98,T+21.0,B+0
+"
+            ),
+            [one_line(Some(1.98), Some(21.0), false)]
+        );
+    }
+
+    #[test]
+    fn formats_are_never_mixed_into_one_reading() {
+        let mut decoder = Decoder::new();
+        // A three-line reply cut after its W+, then a one-line reply: the partial one is
+        // reported, the one-line reply stands alone.
+        assert_eq!(
+            decode_all(
+                &mut decoder,
+                b"W+3.00
+W+1.98,T+21.0,B+1
+T+50.0
+B+1
+"
+            ),
+            [
+                Frame::Rejected(Rejected::OutOfSequence),
+                one_line(Some(1.98), Some(21.0), true),
+                Frame::Rejected(Rejected::OutOfSequence),
+                Frame::Rejected(Rejected::OutOfSequence),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reply_cut_by_a_watchdog_reboot() {
+        let mut decoder = Decoder::new();
+        assert_eq!(
+            decode_all(
+                &mut decoder,
+                b"W+\xb2MrCoffeeBot v2.0 Booted.\nW+2.01,T+21.0,B+0\n"
+            ),
+            [
+                Frame::Rejected(Rejected::OutOfSequence),
+                Frame::Banner {
+                    firmware: "MrCoffeeBot v2.0".to_owned()
+                },
+                one_line(Some(2.01), Some(21.0), false),
+            ]
+        );
     }
 
     proptest! {

@@ -5,6 +5,7 @@
 //! retained state and `/status.json` are the same document.
 
 use crate::core::{Event, Fault, Status};
+use crate::protocol::ReplyFormat;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::time::{Instant, SystemTime};
@@ -38,6 +39,9 @@ pub struct StateDoc {
     pub controller_reboots: u64,
     /// Firmware from the boot banner.
     pub firmware: Option<String>,
+    /// `one_line` (MrCoffeeBot 6105f59, 1 s heater timeout) or `three_lines` (05a9a00, none):
+    /// how the controller on this link answers; `null` until it has.
+    pub reply_format: Option<&'static str>,
     /// When the controller last answered.
     pub updated_at: Option<String>,
 }
@@ -102,6 +106,7 @@ impl StateDoc {
             link: if status.answering { "up" } else { "down" },
             controller_reboots: status.controller_reboots,
             firmware: status.firmware.clone(),
+            reply_format: status.reply_format.map(ReplyFormat::as_str),
             updated_at: status.updated_at.map(|at| clock.rfc3339(at)),
         }
     }
@@ -232,6 +237,7 @@ mod tests {
             answering: true,
             controller_reboots: 0,
             firmware: Some("MrCoffeeBot v2.0".into()),
+            reply_format: Some(ReplyFormat::OneLine),
             updated_at: Some(now - Duration::from_millis(500)),
         }
     }
@@ -263,11 +269,13 @@ mod tests {
             "link",
             "controller_reboots",
             "firmware",
+            "reply_format",
             "updated_at",
         ] {
             assert!(keys.contains(&key), "{key} missing from {v}");
         }
-        assert_eq!(keys.len(), 14);
+        assert_eq!(keys.len(), 15);
+        assert_eq!(v["reply_format"], "one_line");
         assert_eq!(v["temperature_c"], 92.4);
         assert_eq!(v["water_distance_in"], 3.52);
         assert_eq!(v["heater"], "ON");

@@ -4,7 +4,7 @@
 //! resynchronisation on the next valid reply. `tests/protocol.rs` has the golden lines and the
 //! simpler properties; the fuzz targets in `fuzz/` go further for longer (docs/fuzzing.md).
 
-use coffeebot::protocol::{Decoder, Frame, Reading, Rejected, MAX_LINE};
+use coffeebot::protocol::{Decoder, Frame, Reading, Rejected, ReplyFormat, MAX_LINE};
 use coffeebot::sim::{Device, SimConfig};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -100,6 +100,7 @@ fn reply() -> impl Strategy<Value = (Vec<u8>, Reading)> {
             water_distance_in: w.decoded(2),
             temperature_c: t.decoded(1),
             heater_on,
+            format: ReplyFormat::ThreeLines,
         };
         (text.into_bytes(), reading)
     })
@@ -211,6 +212,7 @@ proptest! {
             water_distance_in: Some(1.0),
             temperature_c: Some(20.0),
             heater_on: false,
+            format: ReplyFormat::ThreeLines,
         };
         prop_assert_eq!(last, Some(Frame::Reading(expected)));
     }

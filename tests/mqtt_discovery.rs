@@ -34,6 +34,7 @@ fn state_keys() -> HashSet<String> {
         link: "up",
         controller_reboots: 0,
         firmware: None,
+        reply_format: None,
         updated_at: None,
     };
     let v: Value = serde_json::from_str(&doc.to_json()).unwrap();
@@ -184,6 +185,7 @@ fn components_mode_has_every_entity_of_the_spec() {
         "sensor:brew_remaining",
         "sensor:updated_at",
         "sensor:controller_reboots",
+        "sensor:reply_format",
         "switch:heater",
         "switch:keep_warm",
         "button:brew",
@@ -245,7 +247,7 @@ fn device_mode_is_one_message_with_every_component() {
     assert!(config["origin"]["name"].is_string());
     assert_eq!(config["device"]["identifiers"][0], "coffeebot_coffeepot");
     let cmps = config["cmps"].as_object().unwrap();
-    assert_eq!(cmps.len(), 16);
+    assert_eq!(cmps.len(), 17);
     for component in cmps.values() {
         check_entity(&s, component["p"].as_str().unwrap(), component);
     }

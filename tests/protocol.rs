@@ -1,6 +1,6 @@
 //! Golden lines and properties of the controller's line protocol (SPEC §2).
 
-use coffeebot::protocol::{Command, Decoder, Frame, Reading, Rejected, MAX_LINE};
+use coffeebot::protocol::{Command, Decoder, Frame, Reading, Rejected, ReplyFormat, MAX_LINE};
 use proptest::prelude::*;
 
 /// `DBL_MAX` as the firmware prints it with `%.1f`.
@@ -21,6 +21,7 @@ fn reading(water: Option<f64>, temperature: Option<f64>, heater_on: bool) -> Fra
         water_distance_in: water,
         temperature_c: temperature,
         heater_on,
+        format: ReplyFormat::ThreeLines,
     })
 }
 

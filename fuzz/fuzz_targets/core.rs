@@ -10,7 +10,7 @@
 #![no_main]
 
 use coffeebot::core::{Core, Limits, Output, Request};
-use coffeebot::protocol::{Command, Reading};
+use coffeebot::protocol::{ReplyFormat, Command, Reading};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, Instant};
@@ -44,6 +44,7 @@ impl Knobs {
         Limits {
             feed_interval: Duration::from_millis(50 + u64::from(self.feed_ms) % 950),
             poll_interval: Duration::from_millis(poll_ms),
+            allow_firmware_without_heater_timeout: self.feed_ms % 2 == 0,
             max_cups,
             default_cups: 1 + u32::from(self.default_cups) % max_cups,
             preheat_c: 54.0,
@@ -136,6 +137,7 @@ enum Step {
         water: Value,
         temperature: Value,
         heater_on: bool,
+        format: ReplyFormat::ThreeLines,
     },
     /// A reply as a working controller gives it: the heater state it was commanded.
     Reply {
@@ -264,12 +266,14 @@ fuzz_target!(|input: Input| {
                 water,
                 temperature,
                 heater_on,
+                format: ReplyFormat::ThreeLines,
             } => h.core.handle_reading(
                 now,
                 Reading {
                     water_distance_in: water.get(),
                     temperature_c: temperature.get(),
                     heater_on,
+                    format: ReplyFormat::ThreeLines,
                 },
             ),
             Step::Reply { water, temperature } => {
@@ -282,6 +286,7 @@ fuzz_target!(|input: Input| {
                         water_distance_in: water.get(),
                         temperature_c: temperature.get(),
                         heater_on,
+                        format: ReplyFormat::ThreeLines,
                     },
                 );
             }

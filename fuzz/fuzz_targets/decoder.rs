@@ -3,7 +3,7 @@
 //! valid reply whatever came before it.
 #![no_main]
 
-use coffeebot::protocol::{Decoder, Frame, Reading, MAX_LINE};
+use coffeebot::protocol::{ReplyFormat, Decoder, Frame, Reading, MAX_LINE};
 use libfuzzer_sys::fuzz_target;
 
 /// The reply every stream ends with; the decoder must find it after any garbage.
@@ -27,6 +27,7 @@ fuzz_target!(|chunks: Vec<Vec<u8>>| {
         water_distance_in: Some(1.0),
         temperature_c: Some(20.0),
         heater_on: false,
+        format: ReplyFormat::ThreeLines,
     });
     assert_eq!(last, Some(expected), "no resynchronisation");
 });

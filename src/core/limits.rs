@@ -10,6 +10,8 @@ pub struct Limits {
     pub feed_interval: Duration,
     /// Largest gap between `S+?` while idle.
     pub poll_interval: Duration,
+    /// Heating is allowed with a controller build that has no 1 s heater timeout.
+    pub allow_firmware_without_heater_timeout: bool,
     /// Most cups a brew may ask for.
     pub max_cups: u32,
     /// Cups selected at start.
@@ -50,6 +52,7 @@ impl Limits {
         Limits {
             feed_interval: Duration::from_millis(s.serial.feed_interval_ms),
             poll_interval: Duration::from_millis(s.serial.poll_interval_ms),
+            allow_firmware_without_heater_timeout: s.serial.allow_firmware_without_heater_timeout,
             max_cups: s.brew.max_cups,
             default_cups: s.brew.default_cups,
             preheat_c: s.brew.preheat_c,

@@ -20,7 +20,7 @@ mod types;
 pub use limits::Limits;
 pub use types::{Event, Fault, FaultSet, Mode, Output, Rejection, Request, Status};
 
-use crate::protocol::{Command, Reading};
+use crate::protocol::{Command, Reading, ReplyFormat};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -124,6 +124,12 @@ pub struct Core {
 
     controller_reboots: u64,
     firmware: Option<String>,
+    /// The reply form of this link session's controller (which build answers); `None` until
+    /// its first reply, and again after the link drops.
+    reply_format: Option<ReplyFormat>,
+    /// The controller has answered since the port was opened: a banner after that is a reboot;
+    /// one before it is the board starting up as the port opened (or before), not a reboot.
+    answered_this_session: bool,
     /// The latest `now` seen: deadlines at or before it have been dealt with.
     now: Instant,
 }
@@ -158,6 +164,8 @@ impl Core {
             last_fault: None,
             controller_reboots: 0,
             firmware: None,
+            reply_format: None,
+            answered_this_session: false,
             now,
         };
         core.send(now, Command::HeaterOff);
@@ -180,6 +188,8 @@ impl Core {
         self.reading = None;
         self.sensor_invalid = false;
         self.temperature_c = None;
+        self.reply_format = None;
+        self.answered_this_session = false;
         if up {
             self.link_up_at = Some(now);
             self.after_boot = true;
@@ -203,6 +213,18 @@ impl Core {
             return;
         }
         self.last_reply_at = Some(now);
+        self.answered_this_session = true;
+        if self
+            .reply_format
+            .replace(reading.format)
+            .is_some_and(|f| f != reading.format)
+        {
+            // Another build answers on the same port without a banner in between: nothing
+            // about the running program can be trusted any more.
+            self.record_trip(now, "firmware_changed");
+            self.end_program(now, End::Tripped("firmware_changed"));
+            self.force_off(now);
+        }
         let suspect = self.after_boot && reading.temperature_c == Some(DS18B20_POWER_ON_C);
         self.after_boot = false;
         let valid = reading
@@ -232,10 +254,16 @@ impl Core {
         self.step(now);
     }
 
-    /// The controller printed its boot banner: it rebooted, and its heater is off.
+    /// The controller printed its boot banner: its heater is off. After it has answered on
+    /// this link session that is a reboot; before, it is the board starting as the port opened
+    /// (nothing can have been heating: heating needs a reading), so it only names the firmware.
     pub fn handle_banner(&mut self, now: Instant, firmware: &str) {
         self.firmware = Some(firmware.to_owned());
-        self.rebooted(now);
+        if self.answered_this_session {
+            self.rebooted(now);
+        } else {
+            self.after_boot = true;
+        }
         self.step(now);
     }
 
@@ -357,6 +385,7 @@ impl Core {
                 && !self.faults.contains(Fault::StaleTelemetry),
             controller_reboots: self.controller_reboots,
             firmware: self.firmware.clone(),
+            reply_format: self.reply_format,
             updated_at: self.last_reply_at,
         }
     }
@@ -446,6 +475,16 @@ impl Core {
         if self.temperature_c.is_none() {
             return Err(Rejection::new(
                 "no valid plate temperature yet; wait for the controller to report one",
+            ));
+        }
+        if self.reply_format.is_some_and(|f| !f.has_heater_timeout())
+            && !self.limits.allow_firmware_without_heater_timeout
+        {
+            return Err(Rejection::new(
+                "the controller runs MrCoffeeBot 05a9a00 (three-line replies), which has no 1 s \
+                 heater timeout: if the bridge died while heating, the heater would stay on up to \
+                 5 s; flash MrCoffeeBot 6105f59, or set \
+                 serial.allow_firmware_without_heater_timeout = true to accept that",
             ));
         }
         Ok(())

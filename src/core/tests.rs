@@ -20,6 +20,7 @@ fn limits() -> Limits {
         keep_warm_hysteresis_c: 4.0,
         keep_warm_max: Duration::from_secs(40 * 60),
         max_heater_on: Duration::from_secs(900),
+        allow_firmware_without_heater_timeout: false,
         stale_after: Duration::from_secs(3),
         max_plate_c: 110.0,
         max_rise_c_per_s: 1.5,
@@ -43,6 +44,8 @@ struct Rig {
     stuck: bool,
     /// A dead relay (or a controller that lost its state): stays off whatever is commanded.
     dead: bool,
+    /// How the modelled controller answers (which firmware build).
+    format: ReplyFormat,
     /// The controller answers nothing.
     mute: bool,
     /// When the plate warms by itself while the relay is on (°C per second), if at all.
@@ -63,6 +66,7 @@ impl Rig {
             relay: false,
             stuck: false,
             dead: false,
+            format: ReplyFormat::OneLine,
             mute: false,
             heat_rate: 0.0,
             sent: Vec::new(),
@@ -95,6 +99,7 @@ impl Rig {
                             water_distance_in: self.water,
                             temperature_c: self.temp,
                             heater_on: self.relay,
+                            format: self.format,
                         };
                         self.core.handle_reading(self.now, reading);
                     }
@@ -181,6 +186,7 @@ fn the_controller_answers_only_after_a_reply_on_the_open_port() {
         water_distance_in: Some(2.0),
         temperature_c: Some(21.0),
         heater_on: false,
+        format: ReplyFormat::OneLine,
     };
     core.handle_reading(t0, reading);
     assert!(core.status(t0).answering);
@@ -822,4 +828,102 @@ proptest! {
             ..limits()
         }, &steps)?;
     }
+}
+
+#[test]
+fn heating_is_refused_on_a_build_without_heater_timeout_unless_allowed() {
+    let mut rig = Rig::new(limits());
+    rig.format = ReplyFormat::ThreeLines;
+    rig.run_for(secs(2));
+    assert_eq!(rig.status().reply_format, Some(ReplyFormat::ThreeLines));
+    for request in [
+        Request::Heater(true),
+        Request::BrewStart { cups: Some(2) },
+        Request::KeepWarm(true),
+    ] {
+        let err = rig.request(request).unwrap_err();
+        assert!(err.reason.contains("05a9a00"), "{}", err.reason);
+        assert!(
+            err.reason
+                .contains("serial.allow_firmware_without_heater_timeout"),
+            "{}",
+            err.reason
+        );
+    }
+    rig.run_for(secs(2));
+    assert_eq!(rig.feeds_after(Duration::ZERO), 0, "no B+1 ever");
+    assert_eq!(rig.status().mode, Mode::Off);
+
+    let mut rig = Rig::new(Limits {
+        allow_firmware_without_heater_timeout: true,
+        ..limits()
+    });
+    rig.format = ReplyFormat::ThreeLines;
+    rig.run_for(secs(2));
+    rig.request(Request::Heater(true)).unwrap();
+    rig.run_for(secs(1));
+    assert!(rig.feeds_after(secs(2)) >= 3);
+}
+
+#[test]
+fn one_line_build_heats_by_default() {
+    let mut rig = Rig::new(limits());
+    rig.run_for(secs(2));
+    assert_eq!(rig.status().reply_format, Some(ReplyFormat::OneLine));
+    rig.request(Request::Heater(true)).unwrap();
+    rig.run_for(secs(1));
+    assert!(rig.relay);
+}
+
+#[test]
+fn another_build_answering_mid_program_ends_it() {
+    let mut rig = Rig::new(Limits {
+        allow_firmware_without_heater_timeout: true,
+        ..limits()
+    });
+    rig.run_for(secs(2));
+    rig.request(Request::Heater(true)).unwrap();
+    rig.run_for(secs(1));
+    rig.format = ReplyFormat::ThreeLines;
+    rig.run_for(secs(1));
+    assert_eq!(rig.status().mode, Mode::Off);
+    assert!(!rig.relay);
+    assert!(rig.has_event(&Event::Fault {
+        reason: "firmware_changed"
+    }));
+    let after = rig.at();
+    rig.run_for(secs(2));
+    assert_eq!(rig.feeds_after(after), 0, "nothing re-enabled");
+}
+
+#[test]
+fn the_first_banner_of_a_link_session_is_not_a_reboot() {
+    let t0 = Instant::now();
+    let mut core = Core::new(limits(), t0);
+    core.handle_link(t0, true);
+    core.handle_banner(t0, "MrCoffeeBot v2.0");
+    let status = core.status(t0);
+    assert_eq!(status.controller_reboots, 0);
+    assert_eq!(status.firmware.as_deref(), Some("MrCoffeeBot v2.0"));
+    let reading = Reading {
+        water_distance_in: Some(2.0),
+        temperature_c: Some(85.0),
+        heater_on: false,
+        format: ReplyFormat::OneLine,
+    };
+    core.handle_reading(t0, reading);
+    assert_eq!(
+        core.status(t0).temperature_c,
+        None,
+        "85.0 right after the power-on banner is the DS18B20's power-on value"
+    );
+    // After an answer, a banner is a reboot.
+    let t1 = t0 + secs(1);
+    core.handle_banner(t1, "MrCoffeeBot v2.0");
+    assert_eq!(core.status(t1).controller_reboots, 1);
+    // A new link session: its first banner is again only the board starting.
+    core.handle_link(t1, false);
+    core.handle_link(t1, true);
+    core.handle_banner(t1, "MrCoffeeBot v2.0");
+    assert_eq!(core.status(t1).controller_reboots, 1);
 }

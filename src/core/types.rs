@@ -292,6 +292,8 @@ pub struct Status {
     pub controller_reboots: u64,
     /// Firmware from the boot banner.
     pub firmware: Option<String>,
+    /// The reply form of the controller that answers now (which build), if it has answered.
+    pub reply_format: Option<crate::protocol::ReplyFormat>,
     /// When the controller last answered.
     pub updated_at: Option<Instant>,
 }

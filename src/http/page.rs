@@ -190,10 +190,7 @@ impl Values {
             } else {
                 "Not answering"
             },
-            firmware: d
-                .firmware
-                .clone()
-                .unwrap_or_else(|| "Firmware unknown".into()),
+            firmware: firmware_label(d.firmware.as_deref(), d.reply_format),
             reboots: format!(
                 "{} {} since start",
                 d.controller_reboots,
@@ -272,6 +269,18 @@ fn ago(rfc3339: &str, now: SystemTime) -> String {
     }
 }
 
+/// The firmware line of the page: the banner's name (or "Firmware unknown") and, once the
+/// controller has answered, its build and whether it has the 1 s heater timeout. The page's
+/// script builds the same text (`firmwareLabel` in `page.html`).
+fn firmware_label(firmware: Option<&str>, reply_format: Option<&str>) -> String {
+    let name = firmware.unwrap_or("Firmware unknown");
+    match reply_format {
+        Some("one_line") => format!("{name} · build 6105f59 (1 s heater timeout)"),
+        Some(_) => format!("{name} · build 05a9a00 (no heater timeout)"),
+        None => name.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +305,7 @@ mod tests {
             link: "up",
             controller_reboots: 1,
             firmware: Some("Mr<Coffee>Bot \"v2\" </script>".into()),
+            reply_format: Some("one_line"),
             updated_at: Some("2026-11-24T07:30:00.123Z".into()),
         }
     }

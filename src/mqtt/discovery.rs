@@ -155,6 +155,17 @@ pub fn entities(settings: &Settings) -> Vec<Entity> {
                 ),
             )
         },
+        // Which firmware build answers (SPEC §2): known only while the controller answers.
+        entity(
+            "reply_format",
+            "sensor",
+            "Controller reply format",
+            sensor(
+                "{{ value_json.reply_format }}",
+                json!({"device_class": "enum", "options": ["one_line", "three_lines"],
+                       "entity_category": "diagnostic", "icon": "mdi:chip"}),
+            ),
+        ),
         entity(
             "heater",
             "switch",
