@@ -131,7 +131,8 @@ impl SimHandle {
         self.inject(Fault::Mute(on)).await
     }
 
-    /// Firmware stuck on a dead ultrasonic sensor: a banner every 5 s and never a reply.
+    /// Dead ultrasonic ranger: the loop hangs at its next water read, a banner every 5 s and
+    /// never a reply; off, the board answers again after its next reboot.
     pub async fn hang(&self, on: bool) -> io::Result<()> {
         self.inject(Fault::Hang(on)).await
     }
