@@ -98,7 +98,9 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            report(runtime().and_then(|rt| rt.block_on(run(settings, simulate.then_some(firmware)))))
+            report(
+                runtime().and_then(|rt| rt.block_on(run(settings, simulate.then_some(firmware)))),
+            )
         }
         Cmd::Simulate {
             link,

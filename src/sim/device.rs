@@ -306,6 +306,9 @@ pub struct DeviceSnapshot {
     pub crc_error: bool,
     /// Whether the firmware stopped for good (booted without its temperature probe).
     pub halted: bool,
+    /// Whether the firmware is in its main loop (past its banner and first sensor read), so a
+    /// line written now is read.
+    pub running: bool,
 }
 
 /// What the MCU is doing.
@@ -400,6 +403,8 @@ pub struct Device {
     powered: bool,
 
     cpu: Cpu,
+    /// Past the first sensor read since the last reset.
+    running: bool,
     /// Host bytes on their way in; the front one arrives at `wire_at`.
     wire: VecDeque<u8>,
     wire_at: Instant,
@@ -454,6 +459,7 @@ impl Device {
             clock: now,
             powered: true,
             cpu: Cpu::Halted,
+            running: false,
             wire: VecDeque::new(),
             wire_at: now,
             fifo: VecDeque::with_capacity(UART_FIFO_BYTES),
@@ -623,6 +629,7 @@ impl Device {
             stuck_heater: self.stuck_heater,
             crc_error: self.crc_error,
             halted: self.powered && self.cpu == Cpu::Halted,
+            running: self.powered && self.running,
         }
     }
 
@@ -695,7 +702,8 @@ impl Device {
             let jitter = (self.rng.f64() * 2.0 - 1.0) * self.cfg.temperature_jitter_c;
             self.sensor.scratchpad = Some(self.plate_c + jitter);
         }
-        if self.watchdog_deadline.is_some_and(|d| d <= t) || self.forced_reset.is_some_and(|d| d <= t)
+        if self.watchdog_deadline.is_some_and(|d| d <= t)
+            || self.forced_reset.is_some_and(|d| d <= t)
         {
             self.reset(t);
             return;
@@ -731,6 +739,7 @@ impl Device {
         self.cut_tx(t);
         self.boots += 1;
         self.cpu = Cpu::Booting(t + BOOT_TIME);
+        self.running = false;
         self.heater_pin = false;
         self.watchdog_deadline = None;
         self.forced_reset = None;
@@ -796,6 +805,7 @@ impl Device {
             self.water_read_end = returns;
             self.temperature_read_end = returns;
             self.cpu = Cpu::Idle(returns);
+            self.running = true;
             return;
         }
         self.start_water(returns, true);
@@ -813,7 +823,10 @@ impl Device {
 
     fn start_temperature(&mut self, t: Instant, first: bool) {
         let convert_at = t + CONVERT_T_AT;
-        let converting = self.sensor.conversion_end.is_some_and(|end| end > convert_at);
+        let converting = self
+            .sensor
+            .conversion_end
+            .is_some_and(|end| end > convert_at);
         if !converting && !self.probe_missing {
             self.sensor.conversion_end = Some(convert_at + CONVERSION_TIME);
         }
@@ -844,6 +857,7 @@ impl Device {
                     self.temperature_reading = Some(self.measure_temperature());
                 }
                 self.temperature_read_end = t;
+                self.running = true;
                 if first && self.cfg.firmware == Build::B05a9a00 {
                     // 05a9a00 constructs its rate limiters after the first read.
                     self.water_read_end = t;
@@ -1295,7 +1309,10 @@ mod tests {
             }
         }
         let after = off_at.unwrap() - on_at;
-        assert!(after >= HEATER_TIMEOUT && after <= HEATER_TIMEOUT + 22 * MS, "{after:?}");
+        assert!(
+            after >= HEATER_TIMEOUT && after <= HEATER_TIMEOUT + 22 * MS,
+            "{after:?}"
+        );
         // S+? does not feed the heater, B+1 does.
         b.command("B+1\n");
         for _ in 0..5 {
@@ -1542,7 +1559,10 @@ mod tests {
             }
         }
         // As on realfw: `\xff` (cut in the first byte), `W\xfb`, `W+\xb2`…
-        assert!(cuts.iter().any(|c| c.starts_with(b"W")), "no reply was cut: {cuts:?}");
+        assert!(
+            cuts.iter().any(|c| c.starts_with(b"W")),
+            "no reply was cut: {cuts:?}"
+        );
     }
 
     #[test]
@@ -1579,7 +1599,11 @@ mod tests {
         b.inject(Fault::Hang(false));
         b.run_for(Duration::from_millis(5100));
         b.take();
-        assert_eq!(b.command("S+?\n").lines().count(), 1, "answers after the next boot");
+        assert_eq!(
+            b.command("S+?\n").lines().count(),
+            1,
+            "answers after the next boot"
+        );
     }
 
     #[test]
