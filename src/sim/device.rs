@@ -309,6 +309,9 @@ pub struct DeviceSnapshot {
     /// Whether the firmware is in its main loop (past its banner and first sensor read), so a
     /// line written now is read.
     pub running: bool,
+    /// Whether the DS18B20 has finished a conversion since its power-on (until then it reads
+    /// 85.0, when [`SimConfig::sensor_power_on_85`]).
+    pub sensor_converted: bool,
 }
 
 /// What the MCU is doing.
@@ -630,6 +633,7 @@ impl Device {
             crc_error: self.crc_error,
             halted: self.powered && self.cpu == Cpu::Halted,
             running: self.powered && self.running,
+            sensor_converted: self.sensor.scratchpad.is_some() || !self.cfg.sensor_power_on_85,
         }
     }
 
@@ -1246,7 +1250,7 @@ mod tests {
     #[test]
     fn the_ds18b20_reads_85_after_its_power_on_and_lags_one_conversion() {
         let mut b = Bench::new(SimConfig {
-            sensor_power_on_85: true,
+            sensor_power_on_85: false,
             initial_plate_c: 40.0,
             ambient_c: 40.0,
             ..exact()

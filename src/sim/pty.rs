@@ -84,9 +84,9 @@ struct Port {
 impl Simulator {
     /// Creates a pty, points a symlink at `link_path` to its slave and runs the simulated
     /// controller on it until every [`SimHandle`] is dropped or [`SimHandle::shutdown`].
-    /// Returns once the board has booted and read its sensors (~40 ms), as a board that was
-    /// plugged in before the bridge starts: what the real firmware receives while it boots is
-    /// lost.
+    /// Returns once the board runs its loop and its DS18B20 has finished a first conversion
+    /// (~0.8 s), as a board plugged in before the bridge starts: what the real firmware receives
+    /// while it boots is lost, and its sensor reads 85.0 until that conversion.
     /// An existing symlink at `link_path` is replaced; any other file there is an error.
     pub async fn start(cfg: SimConfig, link_path: PathBuf) -> io::Result<SimHandle> {
         let port = open_port(&link_path)?;
@@ -110,11 +110,14 @@ impl Simulator {
         };
         tokio::spawn(shell.run());
         let mut ready = state.clone();
-        // The boot takes ~40 ms of the simulator's clock; a paused test clock advances to it.
-        tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|s| s.device.running))
-            .await
-            .map_err(|_| io::Error::other("the simulated controller did not boot"))?
-            .map_err(|_| stopped())?;
+        // ~0.8 s of the simulator's clock; a paused test clock advances to it.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            ready.wait_for(|s| s.device.running && s.device.sensor_converted),
+        )
+        .await
+        .map_err(|_| io::Error::other("the simulated controller did not boot"))?
+        .map_err(|_| stopped())?;
         Ok(SimHandle {
             path: link_path,
             control,
