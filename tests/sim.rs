@@ -158,7 +158,10 @@ async fn the_older_build_answers_three_lines_and_keeps_the_heater_on() {
     .expect("simulator starts");
     let mut port = Port::open(&sim);
     let lines = port.command_lines("B+1\n", 3).await;
-    assert!(lines[0].starts_with("W+") && lines[1].starts_with("T+"), "{lines:?}");
+    assert!(
+        lines[0].starts_with("W+") && lines[1].starts_with("T+"),
+        "{lines:?}"
+    );
     assert_eq!(lines[2], "B+1");
     // No 1 s time-out on this build: still on 1.5 s later.
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -13,7 +13,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use coffeebot::sim::{Build, SimConfig, SimHandle, Simulator};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use std::io::BufRead as _;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep, timeout, Instant};
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 
@@ -90,7 +92,7 @@ async fn send(port: &mut SerialStream, bytes: &[u8]) -> Vec<String> {
 async fn script(mut port: SerialStream) -> Transcript {
     let mut t = Transcript::default();
     let start = Instant::now();
-    let mut step = |t: &mut Transcript, name: &str, lines: Vec<String>| {
+    let step = |t: &mut Transcript, name: &str, lines: Vec<String>| {
         t.steps.push((name.to_owned(), lines));
     };
     let lines = send(&mut port, b"S+?\n").await;
@@ -124,11 +126,14 @@ async fn script(mut port: SerialStream) -> Transcript {
     step(&mut t, "B+0", lines);
     let lines = send(&mut port, "S+?\n".repeat(10).as_bytes()).await;
     step(&mut t, "burst", lines);
+    // The lost bytes may leave a partial line in the buffer: a lone `\n` clears it.
+    let lines = send(&mut port, b"\n").await;
+    step(&mut t, "lone newline", lines);
     port.write_all(b"RESETX\n").await.unwrap();
     let fed = Instant::now();
     let mut lines = listen(&mut port, WINDOW).await;
     step(&mut t, "RESETX", lines.clone());
-    while !lines.iter().any(|l| l == BANNER) && fed.elapsed() < Duration::from_secs(7) {
+    while !lines.iter().any(|l| l.ends_with(BANNER)) && fed.elapsed() < Duration::from_secs(7) {
         lines = listen(&mut port, Duration::from_millis(20)).await;
     }
     t.watchdog_s = fed.elapsed().as_secs_f64();
@@ -152,19 +157,40 @@ async fn run_sim(build: Build) -> Transcript {
     )
     .await
     .unwrap();
+    // A power cycle, so that the DS18B20 has just powered on as on the realfw run; the
+    // simulator has no "power on when the host opens" mode, so its banner is not compared.
+    sim.replug().await.unwrap();
+    timeout(
+        Duration::from_secs(5),
+        sim.watch().wait_for(|s| s.device.running),
+    )
+    .await
+    .expect("boots")
+    .unwrap();
     let mut port = open(&link).await;
-    // Powered on at start, before anyone had the port open: its banner is lost, as a closed
-    // ttyACM loses it. Wait out the first sensor read as the realfw run does.
     listen(&mut port, Duration::from_millis(60)).await;
     let t = script(port).await;
     sim.shutdown().await.unwrap();
     t
 }
 
+/// The realfw board process; stopped (SIGTERM, then reaped) when dropped.
+struct Board(std::process::Child);
+
+impl Drop for Board {
+    fn drop(&mut self) {
+        // run.sh execs the board: this is our own child, which removes its link on SIGTERM.
+        let _ = std::process::Command::new("kill")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 async fn run_realfw(build: Build) -> Transcript {
     let dir = scratch(&format!("realfw-{build}"));
     let link = dir.join("tty");
-    let mut child = tokio::process::Command::new(realfw_dir().join("run.sh"))
+    let mut child = std::process::Command::new(realfw_dir().join("run.sh"))
         .arg(&link)
         .arg(dir.join("log"))
         .env("REALFW_FIRMWARE", build.commit())
@@ -172,14 +198,21 @@ async fn run_realfw(build: Build) -> Transcript {
         .env("REALFW_LOG_STDERR", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("realfw starts");
-    let mut ready = String::new();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    timeout(Duration::from_secs(120), out.read_line(&mut ready))
+    let stdout = child.stdout.take().unwrap();
+    let board = Board(child);
+    // The first line says the port exists (after a build of ~7 s when needed).
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    });
+    let ready = timeout(Duration::from_secs(120), ready)
         .await
         .expect("realfw builds and starts within 2 min")
+        .unwrap()
         .unwrap();
     assert!(ready.contains("\"ready\": true"), "{ready}");
     let mut port = open(&link).await;
@@ -190,8 +223,7 @@ async fn run_realfw(build: Build) -> Transcript {
         "the power-on banner, with REALFW_POWERON=host"
     );
     let t = script(port).await;
-    child.start_kill().ok();
-    child.wait().await.ok();
+    drop(board);
     t
 }
 
@@ -207,7 +239,7 @@ fn check(who: &str, build: Build, t: &Transcript) {
     for valid in ["S+?junk", "S+? CRLF", "21 x + S+?"] {
         one(valid);
     }
-    for invalid in ["s+?", " S+?", "20 x + S+?", "RESETX"] {
+    for invalid in ["s+?", " S+?", "20 x + S+?", "lone newline", "RESETX"] {
         assert!(t.step(invalid).is_empty(), "{who}: {invalid}: {t:?}");
     }
     assert!(one("B+10").ends_with("B+1"), "{who}");
@@ -219,8 +251,12 @@ fn check(who: &str, build: Build, t: &Transcript) {
     );
     let lines_per_reply = if build == Build::B6105f59 { 1 } else { 3 };
     let replies = t.step("burst").len() / lines_per_reply;
+    // 16 bytes (4 lines) wait in the FIFO through a sensor read and the rest is lost; a burst
+    // that lands in the ~4 ms idle part of a cycle gets up to two more lines handled first
+    // (realfw: 4 replies in most runs, "20-24 bytes lost"). Where the burst lands depends on
+    // the loop's phase, which the script's fixed waits lock to each loop's own period.
     assert!(
-        (3..=5).contains(&replies),
+        (4..=6).contains(&replies),
         "{who}: burst: {replies} replies"
     );
     assert!(
