@@ -316,7 +316,9 @@ async fn the_older_three_line_build_heats_only_when_allowed() {
     };
     let mut bridge = Bridge::start_with(older(), &[]).await;
     let state = bridge
-        .state_where("three-line replies", |s| s.reply_format == Some("three_lines"))
+        .state_where("three-line replies", |s| {
+            s.reply_format == Some("three_lines")
+        })
         .await;
     assert!(state.temperature_c.is_some());
     bridge.ask(Request::BrewStart { cups: Some(1) }).await;
@@ -332,7 +334,10 @@ async fn the_older_three_line_build_heats_only_when_allowed() {
 
     let mut bridge = Bridge::start_with(
         older(),
-        &[("COFFEEBOT__SERIAL__ALLOW_FIRMWARE_WITHOUT_HEATER_TIMEOUT", "true")],
+        &[(
+            "COFFEEBOT__SERIAL__ALLOW_FIRMWARE_WITHOUT_HEATER_TIMEOUT",
+            "true",
+        )],
     )
     .await;
     let mut commands = bridge.sim.commands();

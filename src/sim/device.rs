@@ -840,7 +840,7 @@ impl Device {
     fn work_done(&mut self, t: Instant, work: Work) {
         match work {
             Work::Water { first } => {
-                if !(self.answer_before_reading && !self.answered_since_boot) {
+                if self.reads_update() {
                     self.water_reading = Some(self.measure_water());
                 }
                 self.water_read_end = t;
@@ -857,7 +857,7 @@ impl Device {
                 self.uart_step(t);
             }
             Work::Temperature { first } => {
-                if !(self.answer_before_reading && !self.answered_since_boot) {
+                if self.reads_update() {
                     self.temperature_reading = Some(self.measure_temperature());
                 }
                 self.temperature_read_end = t;
@@ -1017,6 +1017,12 @@ impl Device {
             self.tx.push_back(TxChunk { start: free, bytes });
         }
         free + BYTE_TIME * (15 * refills)
+    }
+
+    /// Whether a sensor read updates the printed value (not in the "answers before the first
+    /// reading" variant until its first reply).
+    fn reads_update(&self) -> bool {
+        !self.answer_before_reading || self.answered_since_boot
     }
 
     fn measure_water(&mut self) -> f64 {
