@@ -221,6 +221,10 @@ mod tests {
     use crate::core::{FaultSet, Mode};
     use std::time::Duration;
 
+    const TRIP_OVERTEMP: &str = "overtemp";
+    const TRIP_FEED_GAP: &str = "feed_gap";
+    const TRIP_FIRMWARE_CHANGED: &str = "firmware_changed";
+
     fn status(now: Instant) -> Status {
         Status {
             mode: Mode::Brewing,
@@ -281,6 +285,153 @@ mod tests {
         assert_eq!(v["heater"], "ON");
         assert_eq!(v["last_fault"], Value::Null);
         assert_eq!(v["updated_at"], "2026-11-18T11:06:39.500Z");
+    }
+
+    /// A status with nothing known yet, as at start before the controller answered.
+    fn unknown() -> Status {
+        Status {
+            mode: Mode::Off,
+            heater: None,
+            temperature_c: None,
+            water_distance_in: None,
+            water_level_pct: None,
+            cups: 4,
+            brew_remaining_s: None,
+            keep_warm: false,
+            faults: FaultSet::default(),
+            last_fault: None,
+            link_up: false,
+            answering: false,
+            controller_reboots: 0,
+            firmware: None,
+            reply_format: None,
+            updated_at: None,
+        }
+    }
+
+    /// The state JSON, byte for byte, for nulls, every mode, every fault, trips and both
+    /// reply formats: what MQTT retains and `/status.json` serves must not move.
+    #[test]
+    fn state_json_is_byte_for_byte_stable() {
+        let now = Instant::now();
+        let clock = clock(now);
+        let json = |s: &Status| StateDoc::new(s, &clock).to_json();
+        assert_eq!(
+            json(&unknown()),
+            r#"{"mode":"off","heater":null,"temperature_c":null,"water_distance_in":null,"water_level_pct":null,"cups":4,"brew_remaining_s":null,"keep_warm":"OFF","faults":[],"last_fault":null,"link":"down","controller_reboots":0,"firmware":null,"reply_format":null,"updated_at":null}"#
+        );
+        assert_eq!(
+            json(&status(now)),
+            r#"{"mode":"brewing","heater":"ON","temperature_c":92.4,"water_distance_in":3.52,"water_level_pct":61,"cups":4,"brew_remaining_s":118,"keep_warm":"OFF","faults":[],"last_fault":null,"link":"up","controller_reboots":0,"firmware":"MrCoffeeBot v2.0","reply_format":"one_line","updated_at":"2026-11-18T11:06:39.500Z"}"#
+        );
+        let modes: Vec<String> = Mode::ALL
+            .iter()
+            .map(|&mode| {
+                let s = Status {
+                    mode,
+                    heater: Some(mode != Mode::Off),
+                    keep_warm: mode == Mode::KeepWarm,
+                    brew_remaining_s: None,
+                    ..status(now)
+                };
+                let v: Value = serde_json::from_str(&json(&s)).unwrap();
+                format!("{} {} {}", v["mode"], v["heater"], v["keep_warm"])
+            })
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                r#""off" "OFF" "OFF""#,
+                r#""preheating" "ON" "OFF""#,
+                r#""brewing" "ON" "OFF""#,
+                r#""keep_warm" "ON" "ON""#,
+                r#""manual" "ON" "OFF""#,
+            ]
+        );
+        let mut faults = FaultSet::default();
+        for fault in Fault::ALL.into_iter().rev() {
+            faults.insert(fault);
+        }
+        let tripped = Status {
+            mode: Mode::Off,
+            heater: Some(false),
+            temperature_c: Some(-127.0),
+            water_distance_in: Some(0.004),
+            water_level_pct: Some(0),
+            cups: 12,
+            faults,
+            last_fault: Some((TRIP_OVERTEMP, now - Duration::from_secs(61))),
+            link_up: true,
+            answering: false,
+            controller_reboots: 3,
+            firmware: Some("MrCoffeeBot \"v2\" <b>".into()),
+            reply_format: Some(ReplyFormat::ThreeLines),
+            ..status(now)
+        };
+        assert_eq!(
+            json(&tripped),
+            r#"{"mode":"off","heater":"OFF","temperature_c":-127.0,"water_distance_in":0.0,"water_level_pct":0,"cups":12,"brew_remaining_s":118,"keep_warm":"OFF","faults":["link_down","stale_telemetry","sensor_error","overtemp","dry_boil","heater_mismatch","no_water"],"last_fault":{"reason":"overtemp","at":"2026-11-18T11:05:39.000Z"},"link":"down","controller_reboots":3,"firmware":"MrCoffeeBot \"v2\" <b>","reply_format":"three_lines","updated_at":"2026-11-18T11:06:39.500Z"}"#
+        );
+        let last_fault = |reason| {
+            let s = Status {
+                last_fault: Some((reason, now)),
+                ..unknown()
+            };
+            let v: Value = serde_json::from_str(&json(&s)).unwrap();
+            v["last_fault"].to_string()
+        };
+        assert_eq!(
+            [TRIP_FEED_GAP, TRIP_FIRMWARE_CHANGED].map(last_fault),
+            [
+                r#"{"at":"2026-11-18T11:06:40.000Z","reason":"feed_gap"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","reason":"firmware_changed"}"#,
+            ]
+        );
+    }
+
+    /// The event JSON of every core event and of a rejection, byte for byte.
+    #[test]
+    fn event_json_is_byte_for_byte_stable() {
+        let now = Instant::now();
+        let clock = clock(now);
+        let json = |e: Event| EventDoc::new(&e, &clock).to_json();
+        assert_eq!(
+            [
+                json(Event::BrewStarted { cups: 2 }),
+                json(Event::BrewFinished {
+                    cups: 2,
+                    reason: "done"
+                }),
+                json(Event::BrewAborted {
+                    cups: 3,
+                    reason: "preheat_timeout"
+                }),
+                json(Event::KeepWarmStarted),
+                json(Event::KeepWarmFinished { reason: "timeout" }),
+                json(Event::HeaterAutoOff { after_s: 900.0 }),
+                json(Event::Fault {
+                    reason: TRIP_FEED_GAP
+                }),
+                json(Event::Fault {
+                    reason: TRIP_OVERTEMP
+                }),
+                json(Event::ControllerRebooted { count: 2 }),
+                EventDoc::command_rejected("cups", b"99", "cups must be 1..12, got 99", &clock)
+                    .to_json(),
+            ],
+            [
+                r#"{"at":"2026-11-18T11:06:40.000Z","cups":2,"event_type":"brew_started"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","cups":2,"event_type":"brew_finished","reason":"done"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","cups":3,"event_type":"brew_aborted","reason":"preheat_timeout"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","event_type":"keep_warm_started"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","event_type":"keep_warm_finished","reason":"timeout"}"#,
+                r#"{"after_s":900.0,"at":"2026-11-18T11:06:40.000Z","event_type":"heater_auto_off"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","event_type":"fault","reason":"feed_gap"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","event_type":"fault","reason":"overtemp"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","count":2,"event_type":"controller_rebooted"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","command":"cups","event_type":"command_rejected","payload":"99","reason":"cups must be 1..12, got 99"}"#,
+            ]
+        );
     }
 
     #[test]
