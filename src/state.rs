@@ -4,9 +4,9 @@
 //! core remembers can be shown as RFC 3339 times. One builder serves MQTT and HTTP, so the
 //! retained state and `/status.json` are the same document.
 
-use crate::core::{Event, Fault, Status};
+use crate::core::{Event, Fault, FaultSet, Mode, Status, TripReason};
 use crate::protocol::ReplyFormat;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use serde_json::{json, Map, Value};
 use std::time::{Instant, SystemTime};
 
@@ -14,9 +14,9 @@ use std::time::{Instant, SystemTime};
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StateDoc {
     /// `off`, `preheating`, `brewing`, `keep_warm`, `manual`.
-    pub mode: &'static str,
-    /// `ON`/`OFF` as the controller reports the relay.
-    pub heater: Option<&'static str>,
+    pub mode: Mode,
+    /// The relay as the controller reports it.
+    pub heater: Option<OnOff>,
     /// Hot-plate temperature, one decimal.
     pub temperature_c: Option<f64>,
     /// Distance to the water surface, two decimals.
@@ -28,20 +28,20 @@ pub struct StateDoc {
     /// Seconds of brewing left (only while brewing).
     pub brew_remaining_s: Option<u64>,
     /// `ON` while keep warm runs.
-    pub keep_warm: &'static str,
-    /// Interlocks that hold now.
-    pub faults: Vec<&'static str>,
+    pub keep_warm: OnOff,
+    /// Interlocks that hold now, as a list of names.
+    pub faults: FaultSet,
     /// The latest trip.
     pub last_fault: Option<LastFault>,
-    /// `up` while the controller answers, else `down`.
-    pub link: &'static str,
+    /// Whether the controller answers.
+    pub link: Link,
     /// Controller reboots since start.
     pub controller_reboots: u64,
     /// Firmware from the boot banner.
     pub firmware: Option<String>,
     /// `one_line` (MrCoffeeBot 6105f59, 1 s heater timeout) or `three_lines` (05a9a00, none):
     /// how the controller on this link answers; `null` until it has.
-    pub reply_format: Option<&'static str>,
+    pub reply_format: Option<ReplyFormat>,
     /// When the controller last answered.
     pub updated_at: Option<String>,
 }
@@ -49,10 +49,89 @@ pub struct StateDoc {
 /// `last_fault` of the state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LastFault {
-    /// The fault's name.
-    pub reason: &'static str,
+    /// What tripped.
+    pub reason: TripReason,
     /// When it tripped.
     pub at: String,
+}
+
+/// A switch as the state shows it: `ON` or `OFF` (Home Assistant's payloads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OnOff {
+    /// `ON`.
+    On,
+    /// `OFF`.
+    Off,
+}
+
+impl OnOff {
+    /// Every value.
+    pub const ALL: [OnOff; 2] = [OnOff::On, OnOff::Off];
+
+    /// `ON` or `OFF`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnOff::On => "ON",
+            OnOff::Off => "OFF",
+        }
+    }
+
+    /// Whether it is on.
+    pub fn is_on(self) -> bool {
+        self == OnOff::On
+    }
+}
+
+impl From<bool> for OnOff {
+    fn from(on: bool) -> Self {
+        if on {
+            OnOff::On
+        } else {
+            OnOff::Off
+        }
+    }
+}
+
+/// `link` of the state: whether the controller answers (the device availability).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Link {
+    /// The controller answers.
+    Up,
+    /// The port is gone, or the controller does not answer.
+    Down,
+}
+
+impl Link {
+    /// Every value.
+    pub const ALL: [Link; 2] = [Link::Up, Link::Down];
+
+    /// `up` or `down`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Link::Up => "up",
+            Link::Down => "down",
+        }
+    }
+}
+
+/// The JSON form of the state's typed values is their name (`as_str`).
+macro_rules! serialize_as_str {
+    ($($ty:ty),+) => {$(
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+    )+};
+}
+
+serialize_as_str!(Mode, Fault, TripReason, OnOff, Link, ReplyFormat);
+
+/// A fault set is the list of its faults' names, in [`Fault::ALL`] order.
+impl Serialize for FaultSet {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
 }
 
 /// Deadbands under which a reading does not count as a change (SPEC §4).
@@ -90,23 +169,27 @@ impl StateDoc {
     /// The document for a status.
     pub fn new(status: &Status, clock: &Clock) -> StateDoc {
         StateDoc {
-            mode: status.mode.as_str(),
-            heater: status.heater.map(on_off),
+            mode: status.mode,
+            heater: status.heater.map(OnOff::from),
             temperature_c: status.temperature_c.map(|t| round(t, 10.0)),
             water_distance_in: status.water_distance_in.map(|d| round(d, 100.0)),
             water_level_pct: status.water_level_pct,
             cups: status.cups,
             brew_remaining_s: status.brew_remaining_s,
-            keep_warm: on_off(status.keep_warm),
-            faults: status.faults.iter().map(Fault::as_str).collect(),
+            keep_warm: status.keep_warm.into(),
+            faults: status.faults,
             last_fault: status.last_fault.map(|(reason, at)| LastFault {
                 reason,
                 at: clock.rfc3339(at),
             }),
-            link: if status.answering { "up" } else { "down" },
+            link: if status.answering {
+                Link::Up
+            } else {
+                Link::Down
+            },
             controller_reboots: status.controller_reboots,
             firmware: status.firmware.clone(),
-            reply_format: status.reply_format.map(ReplyFormat::as_str),
+            reply_format: status.reply_format,
             updated_at: status.updated_at.map(|at| clock.rfc3339(at)),
         }
     }
@@ -138,7 +221,7 @@ impl StateDoc {
 
     /// Whether the controller answers (the device availability).
     pub fn online(&self) -> bool {
-        self.link == "up"
+        self.link == Link::Up
     }
 
     /// The JSON text.
@@ -161,9 +244,8 @@ impl EventDoc {
                 json!({ "cups": cups, "reason": reason })
             }
             Event::KeepWarmStarted => json!({}),
-            Event::KeepWarmFinished { reason } | Event::Fault { reason } => {
-                json!({ "reason": reason })
-            }
+            Event::KeepWarmFinished { reason } => json!({ "reason": reason }),
+            Event::Fault { reason } => json!({ "reason": reason }),
             Event::HeaterAutoOff { after_s } => json!({ "after_s": after_s }),
             Event::ControllerRebooted { count } => json!({ "count": count }),
         };
@@ -203,14 +285,6 @@ impl EventDoc {
     }
 }
 
-fn on_off(on: bool) -> &'static str {
-    if on {
-        "ON"
-    } else {
-        "OFF"
-    }
-}
-
 fn round(x: f64, scale: f64) -> f64 {
     (x * scale).round() / scale
 }
@@ -218,12 +292,12 @@ fn round(x: f64, scale: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{FaultSet, Mode};
+    use crate::core::Cutoff;
     use std::time::Duration;
 
-    const TRIP_OVERTEMP: &str = "overtemp";
-    const TRIP_FEED_GAP: &str = "feed_gap";
-    const TRIP_FIRMWARE_CHANGED: &str = "firmware_changed";
+    const TRIP_OVERTEMP: TripReason = TripReason::Fault(Fault::Overtemp);
+    const TRIP_FEED_GAP: TripReason = TripReason::Cutoff(Cutoff::FeedGap);
+    const TRIP_FIRMWARE_CHANGED: TripReason = TripReason::Cutoff(Cutoff::FirmwareChanged);
 
     fn status(now: Instant) -> Status {
         Status {

@@ -10,6 +10,8 @@
 
 mod http_support;
 
+use coffeebot::core::Mode;
+use coffeebot::state::OnOff;
 use http_support::{brew, Bridge};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -181,7 +183,7 @@ async fn the_page_shows_the_live_state_in_a_real_browser() {
     bridge.wait_event("brew_started").await;
     bridge
         .wait_state("the plate is warming up", |s| {
-            s.heater == Some("ON") && s.mode == "brewing" && s.temperature_c > Some(30.0)
+            s.heater == Some(OnOff::On) && s.mode == Mode::Brewing && s.temperature_c > Some(30.0)
         })
         .await;
     let shots = [
