@@ -435,18 +435,24 @@ fn rewrite_shipped(shipped: &str, dir: &Path, lan: u16, ws: u16) -> String {
     out
 }
 
-/// A password file with every [`User`]'s test password, made the way users make theirs.
+/// A password file with every [`User`]'s test password, made the way users make theirs: by
+/// `mosquitto/make-passwords.sh`, the passwords in its environment.
 fn write_password_file(path: &Path) {
-    fs::write(path, "").expect("create password file");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("mosquitto/make-passwords.sh");
+    let mut cmd = Command::new(script);
+    cmd.arg("-f").arg(path);
     for user in User::ALL {
-        let status = Command::new(find_program("mosquitto_passwd"))
-            .arg("-b")
-            .arg(path)
-            .args([user.name(), user.test_password()])
-            .status()
-            .expect("run mosquitto_passwd");
-        assert!(status.success(), "mosquitto_passwd failed: {status}");
+        cmd.env(
+            format!("MQTT_PASSWORD_{}", user.name().to_uppercase()),
+            user.test_password(),
+        );
     }
+    let out = cmd.output().expect("run mosquitto/make-passwords.sh");
+    assert!(
+        out.status.success(),
+        "make-passwords.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Run as root, mosquitto drops to the `mosquitto` user (or `nobody`) before it reads the
@@ -505,7 +511,7 @@ fn free_ports(n: usize) -> Vec<u16> {
 
 /// Finds a mosquitto program on PATH or in the sbin directories (mosquitto lives in
 /// /usr/sbin on Debian, which is not on every PATH); panics with the fix if it is missing.
-fn find_program(name: &str) -> PathBuf {
+pub fn find_program(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
