@@ -303,6 +303,11 @@ impl Broker {
         fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 
+    /// The mosquitto process id while it runs (to read its memory in `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the mosquitto process is running.
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
@@ -1039,7 +1044,7 @@ async fn pump_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::UnboundedSende
 
 /// Opens a websocket (subprotocol `mqtt`) to `ws_port` and returns a loopback port whose first
 /// TCP connection is relayed over it.
-async fn websocket_relay(ws_port: u16) -> std::io::Result<u16> {
+pub async fn websocket_relay(ws_port: u16) -> std::io::Result<u16> {
     let mut ws = TcpStream::connect((HOST, ws_port)).await?;
     // The key only has to be 16 bytes in base64; the RFC's sample nonce will do for a test.
     let request = format!(
