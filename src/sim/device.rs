@@ -1256,7 +1256,7 @@ mod tests {
     #[test]
     fn the_ds18b20_reads_85_after_its_power_on_and_lags_one_conversion() {
         let mut b = Bench::new(SimConfig {
-            sensor_power_on_85: false,
+            sensor_power_on_85: true,
             initial_plate_c: 40.0,
             ambient_c: 40.0,
             ..exact()
