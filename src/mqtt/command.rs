@@ -313,10 +313,37 @@ mod tests {
         assert!(p("cups", "99999999999999999999999").is_err());
     }
 
+    #[test]
+    fn all_lists_every_command_once() {
+        let names: std::collections::BTreeSet<&str> =
+            CommandName::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(names.len(), CommandName::ALL.len());
+        for c in CommandName::ALL {
+            assert_eq!(CommandName::from_name(c.name()), Some(c));
+        }
+        assert_eq!(CommandName::from_name("Heater"), None);
+        assert_eq!(
+            unknown("grind"),
+            "unknown command \"grind\"; the commands are heater, brew, cups, keep_warm and \
+             controller"
+        );
+    }
+
+    #[test]
+    fn every_command_is_in_the_readme_topics_table() {
+        let readme = include_str!("../../README.md");
+        for c in CommandName::ALL {
+            let row = format!("| `B/D/{}/set` | → bridge | must not be |", c.name());
+            assert!(readme.contains(&row), "README.md lacks the row {row} …");
+        }
+    }
+
     proptest! {
         #[test]
         fn never_panics_and_cups_stay_in_range(
-            command in prop::sample::select(vec!["heater", "brew", "cups", "keep_warm", "controller", "x"]),
+            command in prop::sample::select(
+                CommandName::ALL.iter().map(|c| c.name()).chain(["x"]).collect::<Vec<_>>()
+            ),
             payload in prop::collection::vec(any::<u8>(), 0..300),
             max_cups in 1u32..40,
         ) {
