@@ -37,15 +37,15 @@ pub enum CommandName {
 }
 
 impl CommandName {
-    /// Every command, in the order the rejection of an unknown name lists them.
-    pub const ALL: [CommandName; 5] = {
-        use CommandName::*;
-        // One arm per variant: a new variant stops the build here until it is in the array too.
-        match Heater {
-            Heater | Brew | Cups | KeepWarm | Controller => {}
-        }
-        [Heater, Brew, Cups, KeepWarm, Controller]
-    };
+    /// Every command, in the order the rejection of an unknown name lists them. The build
+    /// fails when a variant is missing (see `every_command_is_in_all` below).
+    pub const ALL: [CommandName; 5] = [
+        CommandName::Heater,
+        CommandName::Brew,
+        CommandName::Cups,
+        CommandName::KeepWarm,
+        CommandName::Controller,
+    ];
 
     /// The topic level, `B/D/<name>/set`; also the `command` label of the metrics and events.
     pub const fn name(self) -> &'static str {
@@ -189,17 +189,30 @@ impl CommandName {
     }
 }
 
-// `ALL` holds every variant once, in declaration order.
-const _: () = {
+/// Whether [`CommandName::ALL`] lists `command`.
+const fn listed(command: CommandName) -> bool {
     let mut i = 0;
     while i < CommandName::ALL.len() {
-        assert!(
-            CommandName::ALL[i] as usize == i,
-            "CommandName::ALL out of order"
-        );
+        if CommandName::ALL[i] as usize == command as usize {
+            return true;
+        }
         i += 1;
     }
-};
+    false
+}
+
+/// Never called: the compiler evaluates its `const` blocks while building, so a variant missing
+/// from [`CommandName::ALL`] stops the build, and the match makes a new variant need an arm.
+#[allow(dead_code)] // Checked by being compiled, never run.
+const fn every_command_is_in_all(command: CommandName) {
+    match command {
+        CommandName::Heater => const { assert!(listed(CommandName::Heater), "not in ALL") },
+        CommandName::Brew => const { assert!(listed(CommandName::Brew), "not in ALL") },
+        CommandName::Cups => const { assert!(listed(CommandName::Cups), "not in ALL") },
+        CommandName::KeepWarm => const { assert!(listed(CommandName::KeepWarm), "not in ALL") },
+        CommandName::Controller => const { assert!(listed(CommandName::Controller), "not in ALL") },
+    }
+}
 
 /// The rejection of `B/D/<name>/set` with a name that is no command.
 pub fn unknown(name: &str) -> String {
