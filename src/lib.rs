@@ -18,7 +18,7 @@
 //! - [`state`]: the state and event JSON documents (SPEC §4), pure.
 //! - [`daemon`]: wires the tasks together and drives the core.
 //! - [`mqtt`]: the task that owns the MQTT connection: state, events, commands, Home Assistant
-//!   discovery.
+//!   discovery; [`mqtt::command::CommandName`] is the one list of commands.
 //! - [`http`]: the read-only status page, `status.json`, metrics and health probes.
 //! - [`metrics`]: the Prometheus recorder, build info and the cross-task measurements.
 #![forbid(unsafe_code)]
