@@ -110,7 +110,7 @@ pub async fn run(settings: &Settings, inlets: Inlets, shutdown: CancellationToke
         link_events_tx,
     ));
     let driver = Driver {
-        core: Core::new(Limits::from_settings(settings), Instant::now().into_std()),
+        core: Core::new(Limits::from(settings), Instant::now().into_std()),
         link: link_tx,
         inlets,
         deadbands: Deadbands {

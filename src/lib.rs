@@ -14,7 +14,8 @@
 //!   It never does I/O and never reads a clock.
 //! - [`serial`]: the task that owns the serial port and frames its lines.
 //! - [`sim`]: the simulated controller (pure device model, thin pseudo-terminal shell).
-//! - [`config`]: typed settings, layered loading and validation.
+//! - [`config`]: typed settings, layered loading, and validation driven by one row per key
+//!   ([`config::KEYS`]); turns the settings into the core's [`core::Limits`].
 //! - [`state`]: the state and event JSON documents (SPEC §4), pure.
 //! - [`daemon`]: wires the tasks together and drives the core.
 //! - [`mqtt`]: the task that owns the MQTT connection: state, events, commands, Home Assistant

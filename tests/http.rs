@@ -67,7 +67,7 @@ async fn every_endpoint_answers_as_documented() {
     );
     let doc: serde_json::Value = serde_json::from_str(&status.body).unwrap();
     assert_eq!(doc["link"], "up");
-    assert_eq!(doc.as_object().unwrap().len(), 14);
+    assert_eq!(doc.as_object().unwrap().len(), 15);
 
     let metrics = bridge.get("/metrics").await;
     assert_eq!(metrics.status, 200);
