@@ -6,6 +6,7 @@
 use coffeebot::config::{self, Settings};
 use coffeebot::core::{Fault, Mode, Request};
 use coffeebot::daemon::{self, CommandIn, Outlets};
+use coffeebot::mqtt::command::CommandName;
 use coffeebot::protocol::ReplyFormat;
 use coffeebot::sim::{Build, SimConfig, SimHandle, Simulator};
 use coffeebot::state::{Link, OnOff, StateDoc};
@@ -105,11 +106,17 @@ impl Bridge {
     }
 
     async fn ask(&self, request: Request) {
+        // The tests here ask for heating or a brew only.
+        let command = if matches!(request, Request::BrewStart { .. }) {
+            CommandName::Brew
+        } else {
+            CommandName::Heater
+        };
         self.outlets
             .commands
             .send(CommandIn {
                 request,
-                command: "test",
+                command,
                 payload: Vec::new(),
             })
             .await
