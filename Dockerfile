@@ -60,10 +60,11 @@ RUN --mount=type=cache,target=/root/.cargo/registry \
     && cargo build --release --locked --target "$target" \
     && install -D -m 0755 "target/$target/release/coffeebot" /out/coffeebot
 
-# glibc and libgcc only; no shell, no package manager. The nonroot user is 65532:65532;
+# glibc and libgcc only; no shell, no package manager. Debian 13: the binary built in forky
+# needs glibc 2.38 or newer (scripts/cross.sh checks that it needs no more than Debian 13's). The nonroot user is 65532:65532;
 # the serial device's group (dialout, GID 20 on Debian and Raspberry Pi OS) is added at run
 # time: supplementalGroups in k8s/, --group-add 20 with docker run.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM gcr.io/distroless/cc-debian13:nonroot
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="coffeebot" \
       org.opencontainers.image.description="Bridges a coffee maker's heater controller (USB serial) to MQTT and Home Assistant, safely." \

@@ -22,12 +22,17 @@
 #   COFFEEBOT_CROSS_ROOT    where the root lives (default /var/cache/coffeebot-cross/forky)
 #   COFFEEBOT_CROSS_MIRROR  Debian mirror (default http://deb.debian.org/debian)
 #   COFFEEBOT_CROSS_TARGETS rust targets to build (default: both)
+#   COFFEEBOT_CROSS_MAX_GLIBC the newest glibc a binary may need (default 2.41: Debian 13,
+#                           Raspberry Pi OS trixie); a binary that needs more fails the build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd)"
 
 root="${COFFEEBOT_CROSS_ROOT:-/var/cache/coffeebot-cross/forky}"
 mirror="${COFFEEBOT_CROSS_MIRROR:-http://deb.debian.org/debian}"
+# The newest glibc a binary may need: Debian 13's and Raspberry Pi OS trixie's (and the
+# runtime image's, gcr.io/distroless/cc-debian13).
+max_glibc="${COFFEEBOT_CROSS_MAX_GLIBC:-2.41}"
 read -r -a targets <<<"${COFFEEBOT_CROSS_TARGETS:-aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf}"
 
 # Inside the root: the toolchain for both targets. Changing this list makes a new root.
@@ -149,6 +154,13 @@ log "built in $((SECONDS - started)) s"
 
 # ----- what the tests need ------------------------------------------------------------------
 
+gnu_of() {
+  case "$1" in
+    aarch64-unknown-linux-gnu) echo aarch64-linux-gnu ;;
+    armv7-unknown-linux-gnueabihf) echo arm-linux-gnueabihf ;;
+    *) die "no Debian cross toolchain known for $1" ;;
+  esac
+}
 qemu_for() {
   case "$1" in
     aarch64-unknown-linux-gnu) echo "$root/usr/bin/qemu-aarch64 -L $root/usr/aarch64-linux-gnu" ;;
@@ -167,7 +179,12 @@ qemu_for() {
     # Proves the binary runs at all (and that qemu is the static one the host can run).
     # shellcheck disable=SC2046
     $(qemu_for "$t") "$bin" --version >/dev/null || die "$bin does not run under qemu"
-    log "$t: $(stat -c %s "$bin") bytes, $($(qemu_for "$t") "$bin" --version)"
+    # The newest glibc symbol version it links against: what the Pi's OS must have at least.
+    glibc="$(in_root "$root" "$owner" "$(gnu_of "$t")-objdump" -T "/src/target/cross/$t/release/coffeebot" |
+      grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)"
+    [ "$(printf '%s\n' "$glibc" "$max_glibc" | sort -V | tail -n 1)" = "$max_glibc" ] ||
+      die "$t needs glibc $glibc, newer than $max_glibc (Debian 13, Raspberry Pi OS trixie)"
+    log "$t: $(stat -c %s "$bin") bytes, needs glibc >= $glibc, $($(qemu_for "$t") "$bin" --version)" >&2
   done
 } >target/cross/env.new
 mv target/cross/env.new target/cross/env
