@@ -90,6 +90,7 @@ make_root() {
 in_root() {
   local dir="$1" user="$2"
   shift 2
+  # shellcheck disable=SC2016 # expanded by the inner shell, from its arguments
   unshare --mount --propagation private -- /bin/sh -eu -c '
     dir="$1"; user="$2"; repo="$3"; registry="$4"; shift 4
     mount --rbind /dev "$dir/dev"
@@ -97,7 +98,7 @@ in_root() {
     mkdir -p "$dir/src" "$dir/cargo/registry"
     mount --bind "$repo" "$dir/src"
     mount --bind "$registry" "$dir/cargo/registry"
-    # The host'"'"'s trust store (it may hold a site CA that the registries are reached through).
+    # The host trust store (it may hold a site CA that the registries are reached through).
     if [ -f /etc/ssl/certs/ca-certificates.crt ] && [ -f "$dir/etc/ssl/certs/ca-certificates.crt" ]; then
       mount --bind -o ro /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/ca-certificates.crt"
     fi
@@ -173,7 +174,7 @@ qemu_for() {
   for t in "${targets[@]}"; do
     bin="$repo/target/cross/$t/release/coffeebot"
     [ -x "$bin" ] || die "missing $bin"
-    var="$(echo "${t%%-*}" | tr a-z A-Z)"
+    var="$(echo "${t%%-*}" | tr '[:lower:]' '[:upper:]')"
     echo "COFFEEBOT_CROSS_BIN_$var='$bin'"
     echo "COFFEEBOT_CROSS_QEMU_$var='$(qemu_for "$t")'"
     # Proves the binary runs at all (and that qemu is the static one the host can run).
