@@ -1,7 +1,8 @@
 //! The checks that matter most, on both counterparts: `coffeebot run` as a real process against
 //! a real mosquitto (the shipped configuration), talking over a real pseudo-terminal to the
-//! simulated controller or to the real MrCoffeeBot firmware (`../shared/realfw`, skipped with
-//! one printed line where it is absent).
+//! simulated controller or to the real MrCoffeeBot firmware (`../shared/realfw` through
+//! tests/support/realfw.rs: skipped with one printed line where it is absent, unless
+//! scripts/test.sh requires it).
 //!
 //! Start-up writes `B+0` first; a brew goes from preheat to off; the heater follows `ON`/`OFF`
 //! from MQTT; SIGTERM writes `B+0` last and exits 0; after a kill -9 the controller's own
@@ -14,10 +15,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use coffeebot::sim::{SimConfig, SimHandle, Simulator};
@@ -26,6 +24,7 @@ use support::bridge::Bridge;
 use support::mosquitto::{
     lan_command, next_message, next_state, Broker, Listener, Login, Protocol, TestClient, User,
 };
+use support::realfw::{self, Event, Realfw};
 
 const B: &str = "coffeebot";
 const D: &str = "coffeebot/coffeepot";
@@ -34,161 +33,13 @@ const WAIT: Duration = Duration::from_secs(20);
 
 // ----- the real firmware ---------------------------------------------------------------------
 
-/// The real firmware's directory: `COFFEEBOT_REALFW`, else `../shared/realfw` from the
-/// repository root.
-fn realfw_dir() -> PathBuf {
-    match std::env::var_os("COFFEEBOT_REALFW") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/realfw"),
-    }
-}
-
-/// Builds the real firmware once per test process (its build.sh is idempotent and writes
-/// outside the read-only directory); `None`, with one printed line, when it is absent.
-fn realfw_or_skip(test: &str) -> Option<PathBuf> {
-    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let dir = realfw_dir();
-        if !dir.join("run.sh").is_file() {
-            return None;
-        }
-        let status = Command::new(dir.join("build.sh"))
-            .stdout(Stdio::null())
-            .status()
-            .expect("run realfw build.sh");
-        assert!(status.success(), "realfw build.sh failed: {status}");
-        Some(dir)
-    });
-    if dir.is_none() {
-        println!(
-            "SKIP {test}: no real firmware at {}",
-            realfw_dir().display()
-        );
-    }
-    dir.clone()
-}
-
-/// The real firmware on its emulated board (`run.sh LINK`, with every line it reads traced),
-/// its event lines captured. Stopped with SIGTERM on drop (which removes its link).
-struct RealFw {
-    child: Child,
-    link: PathBuf,
-    events: Arc<Mutex<Vec<String>>>,
-    new_event: mpsc::Receiver<()>,
-}
-
-impl RealFw {
-    fn start(dir: &Path, name: &str) -> RealFw {
-        let tmp = std::env::temp_dir().join(format!(
-            "coffeebot-essentials-{}-{name}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&tmp).expect("realfw dir");
-        let link = tmp.join("tty");
-        let mut child = Command::new(dir.join("run.sh"))
-            .arg(&link)
-            .env("REALFW_TRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn realfw run.sh");
-        // The first stdout line says the port exists.
-        let mut ready = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut ready)
-            .expect("read realfw ready line");
-        assert!(ready.contains("\"ready\": true"), "realfw: {ready:?}");
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let keep = Arc::clone(&events);
-        let (tx, new_event) = mpsc::channel();
-        let stderr = child.stderr.take().expect("piped stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                keep.lock().expect("events lock").push(line);
-                if tx.send(()).is_err() {
-                    break;
-                }
-            }
-        });
-        RealFw {
-            child,
-            link,
-            events,
-            new_event,
-        }
-    }
-
-    fn events(&self) -> Vec<String> {
-        self.events.lock().expect("events lock").clone()
-    }
-
-    /// Waits (at most `within`) until `pred` holds for the events so far, checked at every new
-    /// event; returns the events then.
-    fn wait_events(&self, what: &str, within: Duration, pred: impl Fn(&[String]) -> bool) {
-        let wait = || {
-            let deadline = Instant::now() + within;
-            loop {
-                let events = self.events();
-                if pred(&events) {
-                    return;
-                }
-                let left = deadline.checked_duration_since(Instant::now());
-                if left.is_none_or(|left| self.new_event.recv_timeout(left).is_err()) {
-                    let events = self.events();
-                    assert!(
-                        pred(&events),
-                        "realfw: no {what} within {within:?}; events:\n{}",
-                        events.join("\n")
-                    );
-                    return;
-                }
-            }
-        };
-        tokio::task::block_in_place(wait);
-    }
-
-    /// Every line the firmware read, in order, as its trace quotes it (e.g. `"B+0\n"`).
-    fn lines_read(&self) -> Vec<String> {
-        self.events()
-            .iter()
-            .filter(|e| e.starts_with("RX "))
-            .filter_map(|e| e.split_once(" line=").map(|(_, l)| l.to_owned()))
-            .collect()
-    }
-
-    /// The relay changes so far: `RELAY 1 …` / `RELAY 0 …` lines.
-    fn relay_events(&self) -> Vec<String> {
-        self.events()
-            .into_iter()
-            .filter(|e| e.starts_with("RELAY "))
-            .collect()
-    }
-}
-
-impl Drop for RealFw {
-    fn drop(&mut self) {
-        let _ = Command::new("sh")
-            .args(["-c", &format!("kill -TERM {}", self.child.id())])
-            .status();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- realfw events ---");
-            for line in self.events() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
 /// The relay is on after the last `RELAY` event.
-fn relay_on(events: &[String]) -> bool {
+fn relay_on(events: &[Event]) -> bool {
     events
         .iter()
         .rev()
-        .find(|e| e.starts_with("RELAY "))
-        .is_some_and(|e| e.starts_with("RELAY 1"))
+        .find(|e| e.kind.starts_with("RELAY "))
+        .is_some_and(|e| e.kind == "RELAY 1")
 }
 
 // ----- the rig -------------------------------------------------------------------------------
@@ -196,7 +47,7 @@ fn relay_on(events: &[String]) -> bool {
 /// The controller on the other end of the pseudo-terminal.
 enum Controller {
     Sim(SimHandle),
-    Real(RealFw),
+    Real(Realfw),
 }
 
 impl Controller {
@@ -230,14 +81,10 @@ impl Controller {
                 .map(|c| c.line)
                 .collect(),
             Controller::Real(fw) => fw
-                .lines_read()
+                .events()
                 .iter()
-                .map(|l| {
-                    l.trim_matches('"')
-                        .trim_end_matches("\\n")
-                        .trim_end_matches("\\r")
-                        .to_owned()
-                })
+                .filter_map(Event::rx_line)
+                .map(|l| l.trim_end_matches("\\n").trim_end_matches("\\r").to_owned())
                 .collect(),
         }
     }
@@ -253,9 +100,8 @@ impl Controller {
                 commands.next(WAIT).await.expect("a first line").line
             }
             Controller::Real(fw) => {
-                fw.wait_events("first line read", WAIT, |e| {
-                    e.iter().any(|e| e.starts_with("RX "))
-                });
+                fw.wait_for("RX", WAIT, |_| true)
+                    .expect("the firmware read a first line");
                 self.lines().await.remove(0)
             }
         }
@@ -272,7 +118,8 @@ impl Controller {
                     .expect("simulator running");
             }
             Controller::Real(fw) => {
-                fw.wait_events(&format!("relay {on}"), within, |e| relay_on(e) == on);
+                fw.wait_until(within, |e| relay_on(e) == on)
+                    .unwrap_or_else(|| panic!("the real relay never went {on}"));
             }
         }
         Instant::now()
@@ -292,13 +139,11 @@ impl Controller {
         match self {
             Controller::Sim(_) => None,
             Controller::Real(fw) => fw
-                .relay_events()
+                .events()
                 .iter()
                 .rev()
-                .find(|e| e.starts_with("RELAY 0"))
-                .and_then(|e| e.split(" by=").nth(1))
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(str::to_owned),
+                .find(|e| e.kind == "RELAY 0")
+                .and_then(|e| e.field("by")),
         }
     }
 }
@@ -324,7 +169,7 @@ impl Rig {
     async fn start(on: On, name: &str, extra: &[(&str, &str)]) -> Option<Rig> {
         let controller = match on {
             On::Sim => Controller::simulator(name).await,
-            On::Real => Controller::Real(RealFw::start(&realfw_or_skip(name)?, name)),
+            On::Real => Controller::Real(Realfw::start(&realfw::available(name)?, &[])),
         };
         let broker = Broker::start();
         let mut watcher = broker
