@@ -85,7 +85,8 @@ impl Bridge {
 
     /// [`Bridge::start_logging`], with the binary run through `wrapper` (a program and its
     /// arguments, e.g. `["setpriv", "--bounding-set=-sys_admin", "--"]`; empty: none) and
-    /// `env` (full variable names, e.g. `LD_PRELOAD`) added to its environment.
+    /// `env` (full variable names, e.g. `LD_PRELOAD`) added to its environment. The binary is
+    /// [`binary_under_test`], run through `wrapper`, then [`wrapper_under_test`].
     pub fn start_via(
         wrapper: &[&str],
         env: &[(&str, &str)],
