@@ -33,6 +33,7 @@ pub const FAST: &[(&str, &str)] = &[
     ("BREW__PREHEAT_TIMEOUT_S", "30"),
     ("KEEP_WARM__AFTER_BREW", "false"),
     ("HTTP__LISTEN", ""),
+    ("HTTP__OPS_LISTEN", ""),
 ];
 
 /// The `coffeebot` binary the tests run: `COFFEEBOT_TEST_BIN`, or this build's.
