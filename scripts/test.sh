@@ -2,8 +2,9 @@
 # Runs every check and test of coffeebot on a fresh Debian machine with Rust:
 # installs what the tests need (mosquitto, Chromium, validation tools), then format, lints,
 # the test suite (unit, property, integration against a real mosquitto and the simulated
-# controller on real pseudo-terminals, browser), the deployment checks and the benchmark's
-# short mode. Exits non-zero at the first failure.
+# controller on real pseudo-terminals, browser), the tests against a real Home Assistant
+# (scripts/ha-env.sh: installed once into /var/cache/coffeebot-ha, reused while unchanged),
+# the deployment checks and the benchmark's short mode. Exits non-zero at the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,11 @@ cargo clippy --all-targets --locked -- -D warnings
 
 step "tests"
 cargo test --locked --all-targets
+
+step "Home Assistant (a real HA Core in a Debian forky root; scripts/ha-env.sh)"
+started=$SECONDS
+scripts/ha-env.sh test
+echo "Home Assistant stage: $((SECONDS - started)) s"
 
 if [ -x scripts/check-deploy.sh ]; then
   step "deployment"
