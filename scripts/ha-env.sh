@@ -59,7 +59,7 @@ in_root() {
     fi
     cp /etc/resolv.conf "$dir/etc/resolv.conf" 2>/dev/null || true
     exec chroot "$dir" /usr/bin/env -i PATH=/opt/ha/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-      HOME=/root LANG=C.UTF-8 "$@"
+      HOME=/root LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 "$@"
   ' in_root "$dir" "$repo" "$@"
 }
 

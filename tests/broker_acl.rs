@@ -111,7 +111,7 @@ const MATRIX: &[(&str, [Access; 7])] = &[
     ("coffeebot/coffeepot/controller/set", [Sub,    PubSub, PubSub, No, No, No,  No]),
     ("homeassistant/status",               [PubSub, PubSub, No,     No, No, No,  No]),
     ("homeassistant/switch/coffeebot_coffeepot/heater/config",
-                                           [Pub,    PubSub, No,     No, No, No,  No]),
+                                           [PubSub, PubSub, No,     No, No, No,  No]),
 ];
 
 /// The matrix as the markdown table printed in `mosquitto/README.md`.

@@ -306,7 +306,7 @@ class Watcher:
         with self._cond:
             for topic, payload, _ in self.messages[:until]:
                 latest[topic] = payload
-        return {t: p for t, p in latest.items() if p}
+        return {t: p for t, p in latest.items() if not holds_nothing(p)}
 
     def _on_message(self, _client, _userdata, msg):
         with self._cond:
@@ -333,6 +333,23 @@ class Watcher:
     def stop(self):
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def holds_nothing(payload: str) -> bool:
+    """Whether a discovery payload defines no entity: empty, a pending migration, or a device
+    config whose components are all removed (what the bridge leaves after a rollback)."""
+    if not payload:
+        return True
+    try:
+        config = json.loads(payload)
+    except ValueError:
+        return False
+    if not isinstance(config, dict):
+        return False
+    if config.get("migrate_discovery") is True:
+        return True
+    cmps = config.get("cmps", config.get("components"))
+    return isinstance(cmps, dict) and all(set(c) <= {"p", "platform"} for c in cmps.values())
 
 
 def _b64(data: bytes) -> str:

@@ -27,6 +27,7 @@ from harness import (
     HomeAssistant,
     Simulator,
     Watcher,
+    holds_nothing,
     wait_until,
 )
 
@@ -105,27 +106,30 @@ def settle(s, since: int, timeout: float = 30.0):
     publishes, live, and every removal of a config that was there before); then a marker
     entity, published after it, appears in HA: HA reads its discovery subscription in order.
     """
-    wanted = [t for t, p in s.bridge.discovery() if p]
+    wanted = [t for t, p in s.bridge.discovery() if not holds_nothing(p)]
     before = s.watcher.retained(until=since)
 
     def done(msgs):
         live = {t for t, p, r in msgs if p and not r}
-        cleared = {t for t, p, r in msgs if not p}
+        cleared = {t for t, p, r in msgs if holds_nothing(p)}
         stale = {t for t in before if t.startswith(f"{PREFIX}/") and NODE in t and t not in wanted}
         return set(wanted) <= live and stale <= cleared
 
     s.watcher.wait_for("the bridge's discovery at the broker", done, since, timeout)
+    # A button: it subscribes to nothing, so adding and removing it sends HA nothing to the
+    # broker that a broker restart right after could interrupt.
     n = next(_markers)
-    topic = f"{PREFIX}/sensor/coffeebot_test/marker_{n}/config"
+    topic = f"{PREFIX}/button/coffeebot_test/marker_{n}/config"
+    marker = f"button.coffeebot_test_marker_{n}"
     s.watcher.publish(
         topic,
         f'{{"name": "marker {n}", "unique_id": "coffeebot_test_marker_{n}", '
-        f'"default_entity_id": "sensor.coffeebot_test_marker_{n}", "state_topic": "coffeebot/test"}}',
+        f'"default_entity_id": "{marker}", "command_topic": "coffeebot/test/marker"}}',
         retain=True,
     )
-    wait_until("HA to handle the marker", lambda: s.ha.state(f"sensor.coffeebot_test_marker_{n}"), timeout)
+    wait_until("HA to handle the marker", lambda: s.ha.state(marker), timeout)
     s.watcher.publish(topic, "", retain=True)
-    wait_until("HA to remove the marker", lambda: s.ha.state(f"sensor.coffeebot_test_marker_{n}") is None, timeout)
+    wait_until("HA to remove the marker", lambda: s.ha.state(marker) is None, timeout)
 
 
 def device_and_entities(ha: HomeAssistant):
@@ -142,8 +146,14 @@ def problems_before(stack):
     stack.ha.problems_before = len(stack.ha.mqtt_problems())
 
 
-def assert_no_mqtt_problems(ha: HomeAssistant):
-    problems = ha.mqtt_problems()[ha.problems_before :]
+# What HA's MQTT client itself says when the broker goes away: expected at a broker restart.
+BROKER_LOST = "Error returned from MQTT server: The connection was lost."
+
+
+def assert_no_mqtt_problems(ha: HomeAssistant, allowed: tuple[str, ...] = ()):
+    problems = [
+        p for p in ha.mqtt_problems()[ha.problems_before :] if not any(a in p for a in allowed)
+    ]
     assert problems == [], f"{len(problems)} MQTT warnings/errors in HA's log:\n" + "\n".join(problems[:20])
 
 
@@ -232,7 +242,8 @@ def test_no_mqtt_warnings_across_restarts_of_ha_bridge_and_broker(stack):
     s.bridge.proc.wait_line("connected to the MQTT broker", 30, start=len(s.bridge.proc.lines) - 1)
     settle(s, mark)
     wait_all_available(s.ha)
-    assert_no_mqtt_problems(s.ha)
+    assert_no_mqtt_problems(s.ha, allowed=(BROKER_LOST,))
+    assert sum(BROKER_LOST in p for p in s.ha.mqtt_problems()[s.ha.problems_before :]) <= 1
 
 
 def switch_mode(s, mode: str):
