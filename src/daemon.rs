@@ -12,9 +12,9 @@
 
 use crate::config::Settings;
 use crate::core::{Core, Limits, Output, Request};
-use crate::protocol::{Command, Frame};
+use crate::protocol::{Command, Frame, ReplyFormat};
 use crate::serial::{self, LinkConfig, LinkEvent};
-use crate::state::{Clock, Deadbands, EventDoc, StateDoc};
+use crate::state::{Clock, Deadbands, EventDoc, OnOff, StateDoc};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
@@ -109,7 +109,7 @@ pub async fn run(settings: &Settings, inlets: Inlets, shutdown: CancellationToke
         link_events_tx,
     ));
     let driver = Driver {
-        core: Core::new(Limits::from_settings(settings), Instant::now().into_std()),
+        core: Core::new(Limits::from(settings), Instant::now().into_std()),
         link: link_tx,
         inlets,
         deadbands: Deadbands {
@@ -264,10 +264,10 @@ impl Driver {
         if changed || due {
             if changed {
                 info!(
-                    mode = doc.mode,
-                    heater = doc.heater,
+                    mode = doc.mode.as_str(),
+                    heater = doc.heater.map(OnOff::as_str),
                     temperature_c = doc.temperature_c,
-                    link = doc.link,
+                    link = doc.link.as_str(),
                     faults = ?doc.faults,
                     "state"
                 );
@@ -287,18 +287,18 @@ impl Driver {
 }
 
 /// Says once per link session which firmware build answers, and what that means for heating.
-fn announce_build(format: Option<&str>, limits: &Limits) {
+fn announce_build(format: Option<ReplyFormat>, limits: &Limits) {
     match format {
-        Some("one_line") => info!(
-            reply_format = "one_line",
+        Some(ReplyFormat::OneLine) => info!(
+            reply_format = ReplyFormat::OneLine.as_str(),
             "the controller answers in one line: MrCoffeeBot 6105f59, whose heater goes off 1 s after the last B+1"
         ),
         Some(format) if limits.allow_firmware_without_heater_timeout => warn!(
-            reply_format = format,
+            reply_format = format.as_str(),
             "the controller answers in three lines: MrCoffeeBot 05a9a00 has no 1 s heater timeout (a dead bridge leaves the heater on up to 5 s); heating allowed by serial.allow_firmware_without_heater_timeout"
         ),
         Some(format) => warn!(
-            reply_format = format,
+            reply_format = format.as_str(),
             "the controller answers in three lines: MrCoffeeBot 05a9a00 has no 1 s heater timeout; heating is refused — flash 6105f59 or set serial.allow_firmware_without_heater_timeout = true"
         ),
         None => {}

@@ -691,7 +691,14 @@ fn describe(e: &ConnectionError, settings: &Settings) -> String {
             format!("broker {at} refused the connection: {why}")
         }
         ConnectionError::Io(io) => format!("cannot reach the MQTT broker at {at}: {io}"),
-        ConnectionError::Tls(tls) => format!("TLS with the MQTT broker at {at} failed: {tls}"),
+        ConnectionError::Tls(tls) => {
+            // rustls adds the clock to an expired certificate's error ("verification time …,
+            // … seconds ago"): without it the line is the same at every retry, so it is
+            // logged once.
+            let tls = tls.to_string();
+            let tls = tls.split(": verification time").next().unwrap_or(&tls);
+            format!("TLS with the MQTT broker at {at} failed: {tls}")
+        }
         ConnectionError::Timeout(_) => format!("the MQTT broker at {at} did not answer in time"),
         other => format!("connection to the MQTT broker at {at} failed: {other}"),
     }
