@@ -163,8 +163,8 @@ class Broker:
         conf.write_text(moved)
         self.passwords = {u: secrets.token_hex(12) for u in ("coffeebot", "homeassistant", "lan")}
         subprocess.run(
-            [str(REPO / "mosquitto" / "make-passwords.sh"), "-f", str(self.dir / "config" / "passwd")]
-            + [f"{u}={p}" for u, p in self.passwords.items()],
+            [str(REPO / "mosquitto" / "make-passwords.sh"), "-f", str(self.dir / "config" / "passwd")],
+            env=dict(os.environ, **{f"MQTT_PASSWORD_{u.upper()}": p for u, p in self.passwords.items()}),
             check=True,
             stdout=subprocess.DEVNULL,
         )
