@@ -55,11 +55,11 @@ fn template_fields(template: &str) -> Vec<String> {
         .collect()
 }
 
-/// `(topic, config)` of every non-empty components-mode message.
+/// `(topic, config)` of every components-mode entity config (device triggers left out).
 fn configs(s: &Settings) -> Vec<(String, Value)> {
     discovery::messages(s, Some("MrCoffeeBot v2.0"), Some("kitchen"))
         .into_iter()
-        .filter(|(_, p)| !p.is_empty())
+        .filter(|(t, p)| !p.is_empty() && !t.contains("/device_automation/"))
         .map(|(t, p)| (t, serde_json::from_str(&p).expect("config parses")))
         .collect()
 }
@@ -251,9 +251,49 @@ fn device_mode_is_one_message_with_every_component() {
     assert!(config["origin"]["name"].is_string());
     assert_eq!(config["device"]["identifiers"][0], "coffeebot_coffeepot");
     let cmps = config["cmps"].as_object().unwrap();
-    assert_eq!(cmps.len(), 17);
+    assert_eq!(cmps.len(), 17 + discovery::TRIGGERS.len());
     for component in cmps.values() {
-        check_entity(&s, component["p"].as_str().unwrap(), component);
+        let platform = component["p"].as_str().unwrap();
+        if platform != "device_automation" {
+            check_entity(&s, platform, component);
+        }
+    }
+}
+
+#[test]
+fn device_triggers_fire_on_the_events_people_automate_on() {
+    for mode in ["components", "device"] {
+        let s = settings(&[("HOMEASSISTANT__DISCOVERY", mode)]);
+        let messages = discovery::messages(&s, None, None);
+        let mut triggers: Vec<Value> = Vec::new();
+        for (topic, payload) in &messages {
+            let config: Value = serde_json::from_str(payload).unwrap();
+            if topic.contains("/device_automation/") {
+                assert!(config["device"]["identifiers"].is_array());
+                triggers.push(config);
+            } else if let Some(cmps) = config["cmps"].as_object() {
+                triggers.extend(
+                    cmps.values()
+                        .filter(|c| c["p"] == "device_automation")
+                        .cloned(),
+                );
+            }
+        }
+        let mut types: Vec<&str> = triggers
+            .iter()
+            .map(|t| t["type"].as_str().unwrap())
+            .collect();
+        types.sort_unstable();
+        let mut expected = discovery::TRIGGERS.to_vec();
+        expected.sort_unstable();
+        assert_eq!(types, expected, "{mode}");
+        for t in &triggers {
+            assert_eq!(t["automation_type"], "trigger");
+            assert_eq!(t["topic"], "coffeebot/coffeepot/event");
+            assert_eq!(t["payload"], t["type"]);
+            assert_eq!(t["value_template"], "{{ value_json.event_type }}");
+            assert!(EVENT_TYPES.contains(&t["type"].as_str().unwrap()));
+        }
     }
 }
 
@@ -262,7 +302,7 @@ fn water_off_removes_the_water_entities_only_where_retained() {
     let s = settings(&[("WATER__ENABLED", "false")]);
     let messages = discovery::messages(&s, None, None);
     let water = |key: &str| format!("homeassistant/sensor/coffeebot_coffeepot/{key}/config");
-    assert_eq!(messages.len(), 15);
+    assert_eq!(messages.len(), 15 + discovery::TRIGGERS.len());
     assert!(messages
         .iter()
         .all(|(t, p)| !p.is_empty() && !t.contains("water")));
@@ -322,7 +362,10 @@ fn switching_modes_migrates_what_is_retained_the_way_home_assistant_documents() 
     assert_eq!(plan[1].0, device_topic);
     assert!(discovery::holds_nothing(plan[1].1.as_bytes()));
     let cleared: Value = serde_json::from_str(&plan[1].1).unwrap();
-    assert_eq!(cleared["cmps"].as_object().unwrap().len(), 17);
+    assert_eq!(
+        cleared["cmps"].as_object().unwrap().len(),
+        17 + discovery::TRIGGERS.len()
+    );
     assert!(cleared["device"]["identifiers"].is_array());
     assert!(discovery::cleanup(&device, &retained).before.is_empty());
 

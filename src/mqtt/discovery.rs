@@ -36,6 +36,39 @@ pub const EVENT_TYPES: [&str; 9] = [
     "command_rejected",
 ];
 
+/// The events a person automates on, offered as device triggers (`device_automation`), so
+/// that Home Assistant's automation editor lists e.g. "brew_finished" for the device.
+pub const TRIGGERS: [&str; 5] = [
+    "brew_finished",
+    "keep_warm_finished",
+    "fault",
+    "heater_auto_off",
+    "controller_rebooted",
+];
+
+/// The discovery object id of the trigger for `event` (`on_<event>`: an entity has the key
+/// `fault` already, and a device config's components share one map).
+pub fn trigger_key(event: &str) -> String {
+    format!("on_{event}")
+}
+
+/// The device trigger of `event`: fires when `B/D/event` carries that `event_type`.
+fn trigger(settings: &Settings, t: &Topics, event: &str) -> Map<String, Value> {
+    let config = json!({
+        "automation_type": "trigger",
+        "topic": t.event(),
+        "type": event,
+        "subtype": settings.device.name,
+        "value_template": "{{ value_json.event_type }}",
+        "payload": event,
+        "qos": 1,
+    });
+    match config {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
 /// One entity of the device.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entity {
@@ -286,21 +319,28 @@ pub fn messages(
     let wanted = |e: &Entity| settings.water.enabled || !e.water;
     match settings.homeassistant.discovery {
         Discovery::Off => Vec::new(),
-        Discovery::Components => all
-            .iter()
-            .filter(|e| wanted(e))
-            .map(|e| {
-                let mut config = component(settings, &t, e);
+        Discovery::Components => {
+            let with_device = |mut config: Map<String, Value>| {
                 config.insert("device".into(), device.clone());
                 config.insert("origin".into(), origin.clone());
-                (
-                    component_topic(settings, e),
-                    Value::Object(config).to_string(),
-                )
-            })
-            .collect(),
+                Value::Object(config).to_string()
+            };
+            let mut out: Vec<(String, String)> = all
+                .iter()
+                .filter(|e| wanted(e))
+                .map(|e| {
+                    let config = with_device(component(settings, &t, e));
+                    (component_topic(settings, e), config)
+                })
+                .collect();
+            out.extend(TRIGGERS.iter().map(|event| {
+                let config = with_device(trigger(settings, &t, event));
+                (trigger_topic(settings, event), config)
+            }));
+            out
+        }
         Discovery::Device => {
-            let cmps: Map<String, Value> = all
+            let mut cmps: Map<String, Value> = all
                 .iter()
                 .map(|e| {
                     let mut config = if wanted(e) {
@@ -314,6 +354,11 @@ pub fn messages(
                     (e.key.to_owned(), Value::Object(config))
                 })
                 .collect();
+            for event in TRIGGERS {
+                let mut config = trigger(settings, &t, event);
+                config.insert("p".into(), "device_automation".into());
+                cmps.insert(trigger_key(event), Value::Object(config));
+            }
             let payload = json!({
                 "device": device,
                 "origin": origin,
@@ -372,9 +417,11 @@ pub fn cleanup(settings: &Settings, retained: &BTreeSet<String>) -> Cleanup {
     let migrates = |topic: &str| match settings.homeassistant.discovery {
         Discovery::Off => false,
         Discovery::Components => topic == device,
-        Discovery::Device => all
-            .iter()
-            .any(|e| wanted(e) && component_topic(settings, e) == topic),
+        Discovery::Device => {
+            all.iter()
+                .any(|e| wanted(e) && component_topic(settings, e) == topic)
+                || TRIGGERS.iter().any(|e| trigger_topic(settings, e) == topic)
+        }
     };
     let mut out = Cleanup::default();
     for topic in &stale {
@@ -397,10 +444,13 @@ pub fn cleanup(settings: &Settings, retained: &BTreeSet<String>) -> Cleanup {
 /// A device config that removes all its components: what the device topic holds after a
 /// rollback to `components`.
 fn empty_device(settings: &Settings) -> String {
-    let cmps: Map<String, Value> = entities(settings)
+    let mut cmps: Map<String, Value> = entities(settings)
         .iter()
         .map(|e| (e.key.to_owned(), json!({"p": e.platform})))
         .collect();
+    for event in TRIGGERS {
+        cmps.insert(trigger_key(event), json!({"p": "device_automation"}));
+    }
     json!({"device": device_block(settings, None, None), "origin": origin_block(), "cmps": cmps})
         .to_string()
 }
@@ -431,6 +481,15 @@ fn device_topic(settings: &Settings) -> String {
         "{}/device/{}/config",
         settings.homeassistant.discovery_prefix,
         node_id(settings)
+    )
+}
+
+fn trigger_topic(settings: &Settings, event: &str) -> String {
+    format!(
+        "{}/device_automation/{}/{}/config",
+        settings.homeassistant.discovery_prefix,
+        node_id(settings),
+        trigger_key(event)
     )
 }
 

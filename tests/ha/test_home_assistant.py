@@ -218,6 +218,28 @@ def test_services_reach_the_controller(stack):
     ha.wait_state(entity_id("controller_reboots"), lambda s: s["state"] not in ("unavailable", "unknown")
                   and int(s["state"]) > reboots, "counting the reboot")
     wait_all_available(ha)
+    # The reboot's banner names the firmware: the device's software (the bridge is the origin).
+    wait_until(
+        "the firmware as the device's sw_version",
+        lambda: device_and_entities(ha)[0]["sw_version"] == "MrCoffeeBot v2.0",
+        30,
+        0.2,
+    )
+    assert_no_mqtt_problems(ha)
+
+
+def trigger_types(ha: HomeAssistant) -> list[str]:
+    device, _ = device_and_entities(ha)
+    (triggers,) = ha.ws({"type": "device_automation/trigger/list", "device_id": device["id"]})
+    return sorted(t["type"] for t in triggers if t.get("domain") == "mqtt")
+
+
+TRIGGERS = sorted(["brew_finished", "keep_warm_finished", "fault", "heater_auto_off", "controller_rebooted"])
+
+
+def test_device_triggers_are_offered_for_the_events_people_automate_on(stack):
+    ha = stack.ha
+    assert trigger_types(ha) == TRIGGERS
     assert_no_mqtt_problems(ha)
 
 
@@ -266,6 +288,7 @@ def test_switching_discovery_mode_keeps_entity_ids_and_renames_without_warnings(
         _, after = device_and_entities(s.ha)
         assert sorted(e["entity_id"] for e in after) == ids, mode
         assert s.ha.state(renamed)["attributes"]["friendly_name"] == "Pot temperature", mode
+        assert trigger_types(s.ha) == TRIGGERS, mode
         retained = s.watcher.retained()
         if mode == "device":
             assert retained.get(DEVICE_TOPIC), "the device config is retained"
