@@ -12,7 +12,9 @@
 #   scripts/ha-env.sh run CMD...     run CMD inside the root, in a private mount namespace with
 #                                    /proc, /dev, /tmp and the repository bind-mounted at the
 #                                    same paths as outside (loopback networking is shared)
-#   scripts/ha-env.sh test [ARGS]    install, then run the real-HA tests (tests/ha/, pytest)
+#   scripts/ha-env.sh test [ARGS]    install, then run the real-HA tests (tests/ha/, pytest;
+#                                    ARGS go to pytest) with the debug `coffeebot` binary
+#                                    (its target directory must be in the repository or /tmp)
 #
 # Needs root (debootstrap, chroot, mounts). Options (environment):
 #   COFFEEBOT_HA_ROOT    where the root lives (default /var/cache/coffeebot-ha/forky)
@@ -27,8 +29,9 @@ root="${COFFEEBOT_HA_ROOT:-/var/cache/coffeebot-ha/forky}"
 mirror="${COFFEEBOT_HA_MIRROR:-http://deb.debian.org/debian}"
 # gcc and python3-dev: a few of HA's requirements have no wheel for the newest Python yet.
 packages=(python3 python3-venv python3-dev gcc libc6-dev mosquitto ca-certificates procps)
-# What HA installs at run time for the integrations the tests load (HA's
-# requirements_all.txt names them; the versions come from HA's constraints and manifests).
+# paho-mqtt: the MQTT integration's requirement (its manifest's pin), and the tests' own MQTT
+# client; pytest runs the tests. The other integrations' requirements HA installs itself at the
+# first start (make_venv).
 extra_requirements=(paho-mqtt==2.1.0 pytest==8.4.2)
 root_stamp="forky minbase ${packages[*]}"
 venv_stamp="homeassistant==$ha_version ${extra_requirements[*]}"
