@@ -3,9 +3,10 @@
 # installs what the tests need (mosquitto, Chromium, validation tools), then format, lints,
 # the test suite (unit, property, integration against a real mosquitto and the simulated
 # controller on real pseudo-terminals, the real firmware from ../shared/realfw when it is
-# there, browser), the Raspberry Pi builds with the end-to-end checks against them under
-# qemu-user, the deployment checks and the benchmark's short mode. Exits non-zero at the first
-# failure.
+# there, browser), the tests against a real Home Assistant (scripts/ha-env.sh: installed once
+# into /var/cache/coffeebot-ha, reused while unchanged), the Raspberry Pi builds with the
+# end-to-end checks against them under qemu-user, the deployment checks and the benchmark's
+# short mode. Exits non-zero at the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +40,11 @@ if [ -f target/tmp/realfw-figures.txt ]; then
   step "figures measured against the real firmware"
   cat target/tmp/realfw-figures.txt
 fi
+
+step "Home Assistant (a real HA Core in a Debian forky root; scripts/ha-env.sh)"
+started=$SECONDS
+scripts/ha-env.sh test
+echo "Home Assistant stage: $((SECONDS - started)) s"
 
 if [ -x scripts/check-deploy.sh ]; then
   step "deployment"
