@@ -25,6 +25,7 @@
 //! - [`metrics`]: the Prometheus recorder, build info and the cross-task measurements.
 #![forbid(unsafe_code)]
 
+pub mod bridge;
 pub mod config;
 pub mod core;
 pub mod daemon;

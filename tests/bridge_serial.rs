@@ -5,10 +5,11 @@
 
 use coffeebot::config::{self, Settings};
 use coffeebot::core::{Fault, Mode, Request};
-use coffeebot::daemon::{self, CommandIn, Outlets};
 use coffeebot::mqtt::command::CommandName;
+use coffeebot::mqtt::{self, CommandIn};
 use coffeebot::sim::{SimConfig, SimHandle, Simulator};
 use coffeebot::state::{Link, OnOff, StateDoc};
+use coffeebot::{bridge, daemon};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -39,7 +40,8 @@ fn settings(port: &std::path::Path, extra: &[(&str, &str)]) -> Settings {
 
 struct Bridge {
     sim: SimHandle,
-    outlets: Outlets,
+    /// The MQTT task's ends of the channels: the test stands in for it.
+    mqtt: mqtt::Io,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -53,13 +55,14 @@ impl Bridge {
         let path = link_path();
         let sim = Simulator::start(sim, path.clone()).await.unwrap();
         let settings = settings(&path, extra);
-        let (inlets, outlets) = daemon::channels();
+        let channels = bridge::channels(&settings.device.name);
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
-        let task = tokio::spawn(async move { daemon::run(&settings, inlets, token).await });
+        let driver = channels.driver;
+        let task = tokio::spawn(async move { daemon::run(&settings, driver, token).await });
         let mut bridge = Bridge {
             sim,
-            outlets,
+            mqtt: channels.mqtt,
             shutdown,
             task,
         };
@@ -73,7 +76,7 @@ impl Bridge {
 
     /// Waits for a published state that satisfies `pred`.
     async fn state_where(&mut self, what: &str, pred: impl Fn(&StateDoc) -> bool) -> StateDoc {
-        let mut state = self.outlets.state.clone();
+        let mut state = self.mqtt.state.clone();
         let found = tokio::time::timeout(WAIT, async {
             state
                 .wait_for(|s| s.as_ref().is_some_and(&pred))
@@ -85,7 +88,7 @@ impl Bridge {
             Ok(Ok(Some(s))) => s,
             _ => panic!(
                 "timed out waiting for {what}; last state: {:?}",
-                *self.outlets.state.borrow()
+                *self.mqtt.state.borrow()
             ),
         }
     }
@@ -94,7 +97,7 @@ impl Bridge {
     async fn event(&mut self, event_type: &str) -> serde_json::Value {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let e = tokio::time::timeout_at(deadline, self.outlets.events.recv())
+            let e = tokio::time::timeout_at(deadline, self.mqtt.events.recv())
                 .await
                 .unwrap_or_else(|_| panic!("no {event_type} event"))
                 .unwrap();
@@ -111,12 +114,13 @@ impl Bridge {
         } else {
             CommandName::Heater
         };
-        self.outlets
+        self.mqtt
             .commands
             .send(CommandIn {
                 request,
                 command,
                 payload: Vec::new(),
+                accepted_at: tokio::time::Instant::now(),
             })
             .await
             .unwrap();

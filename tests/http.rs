@@ -6,10 +6,10 @@
 
 mod http_support;
 
+use coffeebot::bridge;
 use coffeebot::core::Mode;
-use coffeebot::daemon;
+use coffeebot::http;
 use coffeebot::http::listener::Limits;
-use coffeebot::http::{self, HttpDeps};
 use coffeebot::state::OnOff;
 use http_support::{brew, metric, request, Bridge, WAIT};
 use std::time::Duration;
@@ -125,15 +125,11 @@ async fn every_endpoint_answers_as_documented() {
 /// stopped fails the liveness probe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_state_yet_and_a_stopped_driver_answer_503() {
-    let (inlets, outlets) = daemon::channels();
+    let channels = bridge::channels("Coffee Pot");
     let listener = http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(http::serve(
-        listener,
-        HttpDeps::new(&outlets, "Coffee Pot"),
-        shutdown.clone(),
-    ));
+    let server = tokio::spawn(http::serve(listener, channels.http, shutdown.clone()));
 
     let status = request(addr, "GET", "/status.json", b"").await;
     assert_eq!(status.status, 503);
@@ -145,14 +141,14 @@ async fn no_state_yet_and_a_stopped_driver_answer_503() {
     assert_eq!(page.status, 200);
     assert!(page.body.contains("Waiting for the controller"));
 
-    outlets.broker_connected_tx.send_replace(true);
+    channels.mqtt.connected.send_replace(true);
     let ready = request(addr, "GET", "/readyz", b"").await;
     assert_eq!(
         (ready.status, ready.body.as_str()),
         (503, "controller not answering\n")
     );
 
-    drop(inlets);
+    drop(channels.driver);
     let health = request(addr, "GET", "/healthz", b"").await;
     assert_eq!(
         (health.status, health.body.as_str()),
