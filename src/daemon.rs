@@ -1,20 +1,23 @@
-//! Wires the tasks together and drives the heater core.
+//! Drives the heater core.
 //!
-//! One task owns the serial port ([`serial::run`]); the driver here owns the [`Core`] and
-//! carries out what it says: commands go to the link, events and the state document go out on
-//! channels that MQTT and HTTP read. Nothing here decides anything about the heater. The
-//! driver never waits on MQTT: state is a `watch` (the latest value wins, nothing queues while
-//! the broker is away) and events are sent with `try_send` into a bounded queue.
+//! The driver owns the [`Core`] and carries out what it says: commands go to the serial link
+//! task ([`serial::run`], started here), events and the state document go out on the
+//! channels of [`Io`] that MQTT and HTTP read. Nothing here decides anything about the heater.
+//! The driver never waits on MQTT: state is a `watch` (the latest value wins, nothing queues
+//! while the broker is away) and events are sent with `try_send` into a bounded queue.
+//!
+//! It reads the clock once per wake and hands that `now` to the core and everything after.
 //!
 //! Shutdown is a state of the core: on the token, the core writes `B+0`; the driver waits (at
 //! most [`SHUTDOWN_CONFIRM`]) for the reply that shows the heater off, then drops the command
 //! sender so the link writes what is queued — `B+0` last — and ends.
 
 use crate::config::Settings;
-use crate::core::{Core, Limits, Output, Request};
-use crate::mqtt::command::CommandName;
+use crate::core::{Core, Limits, Output};
+use crate::metrics as m;
+use crate::mqtt::CommandIn;
 use crate::protocol::{Command, Frame, ReplyFormat};
-use crate::serial::{self, LinkConfig, LinkEvent};
+use crate::serial::{self, LinkConfig, LinkEvent, Outgoing};
 use crate::state::{Clock, Deadbands, EventDoc, OnOff, StateDoc};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -31,74 +34,25 @@ pub const LINK_FINISH: Duration = Duration::from_millis(200);
 /// The driver wakes at least this often, so `/healthz` can tell a stuck core.
 pub const HEARTBEAT: Duration = Duration::from_millis(250);
 
-/// A user command on its way to the core, with what a rejection must quote.
-#[derive(Clone, Debug)]
-pub struct CommandIn {
-    /// The parsed request.
-    pub request: Request,
-    /// The command whose topic it came on.
-    pub command: CommandName,
-    /// The payload as received (for `command_rejected`).
-    pub payload: Vec<u8>,
-}
-
-/// The ends of the driver's channels that the other tasks hold.
+/// The driver's ends of its channels (built with the others by [`crate::bridge::channels`]).
 #[derive(Debug)]
-pub struct Outlets {
-    /// The latest state document (`None` before the first). MQTT and HTTP read it.
-    pub state: watch::Receiver<Option<StateDoc>>,
-    /// Events to publish. MQTT holds it; if nobody does, events are only logged.
-    pub events: mpsc::Receiver<EventDoc>,
-    /// For tasks that reject commands themselves (bad payloads): same queue as `events`.
-    pub events_tx: mpsc::Sender<EventDoc>,
-    /// Commands for the core. Bounded: when full, a command is rejected, never queued.
-    pub commands: mpsc::Sender<CommandIn>,
-    /// When the driver last ran (for `/healthz`).
-    pub heartbeat: watch::Receiver<Instant>,
-    /// The MQTT task sets it while connected to the broker (for `/readyz`).
-    pub broker_connected_tx: watch::Sender<bool>,
-    /// Whether the MQTT task is connected to the broker (for `/readyz`).
-    pub broker_connected: watch::Receiver<bool>,
-}
-
-/// The driver's ends of the channels in [`Outlets`].
-#[derive(Debug)]
-pub struct Inlets {
-    state: watch::Sender<Option<StateDoc>>,
-    events: mpsc::Sender<EventDoc>,
-    commands: mpsc::Receiver<CommandIn>,
-    heartbeat: watch::Sender<Instant>,
-}
-
-/// Makes the channels between the driver and the tasks that publish.
-pub fn channels() -> (Inlets, Outlets) {
-    let (state_tx, state_rx) = watch::channel(None);
-    let (events_tx, events_rx) = mpsc::channel(256);
-    let (commands_tx, commands_rx) = mpsc::channel(32);
-    let (heartbeat_tx, heartbeat_rx) = watch::channel(Instant::now());
-    let (broker_tx, broker_rx) = watch::channel(false);
-    (
-        Inlets {
-            state: state_tx,
-            events: events_tx.clone(),
-            commands: commands_rx,
-            heartbeat: heartbeat_tx,
-        },
-        Outlets {
-            state: state_rx,
-            events: events_rx,
-            events_tx,
-            commands: commands_tx,
-            heartbeat: heartbeat_rx,
-            broker_connected_tx: broker_tx,
-            broker_connected: broker_rx,
-        },
-    )
+pub struct Io {
+    /// The latest state document; MQTT and HTTP hold receivers. Dropping it (the driver has
+    /// finished) ends the MQTT task and fails `/healthz`.
+    pub state: watch::Sender<Option<StateDoc>>,
+    /// Events to publish; the MQTT task holds the receiver. Bounded: when it is full or gone,
+    /// an event is counted as dropped, never waited for.
+    pub events: mpsc::Sender<EventDoc>,
+    /// Commands from the MQTT task, which holds the sender; when it is gone, no more come.
+    pub commands: mpsc::Receiver<CommandIn>,
+    /// When the driver last ran; HTTP holds the receiver (`/healthz`). Dropping it fails the
+    /// liveness probe.
+    pub heartbeat: watch::Sender<Instant>,
 }
 
 /// Runs the serial link and the driver until `shutdown` is cancelled and the heater is
 /// confirmed off. Returns when the link has written its last command.
-pub async fn run(settings: &Settings, inlets: Inlets, shutdown: CancellationToken) {
+pub async fn run(settings: &Settings, io: Io, shutdown: CancellationToken) {
     let (link_tx, link_rx) = mpsc::channel(16);
     let (link_events_tx, link_events_rx) = mpsc::channel(64);
     let link = tokio::spawn(serial::run(
@@ -109,17 +63,19 @@ pub async fn run(settings: &Settings, inlets: Inlets, shutdown: CancellationToke
         link_rx,
         link_events_tx,
     ));
+    let now = Instant::now();
     let driver = Driver {
-        core: Core::new(Limits::from(settings), Instant::now().into_std()),
+        core: Core::new(Limits::from(settings), now.into_std()),
         link: link_tx,
-        inlets,
+        io,
         deadbands: Deadbands {
             temperature_c: settings.mqtt.temperature_deadband_c,
             water_in: settings.mqtt.water_deadband_in,
         },
         state_interval: Duration::from_secs_f64(settings.mqtt.state_interval_s),
         published: None,
-        published_at: Instant::now(),
+        published_at: now,
+        command_at: None,
     };
     driver.run(link_events_rx, shutdown).await;
     // The command sender is gone: the link writes what is queued (B+0 last) and ends.
@@ -130,67 +86,80 @@ pub async fn run(settings: &Settings, inlets: Inlets, shutdown: CancellationToke
 
 struct Driver {
     core: Core,
-    /// Commands for the link task; dropping it ends the link after its queue.
-    link: mpsc::Sender<Command>,
-    inlets: Inlets,
+    /// Lines for the link task; dropping it ends the link after its queue.
+    link: mpsc::Sender<Outgoing>,
+    io: Io,
     deadbands: Deadbands,
     state_interval: Duration,
     published: Option<StateDoc>,
     published_at: Instant,
+    /// When the command accepted in this wake came in, until the relay line it causes is
+    /// queued (it rides on that line to the link, for the command-to-serial latency).
+    command_at: Option<Instant>,
+}
+
+/// What woke the driver.
+enum Woke {
+    Shutdown,
+    Link(Option<LinkEvent>),
+    Command(Option<CommandIn>),
+    Timer,
 }
 
 impl Driver {
     async fn run(mut self, mut link: mpsc::Receiver<LinkEvent>, shutdown: CancellationToken) {
         let mut stop_by: Option<Instant> = None;
+        let mut now = read_clock();
         loop {
-            let now = Instant::now();
-            self.flush(now);
+            self.flush(&now);
+            let at = now.instant;
             if let Some(deadline) = stop_by {
                 if self.core.shutdown_confirmed() {
                     info!("heater confirmed off");
                     break;
                 }
-                if now >= deadline {
+                if at >= deadline {
                     warn!("no confirmation of heater off within 1 s; the controller's own timeout applies");
                     break;
                 }
             }
             let wake = [
                 self.core.poll_timeout().map(Instant::from_std),
-                Some(now + HEARTBEAT),
+                Some(at + HEARTBEAT),
                 Some(self.published_at + self.state_interval),
                 stop_by,
             ]
             .into_iter()
             .flatten()
             .min()
-            .unwrap_or(now + HEARTBEAT);
-            tokio::select! {
+            .unwrap_or(at + HEARTBEAT);
+            let woke = tokio::select! {
                 biased;
-                () = shutdown.cancelled(), if stop_by.is_none() => {
+                () = shutdown.cancelled(), if stop_by.is_none() => Woke::Shutdown,
+                event = link.recv() => Woke::Link(event),
+                command = self.io.commands.recv(), if stop_by.is_none() => Woke::Command(command),
+                () = sleep_until(wake) => Woke::Timer,
+            };
+            // The one reading of the clock for this wake.
+            now = read_clock();
+            let core_now = now.clock.now;
+            match woke {
+                Woke::Shutdown => {
                     info!("shutting down: heater off");
-                    self.core.handle_shutdown(Instant::now().into_std());
-                    stop_by = Some(Instant::now() + SHUTDOWN_CONFIRM);
+                    self.core.handle_shutdown(core_now);
+                    stop_by = Some(now.instant + SHUTDOWN_CONFIRM);
                 }
-                event = link.recv() => {
-                    let Some(event) = event else { break };
-                    self.on_link(event);
-                }
-                command = self.inlets.commands.recv(), if stop_by.is_none() => {
-                    if let Some(command) = command {
-                        self.on_command(command);
-                    }
-                }
-                () = sleep_until(wake) => {
-                    self.core.handle_timeout(Instant::now().into_std());
-                }
+                Woke::Link(None) => break,
+                Woke::Link(Some(event)) => self.on_link(core_now, event),
+                Woke::Command(Some(command)) => self.on_command(&now.clock, command),
+                Woke::Command(None) => {}
+                Woke::Timer => self.core.handle_timeout(core_now),
             }
         }
-        self.flush(Instant::now());
+        self.flush(&now);
     }
 
-    fn on_link(&mut self, event: LinkEvent) {
-        let now = Instant::now().into_std();
+    fn on_link(&mut self, now: std::time::Instant, event: LinkEvent) {
         match event {
             LinkEvent::Up => self.core.handle_link(now, true),
             LinkEvent::Down { reason } => {
@@ -209,47 +178,53 @@ impl Driver {
         }
     }
 
-    fn on_command(&mut self, command: CommandIn) {
-        let now = Instant::now().into_std();
-        let result = self.core.handle_request(now, command.request);
+    fn on_command(&mut self, clock: &Clock, command: CommandIn) {
+        let result = self.core.handle_request(clock.now, command.request);
         let name = command.command.name();
-        crate::metrics::command_handled(name, &command.request, result.is_ok());
+        m::command_handled(name, result.is_ok());
         if let Err(rejection) = result {
             info!(command = name, reason = %rejection.reason, "command rejected");
-            let doc =
-                EventDoc::command_rejected(name, &command.payload, &rejection.reason, &clock());
+            let doc = EventDoc::command_rejected(name, &command.payload, &rejection.reason, clock);
             self.send_event(doc);
         } else {
             info!(command = name, request = ?command.request, "command accepted");
+            if m::may_switch(&command.request) {
+                self.command_at = Some(command.accepted_at);
+            }
         }
     }
 
     /// Carries out every output of the core, then publishes the state if it changed.
-    fn flush(&mut self, now: Instant) {
+    fn flush(&mut self, now: &Now) {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Serial(command) => {
-                    crate::metrics::serial_queued(command);
-                    if self.link.try_send(command).is_err() {
+                    // The first relay line after an accepted command carries its arrival.
+                    let accepted_at = match command {
+                        Command::Status => None,
+                        _ => self.command_at.take(),
+                    };
+                    let line = Outgoing {
+                        command,
+                        accepted_at,
+                    };
+                    if self.link.try_send(line).is_err() {
                         // The link is stuck or gone; the controller's 1 s timeout is the net.
                         warn!(?command, "serial queue full; command dropped");
-                        metrics::counter!("coffeebot_serial_commands_dropped_total").increment(1);
+                        metrics::counter!(m::SERIAL_COMMANDS_DROPPED).increment(1);
                     }
                 }
                 Output::Event(event) => {
-                    crate::metrics::record_event(&event);
+                    m::record_event(&event);
                     info!(event = event.event_type(), details = ?event, "event");
-                    self.send_event(EventDoc::new(&event, &clock()));
+                    self.send_event(EventDoc::new(&event, &now.clock));
                 }
             }
         }
-        crate::metrics::flushed();
-        let clock = Clock {
-            now: now.into_std(),
-            wall: SystemTime::now(),
-        };
-        let doc = StateDoc::new(&self.core.status(clock.now), &clock);
-        let due = now >= self.published_at + self.state_interval;
+        // A command that queued no relay line switched nothing and is not measured.
+        self.command_at = None;
+        let doc = StateDoc::new(&self.core.status(now.clock.now), &now.clock);
+        let due = now.instant >= self.published_at + self.state_interval;
         let changed = self
             .published
             .as_ref()
@@ -271,16 +246,34 @@ impl Driver {
                 );
             }
             self.published = Some(doc.clone());
-            self.published_at = now;
-            self.inlets.state.send_replace(Some(doc));
+            self.published_at = now.instant;
+            self.io.state.send_replace(Some(doc));
         }
-        self.inlets.heartbeat.send_replace(now);
+        self.io.heartbeat.send_replace(now.instant);
     }
 
     fn send_event(&self, doc: EventDoc) {
-        if self.inlets.events.try_send(doc).is_err() {
-            metrics::counter!("coffeebot_events_dropped_total").increment(1);
+        if self.io.events.try_send(doc).is_err() {
+            metrics::counter!(m::EVENTS_DROPPED).increment(1);
         }
+    }
+}
+
+/// The time of one wake: tokio's instant (timers, heartbeat) and the core's clock (the same
+/// moment as a std instant, and the wall clock for the documents).
+struct Now {
+    instant: Instant,
+    clock: Clock,
+}
+
+fn read_clock() -> Now {
+    let instant = Instant::now();
+    Now {
+        instant,
+        clock: Clock {
+            now: instant.into_std(),
+            wall: SystemTime::now(),
+        },
     }
 }
 
@@ -300,12 +293,5 @@ fn announce_build(format: Option<ReplyFormat>, limits: &Limits) {
             "the controller answers in three lines: MrCoffeeBot 05a9a00 has no 1 s heater timeout; heating is refused — flash 6105f59 or set serial.allow_firmware_without_heater_timeout = true"
         ),
         None => {}
-    }
-}
-
-fn clock() -> Clock {
-    Clock {
-        now: Instant::now().into_std(),
-        wall: SystemTime::now(),
     }
 }

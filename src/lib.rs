@@ -5,9 +5,13 @@
 //! ```text
 //!  controller ──serial──▶ serial (owns the port) ──LinkEvent──▶ daemon ──▶ core (pure decisions)
 //!      ▲                                                          │  ▲
-//!      └──── one command line at a time ◀── Command ──────────────┘  │ Request
-//!                                   state (watch) / events ──▶ mqtt ─┘   http (read-only)
+//!      └──── one command line at a time ◀── Outgoing ─────────────┘  │ CommandIn
+//!                                   state (watch) / events ──▶ mqtt ─┘
+//!                                   state, heartbeat (watch) ──▶ http (read-only)
 //! ```
+//!
+//! - [`bridge`]: the one entry point ([`bridge::run`]); builds every channel in one place and
+//!   starts the tasks, each with its own small struct of channel ends.
 //!
 //! - [`protocol`]: the controller's line protocol, pure encode/decode.
 //! - [`core`]: the heater state machine; time and inputs in, serial commands and events out.
@@ -18,13 +22,16 @@
 //!   ([`config::KEYS`]); turns the settings into the core's [`core::Limits`].
 //! - [`state`]: the state and event documents of SPEC §4: typed values that serialise to their
 //!   JSON, pure. Labels for people live on the types (`Mode::label`, `Fault::label`).
-//! - [`daemon`]: wires the tasks together and drives the core.
-//! - [`mqtt`]: the task that owns the MQTT connection: state, events, commands, Home Assistant
-//!   discovery; [`mqtt::command::CommandName`] is the one list of commands.
+//! - [`daemon`]: drives the core, reading the clock once per wake; starts the serial link.
+//! - [`mqtt`]: the task that owns the MQTT connection: state, events, commands (it makes each
+//!   [`mqtt::CommandIn`] and publishes its own rejections), Home Assistant discovery;
+//!   [`mqtt::command::CommandName`] is the one list of commands.
 //! - [`http`]: the read-only status page, `status.json`, metrics and health probes.
-//! - [`metrics`]: the Prometheus recorder, build info and the cross-task measurements.
+//! - [`metrics`]: every metric's name and help, declared once; the recorder; the serial task's
+//!   line timings.
 #![forbid(unsafe_code)]
 
+pub mod bridge;
 pub mod config;
 pub mod core;
 pub mod daemon;

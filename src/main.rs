@@ -3,15 +3,11 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use coffeebot::config::{self, ConfigError, Settings};
-use coffeebot::{daemon, http, mqtt, sim};
+use coffeebot::{bridge, mqtt, sim};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
-
-/// Longest wait at shutdown for the MQTT task's `offline` and DISCONNECT, so that the whole
-/// shutdown stays inside SPEC §3's 2 s.
-const MQTT_FINISH: std::time::Duration = std::time::Duration::from_millis(600);
+use tracing::{error, info};
 
 #[derive(Parser)]
 #[command(
@@ -194,53 +190,7 @@ async fn run(mut settings: Settings, simulate: Option<sim::Build>) -> anyhow::Re
     } else {
         None
     };
-    let mqtt_options = mqtt::options(&settings).context("MQTT")?;
-    // Before the driver starts, so that no count is lost.
-    coffeebot::metrics::install();
-    let (inlets, outlets) = daemon::channels();
-    let http_task = {
-        let mut listeners = http::Listeners::default();
-        if let Some(addr) = settings.http.listen_addr() {
-            let listener = http::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (http.listen)"))?;
-            info!(%addr, "status page on http://{addr}/");
-            listeners.public = Some(listener);
-        }
-        if let Some(addr) = settings.http.ops_listen_addr() {
-            let listener = http::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (http.ops_listen)"))?;
-            info!(%addr, "metrics on http://{addr}/metrics");
-            listeners.ops = Some(listener);
-        }
-        let any = listeners.public.is_some() || listeners.ops.is_some();
-        any.then(|| {
-            let deps = http::HttpDeps::new(&outlets, &settings.device.name);
-            let options = http::Options::from_settings(&settings);
-            tokio::spawn(http::serve(listeners, deps, options, shutdown.clone()))
-        })
-    };
-    let mqtt_task = tokio::spawn(mqtt::run(
-        settings.clone(),
-        mqtt_options,
-        mqtt::Io {
-            state: outlets.state.clone(),
-            events: outlets.events,
-            events_tx: outlets.events_tx.clone(),
-            commands: outlets.commands.clone(),
-            connected: outlets.broker_connected_tx,
-        },
-    ));
-    daemon::run(&settings, inlets, shutdown).await;
-    // The driver's state sender is gone: the MQTT task publishes offline and disconnects.
-    if tokio::time::timeout(MQTT_FINISH, mqtt_task).await.is_err() {
-        warn!("the MQTT task did not finish in time; the last will marks the bridge offline");
-    }
-    if let Some(task) = http_task {
-        // The token is cancelled: the server stops accepting; open requests are cut short.
-        task.abort();
-    }
+    bridge::run(settings, shutdown).await?;
     info!("stopped");
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! controller's UART holds 16 bytes and loses what arrives while it reads its sensors. It
 //! decides nothing: link up/down and every frame go to the core.
 
+use crate::metrics::{self as m, LineTimer};
 use crate::protocol::{Command, Decoder, Frame};
 use std::io;
 use std::path::PathBuf;
@@ -38,6 +39,16 @@ pub enum LinkEvent {
     Frame(Frame),
 }
 
+/// A line for the controller, as the driver hands it to the link.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Outgoing {
+    /// What to write.
+    pub command: Command,
+    /// When the user command that caused this line came in, if one did (for the
+    /// command-to-serial latency).
+    pub accepted_at: Option<Instant>,
+}
+
 /// Where the port is and how to talk to it.
 #[derive(Clone, Debug)]
 pub struct LinkConfig {
@@ -54,9 +65,10 @@ pub struct LinkConfig {
 /// `events`: the daemon holds the receiver; if it is gone, this task ends.
 pub async fn run(
     config: LinkConfig,
-    mut commands: mpsc::Receiver<Command>,
+    mut commands: mpsc::Receiver<Outgoing>,
     events: mpsc::Sender<LinkEvent>,
 ) {
+    let mut timer = LineTimer::default();
     let mut backoff = REOPEN_BACKOFF.0;
     let mut last_error: Option<String> = None;
     loop {
@@ -90,12 +102,12 @@ pub async fn run(
         if events.send(LinkEvent::Up).await.is_err() {
             return;
         }
-        match session(port, &mut commands, &events).await {
+        match session(port, &mut commands, &events, &mut timer).await {
             Ended::CommandsClosed | Ended::EventsClosed => return,
             Ended::PortLost(e) => {
                 let reason = format!("lost {}: {e}", config.path.display());
                 warn!("{reason}");
-                metrics::counter!("coffeebot_serial_link_lost_total").increment(1);
+                metrics::counter!(m::SERIAL_LINK_LOST).increment(1);
                 if events.send(LinkEvent::Down { reason }).await.is_err() {
                     return;
                 }
@@ -123,8 +135,9 @@ enum Ended {
 
 async fn session(
     mut port: tokio_serial::SerialStream,
-    commands: &mut mpsc::Receiver<Command>,
+    commands: &mut mpsc::Receiver<Outgoing>,
     events: &mpsc::Sender<LinkEvent>,
+    timer: &mut LineTimer,
 ) -> Ended {
     let mut decoder = Decoder::new();
     let mut buf = [0u8; 256];
@@ -148,11 +161,11 @@ async fn session(
                     match &frame {
                         Frame::Reading(_) | Frame::Banner { .. } => {
                             awaiting = None;
-                            metrics::counter!("coffeebot_serial_replies_total").increment(1);
+                            metrics::counter!(m::SERIAL_REPLIES).increment(1);
                         }
                         Frame::Rejected(why) => {
                             debug!(?why, "skipped a controller line");
-                            metrics::counter!("coffeebot_serial_lines_rejected_total").increment(1);
+                            metrics::counter!(m::SERIAL_LINES_REJECTED).increment(1);
                             continue;
                         }
                     }
@@ -162,18 +175,18 @@ async fn session(
                 }
             }
             () = async { sleep_until(awaiting.unwrap_or_else(Instant::now)).await }, if awaiting.is_some() => {
-                metrics::counter!("coffeebot_serial_reply_timeouts_total").increment(1);
+                metrics::counter!(m::SERIAL_REPLY_TIMEOUTS).increment(1);
                 awaiting = None;
             }
             cmd = commands.recv(), if awaiting.is_none() && !closing => {
-                let Some(cmd) = cmd else {
+                let Some(line) = cmd else {
                     closing = true;
                     continue;
                 };
-                if let Err(e) = write_line(&mut port, cmd).await {
+                if let Err(e) = write_line(&mut port, line, timer).await {
                     return Ended::PortLost(e);
                 }
-                if cmd.expects_reply() {
+                if line.command.expects_reply() {
                     awaiting = Some(Instant::now() + REPLY_TIMEOUT);
                 }
             }
@@ -181,11 +194,16 @@ async fn session(
     }
 }
 
-async fn write_line(port: &mut tokio_serial::SerialStream, cmd: Command) -> io::Result<()> {
+async fn write_line(
+    port: &mut tokio_serial::SerialStream,
+    line: Outgoing,
+    timer: &mut LineTimer,
+) -> io::Result<()> {
+    let cmd = line.command;
     port.write_all(cmd.line()).await?;
     port.flush().await?;
-    metrics::counter!("coffeebot_serial_lines_sent_total").increment(1);
-    crate::metrics::line_written(cmd);
+    metrics::counter!(m::SERIAL_LINES_SENT).increment(1);
+    timer.written(cmd, line.accepted_at, Instant::now());
     debug!(?cmd, "wrote");
     Ok(())
 }

@@ -5,11 +5,12 @@
 
 use coffeebot::config::{self, Settings};
 use coffeebot::core::{Fault, Mode, Request};
-use coffeebot::daemon::{self, CommandIn, Outlets};
 use coffeebot::mqtt::command::CommandName;
+use coffeebot::mqtt::{self, CommandIn};
 use coffeebot::protocol::ReplyFormat;
 use coffeebot::sim::{Build, SimConfig, SimHandle, Simulator};
 use coffeebot::state::{Link, OnOff, StateDoc};
+use coffeebot::{bridge, daemon};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -40,7 +41,8 @@ fn settings(port: &std::path::Path, extra: &[(&str, &str)]) -> Settings {
 
 struct Bridge {
     sim: SimHandle,
-    outlets: Outlets,
+    /// The MQTT task's ends of the channels: the test stands in for it.
+    mqtt: mqtt::Io,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -54,13 +56,14 @@ impl Bridge {
         let path = link_path();
         let sim = Simulator::start(sim, path.clone()).await.unwrap();
         let settings = settings(&path, extra);
-        let (inlets, outlets) = daemon::channels();
+        let channels = bridge::channels(&settings.device.name);
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
-        let task = tokio::spawn(async move { daemon::run(&settings, inlets, token).await });
+        let driver = channels.driver;
+        let task = tokio::spawn(async move { daemon::run(&settings, driver, token).await });
         let mut bridge = Bridge {
             sim,
-            outlets,
+            mqtt: channels.mqtt,
             shutdown,
             task,
         };
@@ -74,7 +77,7 @@ impl Bridge {
 
     /// Waits for a published state that satisfies `pred`.
     async fn state_where(&mut self, what: &str, pred: impl Fn(&StateDoc) -> bool) -> StateDoc {
-        let mut state = self.outlets.state.clone();
+        let mut state = self.mqtt.state.clone();
         let found = tokio::time::timeout(WAIT, async {
             state
                 .wait_for(|s| s.as_ref().is_some_and(&pred))
@@ -86,7 +89,7 @@ impl Bridge {
             Ok(Ok(Some(s))) => s,
             _ => panic!(
                 "timed out waiting for {what}; last state: {:?}",
-                *self.outlets.state.borrow()
+                *self.mqtt.state.borrow()
             ),
         }
     }
@@ -95,7 +98,7 @@ impl Bridge {
     async fn event(&mut self, event_type: &str) -> serde_json::Value {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let e = tokio::time::timeout_at(deadline, self.outlets.events.recv())
+            let e = tokio::time::timeout_at(deadline, self.mqtt.events.recv())
                 .await
                 .unwrap_or_else(|_| panic!("no {event_type} event"))
                 .unwrap();
@@ -112,12 +115,13 @@ impl Bridge {
         } else {
             CommandName::Heater
         };
-        self.outlets
+        self.mqtt
             .commands
             .send(CommandIn {
                 request,
                 command,
                 payload: Vec::new(),
+                accepted_at: tokio::time::Instant::now(),
             })
             .await
             .unwrap();

@@ -6,10 +6,11 @@
 
 mod http_support;
 
+use coffeebot::bridge;
 use coffeebot::core::Mode;
-use coffeebot::daemon;
+use coffeebot::http;
 use coffeebot::http::listener::Limits;
-use coffeebot::http::{self, HttpDeps, Options};
+use coffeebot::http::Options;
 use coffeebot::state::OnOff;
 use http_support::{
     brew, connect_from, loopback_listeners, metric, request, request_from, request_with, Bridge,
@@ -137,12 +138,12 @@ async fn every_endpoint_answers_as_documented() {
 /// stopped fails the liveness probe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_state_yet_and_a_stopped_driver_answer_503() {
-    let (inlets, outlets) = daemon::channels();
+    let channels = bridge::channels("Coffee Pot");
     let (listeners, addr, ops) = loopback_listeners().await;
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(http::serve(
         listeners,
-        HttpDeps::new(&outlets, "Coffee Pot"),
+        channels.http,
         Options::default(),
         shutdown.clone(),
     ));
@@ -157,14 +158,14 @@ async fn no_state_yet_and_a_stopped_driver_answer_503() {
     assert_eq!(page.status, 200);
     assert!(page.body.contains("Waiting for the controller"));
 
-    outlets.broker_connected_tx.send_replace(true);
+    channels.mqtt.connected.send_replace(true);
     let ready = request(ops, "GET", "/readyz", b"").await;
     assert_eq!(
         (ready.status, ready.body.as_str()),
         (503, "controller not answering\n")
     );
 
-    drop(inlets);
+    drop(channels.driver);
     let health = request(ops, "GET", "/healthz", b"").await;
     assert_eq!(
         (health.status, health.body.as_str()),
@@ -426,10 +427,10 @@ async fn allowed_hosts_are_answered() {
 /// state gets a new tag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_json_revalidates_with_its_etag() {
-    let (_inlets, outlets, state) = fake_driver();
+    let (channels, state) = fake_driver();
     let (listeners, addr, _) = loopback_listeners().await;
     let shutdown = CancellationToken::new();
-    let deps = HttpDeps::new(&outlets, "Pot");
+    let deps = channels.http;
     let server = tokio::spawn(http::serve(
         listeners,
         deps,
@@ -475,7 +476,7 @@ async fn status_json_revalidates_with_its_etag() {
 /// current state skips it; idle streams get keep-alive comments; beyond `max_streams` 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_stream_states_and_are_capped() {
-    let (_inlets, outlets, state) = fake_driver();
+    let (channels, state) = fake_driver();
     let (listeners, addr, _) = loopback_listeners().await;
     let shutdown = CancellationToken::new();
     let options = Options {
@@ -483,7 +484,7 @@ async fn events_stream_states_and_are_capped() {
         keep_alive: Duration::from_millis(200),
         ..Options::default()
     };
-    let deps = HttpDeps::new(&outlets, "Pot");
+    let deps = channels.http;
     let server = tokio::spawn(http::serve(listeners, deps, options, shutdown.clone()));
     state.send_replace(Some(doc(20.0)));
 
@@ -530,7 +531,7 @@ async fn events_stream_states_and_are_capped() {
 /// timeout; meanwhile states keep coming and the server's memory does not grow with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_never_reads_is_dropped_and_memory_stays_bounded() {
-    let (_inlets, outlets, state) = fake_driver();
+    let (channels, state) = fake_driver();
     let (listeners, addr, _) = loopback_listeners().await;
     let shutdown = CancellationToken::new();
     let options = Options {
@@ -541,7 +542,7 @@ async fn a_reader_that_never_reads_is_dropped_and_memory_stays_bounded() {
         },
         ..Options::default()
     };
-    let deps = HttpDeps::new(&outlets, "Pot");
+    let deps = channels.http;
     let server = tokio::spawn(http::serve(listeners, deps, options, shutdown.clone()));
     // States of 64 KiB each: a few fill any socket buffer.
     let big = |n: usize| {
@@ -664,16 +665,15 @@ async fn probes_answer_under_slow_loris_on_the_public_port() {
     bridge.stop().await;
 }
 
-/// The driver's channels, with the state sender held by the test instead of a driver.
+/// Every channel, with the HTTP server's state view fed by the test instead of a driver.
 fn fake_driver() -> (
-    daemon::Inlets,
-    daemon::Outlets,
+    bridge::Channels,
     tokio::sync::watch::Sender<Option<coffeebot::state::StateDoc>>,
 ) {
-    let (inlets, mut outlets) = daemon::channels();
+    let mut channels = bridge::channels("Pot");
     let (tx, rx) = tokio::sync::watch::channel(None);
-    outlets.state = rx;
-    (inlets, outlets, tx)
+    channels.http.state = rx;
+    (channels, tx)
 }
 
 /// A state document with this temperature.

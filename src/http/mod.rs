@@ -18,7 +18,6 @@ pub mod page;
 pub mod public;
 
 use crate::config::Settings;
-use crate::daemon::Outlets;
 use crate::state::StateDoc;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -68,29 +67,20 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 /// How often the metrics recorder drains histogram samples when nobody scrapes.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
-/// The read-only views of the bridge that the HTTP server shows.
+/// The HTTP server's ends of its channels, all read-only views (built with the others by
+/// [`crate::bridge::channels`]). Dropping them costs the other tasks nothing.
 #[derive(Clone, Debug)]
 pub struct HttpDeps {
     /// The page's title (`device.name`).
     pub title: String,
-    /// The state document the MQTT side publishes (the driver holds the sender).
+    /// The state document the MQTT side publishes; the driver holds the sender, and its
+    /// closing (the driver has finished) fails `/healthz`.
     pub state: watch::Receiver<Option<StateDoc>>,
-    /// When the driver last ran; its sender closes when the driver ends.
+    /// When the driver last ran; the driver holds the sender, and its closing fails `/healthz`.
     pub heartbeat: watch::Receiver<Instant>,
-    /// Whether the MQTT task is connected; its sender closes when the MQTT task ends.
+    /// Whether the MQTT task is connected; that task holds the sender, and its closing fails
+    /// `/healthz`.
     pub broker_connected: watch::Receiver<bool>,
-}
-
-impl HttpDeps {
-    /// Views of the driver's outlets, titled with the device's name.
-    pub fn new(outlets: &Outlets, device_name: &str) -> Self {
-        Self {
-            title: device_name.to_owned(),
-            state: outlets.state.clone(),
-            heartbeat: outlets.heartbeat.clone(),
-            broker_connected: outlets.broker_connected.clone(),
-        }
-    }
 }
 
 /// How the two listeners are bounded and whom the public one answers.

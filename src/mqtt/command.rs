@@ -12,10 +12,26 @@ use crate::core::Request;
 use crate::mqtt::discovery::Entity;
 use crate::mqtt::topics::Topics;
 use serde_json::json;
+use tokio::time::Instant;
 
 /// Longest payload that is parsed at all; the longest valid one (`{"cups": 12}` with some
 /// spaces) is far shorter.
 pub const MAX_PAYLOAD: usize = 256;
+
+/// A user command on its way from the MQTT task to the driver, with what a rejection must
+/// quote and when it came in.
+#[derive(Clone, Debug)]
+pub struct CommandIn {
+    /// The parsed request.
+    pub request: Request,
+    /// The command whose topic it came on.
+    pub command: CommandName,
+    /// The payload as received (for `command_rejected`).
+    pub payload: Vec<u8>,
+    /// When the MQTT task took it in: the command-to-serial latency runs from here to the
+    /// relay line it causes.
+    pub accepted_at: Instant,
+}
 
 /// A command the bridge takes: the `<name>` of `B/D/<name>/set`.
 ///

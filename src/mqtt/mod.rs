@@ -1,5 +1,7 @@
 //! The task that owns the MQTT connection (SPEC §4): it publishes availability, state, events
-//! and Home Assistant discovery, and turns command messages into [`CommandIn`]s for the driver.
+//! and Home Assistant discovery, and turns command messages into [`CommandIn`]s for the
+//! driver. Commands it cannot forward (bad payloads, a busy or closing bridge) it rejects and
+//! publishes the `command_rejected` event itself; the driver publishes the core's rejections.
 //!
 //! Two loops, so that nothing ever blocks rumqttc's event loop and nothing waits on it:
 //! - the *poller* owns the [`EventLoop`] and does nothing but poll it, forwarding what matters
@@ -35,8 +37,9 @@ pub mod discovery;
 pub mod topics;
 
 use crate::config::{Discovery, Settings};
-use crate::daemon::CommandIn;
+use crate::metrics as m;
 use crate::state::{Clock, EventDoc, StateDoc};
+pub use command::CommandIn;
 use command::CommandName;
 use rumqttc::v5::mqttbytes::v5::{
     ConnectReturnCode, Filter, LastWill, Packet, PubAckReason, SubscribeReasonCode,
@@ -86,18 +89,21 @@ pub enum SetupError {
     },
 }
 
-/// The ends of the driver's channels that the MQTT task holds (from [`crate::daemon::Outlets`]).
+/// The MQTT task's ends of its channels (built with the others by
+/// [`crate::bridge::channels`]).
 #[derive(Debug)]
 pub struct Io {
-    /// The driver's state; every send is a publication. Its closing ends the task.
+    /// The driver's state; every send is a publication. The driver holds the sender: its
+    /// closing (the driver has finished) ends this task.
     pub state: watch::Receiver<Option<StateDoc>>,
-    /// Events to publish.
+    /// The driver's events to publish; the driver holds the sender. Dropping this makes the
+    /// driver count its events as dropped.
     pub events: mpsc::Receiver<EventDoc>,
-    /// Where this task puts the `command_rejected` events it makes itself.
-    pub events_tx: mpsc::Sender<EventDoc>,
-    /// Commands for the driver (bounded; full means "bridge busy").
+    /// Commands for the driver, which holds the receiver (bounded; full means "bridge busy",
+    /// closed means "shutting down").
     pub commands: mpsc::Sender<CommandIn>,
-    /// Set while connected to the broker (read by `/readyz`).
+    /// Set while connected to the broker; HTTP holds the receiver (`/readyz`). Dropping it
+    /// fails `/healthz` ("the MQTT task has stopped").
     pub connected: watch::Sender<bool>,
 }
 
@@ -393,7 +399,7 @@ impl Bridge {
     fn on_connack(&mut self) {
         let m = &self.settings.mqtt;
         if self.ever_connected {
-            metrics::counter!("coffeebot_mqtt_reconnects_total").increment(1);
+            metrics::counter!(m::MQTT_RECONNECTS).increment(1);
         }
         info!(host = %m.host, port = m.port, "connected to the MQTT broker");
         self.ever_connected = true;
@@ -511,7 +517,7 @@ impl Bridge {
                 event = event.event_type(),
                 "not connected; event not published"
             );
-            metrics::counter!("coffeebot_mqtt_events_dropped_total").increment(1);
+            metrics::counter!(m::MQTT_EVENTS_DROPPED).increment(1);
         }
     }
 
@@ -562,7 +568,7 @@ impl Bridge {
         {
             Ok(()) => self.queue_full_logged = false,
             Err(e) => {
-                metrics::counter!("coffeebot_mqtt_publish_dropped_total").increment(1);
+                metrics::counter!(m::MQTT_PUBLISH_DROPPED).increment(1);
                 if !self.queue_full_logged {
                     self.queue_full_logged = true;
                     warn!("MQTT: publication to {topic} dropped: {e}");
@@ -622,6 +628,7 @@ impl Bridge {
                     request,
                     command: name,
                     payload: payload.to_vec(),
+                    accepted_at: Instant::now(),
                 };
                 match self.io.commands.try_send(command) {
                     Ok(()) => count(known, "forwarded"),
@@ -652,10 +659,9 @@ impl Bridge {
             now: std::time::Instant::now(),
             wall: SystemTime::now(),
         };
-        let doc = EventDoc::command_rejected(command, payload, reason, &clock);
-        if self.io.events_tx.try_send(doc).is_err() {
-            metrics::counter!("coffeebot_events_dropped_total").increment(1);
-        }
+        self.publish_event(&EventDoc::command_rejected(
+            command, payload, reason, &clock,
+        ));
     }
 }
 
@@ -664,8 +670,7 @@ impl Bridge {
 fn count(command: Option<CommandName>, outcome: &'static str) {
     // Unknown names are not labels: they would let anyone grow the metric without bound.
     let command = command.map_or("unknown", CommandName::name);
-    metrics::counter!("coffeebot_mqtt_commands_total", "command" => command, "outcome" => outcome)
-        .increment(1);
+    metrics::counter!(m::MQTT_COMMANDS, "command" => command, "outcome" => outcome).increment(1);
 }
 
 /// One line a person can act on, the same for every retry of the same problem.

@@ -8,10 +8,11 @@
 #![allow(dead_code, reason = "each test binary uses part of the harness")]
 
 use coffeebot::config;
-use coffeebot::daemon::{self, CommandIn, Outlets};
-use coffeebot::http::{self, HttpDeps, Listeners, Options};
+use coffeebot::http::{self, Listeners, Options};
+use coffeebot::mqtt::{self, CommandIn};
 use coffeebot::sim::{SimConfig, SimHandle, Simulator};
 use coffeebot::state::StateDoc;
+use coffeebot::{bridge, daemon};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,8 +28,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct Bridge {
     /// The simulated controller.
     pub sim: SimHandle,
-    /// The driver's outlets, as `main` would hold them.
-    pub outlets: Outlets,
+    /// The MQTT task's ends of the channels: the tests stand in for it.
+    pub mqtt: mqtt::Io,
     /// Where the public HTTP server listens.
     pub addr: SocketAddr,
     /// Where the operator HTTP server (metrics, probes) listens.
@@ -74,18 +75,23 @@ impl Bridge {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
         let settings = config::load_with(None, &vars).expect("valid test settings");
-        let (inlets, outlets) = daemon::channels();
+        let channels = bridge::channels("Coffee Pot");
         let shutdown = CancellationToken::new();
         let daemon = tokio::spawn({
             let shutdown = shutdown.clone();
-            async move { daemon::run(&settings, inlets, shutdown).await }
+            let driver = channels.driver;
+            async move { daemon::run(&settings, driver, shutdown).await }
         });
         let (listeners, addr, ops) = loopback_listeners().await;
-        let deps = HttpDeps::new(&outlets, "Coffee Pot");
-        let http = tokio::spawn(http::serve(listeners, deps, options, shutdown.clone()));
+        let http = tokio::spawn(http::serve(
+            listeners,
+            channels.http,
+            options,
+            shutdown.clone(),
+        ));
         Bridge {
             sim,
-            outlets,
+            mqtt: channels.mqtt,
             addr,
             ops,
             shutdown,
@@ -96,7 +102,7 @@ impl Bridge {
 
     /// Waits until the published state satisfies `pred`; returns it.
     pub async fn wait_state(&self, what: &str, pred: impl Fn(&StateDoc) -> bool) -> StateDoc {
-        let mut rx = self.outlets.state.clone();
+        let mut rx = self.mqtt.state.clone();
         let waited = timeout(WAIT, async {
             rx.wait_for(|s| s.as_ref().is_some_and(&pred))
                 .await
@@ -114,17 +120,17 @@ impl Bridge {
 
     /// The current state document.
     pub fn state(&self) -> Option<StateDoc> {
-        self.outlets.state.borrow().clone()
+        self.mqtt.state.borrow().clone()
     }
 
     /// Says what the MQTT task would say about the broker connection.
     pub fn set_broker_connected(&self, connected: bool) {
-        self.outlets.broker_connected_tx.send_replace(connected);
+        self.mqtt.connected.send_replace(connected);
     }
 
     /// Sends a command to the core as the MQTT task would.
     pub async fn command(&self, command: CommandIn) {
-        self.outlets
+        self.mqtt
             .commands
             .send(command)
             .await
@@ -135,7 +141,7 @@ impl Bridge {
     pub async fn wait_event(&mut self, event_type: &str) -> serde_json::Value {
         timeout(WAIT, async {
             loop {
-                let event = self.outlets.events.recv().await.expect("events flow");
+                let event = self.mqtt.events.recv().await.expect("events flow");
                 if event.event_type() == event_type {
                     return event.0;
                 }
@@ -293,5 +299,6 @@ pub fn brew(cups: u32) -> CommandIn {
         request: coffeebot::core::Request::BrewStart { cups: Some(cups) },
         command: coffeebot::mqtt::command::CommandName::Brew,
         payload: cups.to_string().into_bytes(),
+        accepted_at: tokio::time::Instant::now(),
     }
 }
