@@ -10,6 +10,14 @@
 //! simulated firmware only reads its UART in a 4 ms window every 20 ms, and the simulator polls
 //! its pty every 2 ms, which is the device's time, not the bridge's.
 //!
+//! With `--device realfw` the controller is the real MrCoffeeBot firmware on its emulated board
+//! (`../shared/realfw/run.sh LINK LOG`, built first with its `build.sh`; the folder is found
+//! beside the repository or named by `COFFEEBOT_REALFW_DIR`) instead of the simulator. Its
+//! side of each figure comes from the board's event log, read from its stderr as it is
+//! written: `RELAY 1`/`RELAY 0` for command → relay, `RX` (`REALFW_TRACE=1`) for the feeds it
+//! took in, `RELAY 0 … by=loop` while heating for a relay drop-out, `RX_DROP`/`RX_LOST` for
+//! UART bytes lost. Its `t=` stamps are CLOCK_MONOTONIC seconds, the clock `Instant` reads.
+//!
 //! Measured: command latency (MQTT `heater/set` → the controller handles `B+1`/`B+0`),
 //! telemetry latency (the controller writes a changed reading → a subscriber has it in
 //! `state`), the watchdog feed cadence while brewing (alone, under a CPU hog on every core,
@@ -25,6 +33,7 @@ use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -47,6 +56,9 @@ const CUPS_SET: &str = "coffeebot/coffeepot/cups/set";
 const CONTROLLER_CUTOFF_MS: f64 = 1000.0;
 /// `serial.feed_interval_ms`, default (the bench runs the defaults).
 const FEED_INTERVAL_MS: f64 = 250.0;
+/// How near a reading must be to the plate temperature set (°C; steps are 10 °C): the real
+/// firmware's plate keeps heating during the conversion that reports it.
+const NEAR_C: f64 = 4.0;
 /// Upper bound of any single wait; reached only when something is broken.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -66,6 +78,10 @@ struct Args {
     /// on the broker's sockets costs.
     #[arg(long)]
     broker_nagle: bool,
+    /// The controller: the simulator, or the real firmware on its emulated board
+    /// (`../shared/realfw` beside the repository, or `COFFEEBOT_REALFW_DIR`).
+    #[arg(long, value_enum, default_value = "sim")]
+    device: DeviceKind,
     /// Internal: spin one core for this many seconds (the CPU hog's child process).
     #[arg(long, hide = true)]
     hog: Option<u64>,
@@ -84,7 +100,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(short: bool) -> Plan {
+    fn new(short: bool, device: DeviceKind) -> Plan {
         if short {
             Plan {
                 starts: 1,
@@ -100,7 +116,12 @@ impl Plan {
                 starts: 5,
                 idle: Duration::from_secs(60),
                 command_samples: 200,
-                telemetry_samples: 200,
+                // The real firmware reports a new plate temperature one conversion later
+                // (up to ~1.5 s), so each of its samples takes about a second.
+                telemetry_samples: match device {
+                    DeviceKind::Sim => 200,
+                    DeviceKind::Realfw => 100,
+                },
                 heating: Duration::from_secs(60),
                 flood_per_s: 1000,
                 limit: Duration::from_secs(600),
@@ -126,7 +147,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let plan = Plan::new(args.short);
+    let plan = Plan::new(args.short, args.device);
     let result = runtime.block_on(async {
         match tokio::time::timeout(plan.limit, run(&args, plan)).await {
             Ok(result) => result,
@@ -177,27 +198,39 @@ async fn run(args: &Args, plan: Plan) -> Result<()> {
         .with_context(|| format!("cannot create {}", args.out.display()))?;
 
     say(&format!(
-        "coffeebot-bench ({} mode): bridge {}",
+        "coffeebot-bench ({} mode, {}): bridge {}",
         if args.short { "short" } else { "full" },
+        args.device.key(),
         bridge_bin.display()
     ));
     let broker = Broker::start(&work, !args.broker_nagle).context("mosquitto")?;
     say(&format!("mosquitto on 127.0.0.1:{}", broker.port));
-    let sim = Simulator::start(SimConfig::default(), work.join("sim-tty"))
-        .await
-        .context("cannot start the simulated controller")?;
-    let mut tap = Tap::start(sim.path()).await.context("the serial tap")?;
+    let device = Device::start(args.device, &work, &args.out).await?;
+    if let Device::Realfw(fw) = &device {
+        say(&format!(
+            "real firmware {} on {}",
+            fw.firmware,
+            fw.link.display()
+        ));
+    }
+    let mut tap = Tap::start(device.path()).await.context("the serial tap")?;
     let mut client = Client::connect("bench-observer", broker.port).await?;
     client.subscribe(STATE).await?;
     client.subscribe(EVENT).await?;
 
     let mut figures = Figures {
         loadavg_start: loadavg(),
+        realfw: args.device == DeviceKind::Realfw,
         ..Figures::default()
     };
 
     // 1. Start-up (and shutdown for all but the last start).
-    let log_path = args.out.join("bridge.log");
+    // The simulator's files keep their names; the real firmware's carry its name.
+    let suffix = match args.device {
+        DeviceKind::Sim => String::new(),
+        DeviceKind::Realfw => "-realfw".to_owned(),
+    };
+    let log_path = args.out.join(format!("bridge{suffix}.log"));
     let log = fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
     let mut bridge = None;
@@ -208,6 +241,7 @@ async fn run(args: &Args, plan: Plan) -> Result<()> {
             &mut client,
             broker.port,
             &mut tap,
+            args.device,
             &mut figures,
         )
         .await?;
@@ -232,14 +266,21 @@ async fn run(args: &Args, plan: Plan) -> Result<()> {
     say(&format!("idle: {}", idle.brief()));
 
     // 3. Command latency.
-    command_latency(&mut client, &tap, &sim, plan.command_samples, &mut figures).await?;
+    command_latency(
+        &mut client,
+        &tap,
+        &device,
+        plan.command_samples,
+        &mut figures,
+    )
+    .await?;
     bridge.check_alive()?;
 
     // 4. Telemetry latency.
     telemetry_latency(
         &mut client,
         &tap,
-        &sim,
+        &device,
         plan.telemetry_samples,
         &mut figures,
     )
@@ -249,7 +290,7 @@ async fn run(args: &Args, plan: Plan) -> Result<()> {
     // 5. Feed cadence while brewing: alone, under a CPU hog, under a command flood.
     let scenarios = [Stress::None, Stress::CpuHog, Stress::Flood];
     for stress in scenarios {
-        let run = heating(&mut client, &tap, &sim, &bridge, &broker, stress, plan)
+        let run = heating(&mut client, &tap, &device, &bridge, &broker, stress, plan)
             .await
             .with_context(|| format!("feed cadence ({})", stress.name()))?;
         say(&format!(
@@ -272,25 +313,31 @@ async fn run(args: &Args, plan: Plan) -> Result<()> {
     figures.binary_bytes = fs::metadata(&bridge_bin).ok().map(|m| m.len());
     figures.loadavg_end = loadavg();
     stop_bridge(bridge, &mut figures).await?;
+    figures.firmware_log = device.counters();
     client.disconnect().await;
 
-    let report = figures.to_json(args, plan, &bridge_bin);
+    let report = figures.to_json(args, plan, &bridge_bin, &device);
     let table = figures.table();
     println!("\n{table}");
     let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
         .to_string()
         .replace([':', '-'], "");
     let text = serde_json::to_string_pretty(&report)?;
-    for name in [format!("bench-{stamp}.json"), "latest.json".to_owned()] {
+    let names = [
+        format!("bench{suffix}-{stamp}.json"),
+        format!("latest{suffix}.json"),
+    ];
+    for name in &names {
         let path = args.out.join(name);
         fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     say(&format!(
         "wrote {} and {}",
-        args.out.join(format!("bench-{stamp}.json")).display(),
-        args.out.join("latest.json").display()
+        args.out.join(&names[0]).display(),
+        args.out.join(&names[1]).display()
     ));
-    drop(sim);
+    drop(tap);
+    drop(device);
     Ok(())
 }
 
@@ -716,10 +763,518 @@ async fn next_line(
 }
 
 // ---------------------------------------------------------------------------------------------
+// The controller: the simulator in this process, or the real firmware on its emulated board
+
+/// Which controller the bridge talks to.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum DeviceKind {
+    /// The simulated controller (`coffeebot::sim`), in this process.
+    Sim,
+    /// The real MrCoffeeBot firmware on its emulated board (`../shared/realfw`, run.sh).
+    Realfw,
+}
+
+impl DeviceKind {
+    fn key(self) -> &'static str {
+        match self {
+            DeviceKind::Sim => "sim",
+            DeviceKind::Realfw => "realfw",
+        }
+    }
+}
+
+/// The controller behind the tap, with what the bench needs of it: the plant's knobs and the
+/// moments it acted on a line.
+#[derive(Clone)]
+enum Device {
+    Sim(SimHandle),
+    Realfw(Arc<Realfw>),
+}
+
+impl Device {
+    async fn start(kind: DeviceKind, work: &Path, out: &Path) -> Result<Device> {
+        match kind {
+            DeviceKind::Sim => Ok(Device::Sim(
+                Simulator::start(SimConfig::default(), work.join("sim-tty"))
+                    .await
+                    .context("cannot start the simulated controller")?,
+            )),
+            DeviceKind::Realfw => Ok(Device::Realfw(Arc::new(
+                Realfw::start(&work.join("realfw-tty"), &out.join("realfw.log")).await?,
+            ))),
+        }
+    }
+
+    /// The port the tap opens.
+    fn path(&self) -> &Path {
+        match self {
+            Device::Sim(sim) => sim.path(),
+            Device::Realfw(fw) => &fw.link,
+        }
+    }
+
+    fn kind(&self) -> DeviceKind {
+        match self {
+            Device::Sim(_) => DeviceKind::Sim,
+            Device::Realfw(_) => DeviceKind::Realfw,
+        }
+    }
+
+    /// Sets the hot plate's temperature now (°C).
+    async fn set_plate(&self, c: f64) -> Result<()> {
+        match self {
+            Device::Sim(sim) => Ok(sim.set_temperature(c).await?),
+            Device::Realfw(fw) => fw.control(&format!("plate {c}")),
+        }
+    }
+
+    /// Sets the water level the ranger sees (inches from the sensor).
+    async fn set_water(&self, inches: f64) -> Result<()> {
+        match self {
+            Device::Sim(sim) => Ok(sim.set_water_distance(inches).await?),
+            Device::Realfw(fw) => fw.control(&format!("water {inches}")),
+        }
+    }
+
+    /// Boots so far (the simulator's count; the board's `BOOT` events).
+    async fn boots(&self) -> Result<u64> {
+        match self {
+            Device::Sim(sim) => Ok(sim.snapshot().await?.device.boots),
+            Device::Realfw(fw) => Ok(fw.counters().boots),
+        }
+    }
+
+    /// Whether the relay is closed now.
+    async fn heater_on(&self) -> Result<bool> {
+        match self {
+            Device::Sim(sim) => Ok(sim.snapshot().await?.device.heater_on),
+            Device::Realfw(fw) => Ok(fw.counters().relay_on),
+        }
+    }
+
+    /// What the real firmware's log counted so far; `None` for the simulator.
+    fn counters(&self) -> Option<FwCounters> {
+        match self {
+            Device::Sim(_) => None,
+            Device::Realfw(fw) => Some(fw.counters()),
+        }
+    }
+
+    /// From now on: the moments the controller acts.
+    fn watch(&self) -> DeviceWatch {
+        match self {
+            Device::Sim(sim) => DeviceWatch::Sim(sim.commands()),
+            Device::Realfw(fw) => DeviceWatch::Realfw(fw.events.subscribe()),
+        }
+    }
+
+    /// What the JSON says about the controller.
+    fn describe(&self) -> String {
+        match self {
+            Device::Sim(_) => {
+                "SimConfig::default() in the bench process, behind a stamping pty tap".to_owned()
+            }
+            Device::Realfw(fw) => format!(
+                "the real MrCoffeeBot firmware {} on its emulated board ({}), behind a stamping \
+                 pty tap; controller times from its log (REALFW_TRACE=1)",
+                fw.firmware,
+                fw.dir.display()
+            ),
+        }
+    }
+}
+
+/// The moments a controller acts, from the time it was subscribed.
+enum DeviceWatch {
+    Sim(CommandStream),
+    Realfw(broadcast::Receiver<FwEvent>),
+}
+
+impl DeviceWatch {
+    /// When the controller next took in a line starting with `line` (the simulator's command
+    /// log; the firmware's `RX` trace), within `within`.
+    async fn next_handled(&mut self, line: &str, within: Duration) -> Option<Instant> {
+        match self {
+            DeviceWatch::Sim(commands) => commands.next_matching(line, within).await.map(|e| e.at),
+            DeviceWatch::Realfw(events) => {
+                next_fw_event(events, within, |e| {
+                    e.name == "RX" && e.line.as_deref().is_some_and(|l| l.starts_with(line))
+                })
+                .await
+            }
+        }
+    }
+
+    /// When the relay next switched to `on` by a command at or after `after` (the simulator
+    /// switches as it handles `B+1`/`B+0`; the firmware logs `RELAY 1`/`RELAY 0 … by=command`).
+    async fn relay_switched(&mut self, on: bool, after: Instant) -> Result<Instant> {
+        let line = if on { "B+1" } else { "B+0" };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let at = match self {
+                DeviceWatch::Sim(_) => self.next_handled(line, left).await,
+                DeviceWatch::Realfw(events) => {
+                    let name = if on { "RELAY 1" } else { "RELAY 0" };
+                    next_fw_event(events, left, |e| {
+                        e.name == name && e.by.as_deref() == Some("command")
+                    })
+                    .await
+                }
+            }
+            .ok_or_else(|| anyhow!("the controller did not act on {line} within {WAIT:?}"))?;
+            if at >= after {
+                return Ok(at);
+            }
+        }
+    }
+}
+
+/// The next firmware event `want` accepts, within `within`.
+async fn next_fw_event(
+    events: &mut broadcast::Receiver<FwEvent>,
+    within: Duration,
+    mut want: impl FnMut(&FwEvent) -> bool,
+) -> Option<Instant> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(e)) if want(&e) => return Some(e.at),
+            Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => return None,
+        }
+    }
+}
+
+/// One line of the board's event log, its `t=` (CLOCK_MONOTONIC seconds) as an `Instant`.
+#[derive(Clone, Debug)]
+struct FwEvent {
+    at: Instant,
+    /// `RELAY 1`, `RELAY 0`, `RX`, `BOOT`, `RX_DROP`, …
+    name: String,
+    /// `by=` of a relay change: `command`, `loop`, `reset`, …
+    by: Option<String>,
+    /// `line=` unquoted (`\n` as a newline), of `RX` and `RELAY … by=command`.
+    line: Option<String>,
+    /// `n=` of `RX_DROP` / `RX_LOST`: bytes lost.
+    n: Option<u64>,
+}
+
+/// Running totals over the board's log.
+#[derive(Clone, Copy, Debug, Default)]
+struct FwCounters {
+    boots: u64,
+    relay_on: bool,
+    /// `RELAY 0 … by=loop`: the firmware's own 1 s heater time-out switched the relay off.
+    relay_dropouts: u64,
+    rx_dropped_bytes: u64,
+    rx_lost_bytes: u64,
+    /// `TX_CUT`: replies a watchdog reset cut short.
+    tx_cut: u64,
+}
+
+impl FwCounters {
+    /// What happened between `earlier` and `self`.
+    fn since(self, earlier: FwCounters) -> FwCounters {
+        FwCounters {
+            boots: self.boots.saturating_sub(earlier.boots),
+            relay_on: self.relay_on,
+            relay_dropouts: self.relay_dropouts.saturating_sub(earlier.relay_dropouts),
+            rx_dropped_bytes: self
+                .rx_dropped_bytes
+                .saturating_sub(earlier.rx_dropped_bytes),
+            rx_lost_bytes: self.rx_lost_bytes.saturating_sub(earlier.rx_lost_bytes),
+            tx_cut: self.tx_cut.saturating_sub(earlier.tx_cut),
+        }
+    }
+
+    fn add(&mut self, e: &FwEvent) {
+        match e.name.as_str() {
+            "BOOT" => self.boots += 1,
+            "RELAY 1" => self.relay_on = true,
+            "RELAY 0" => {
+                self.relay_on = false;
+                if e.by.as_deref() == Some("loop") {
+                    self.relay_dropouts += 1;
+                }
+            }
+            "RX_DROP" => self.rx_dropped_bytes += e.n.unwrap_or(0),
+            "RX_LOST" => self.rx_lost_bytes += e.n.unwrap_or(0),
+            "TX_CUT" => self.tx_cut += 1,
+            _ => {}
+        }
+    }
+
+    fn brief(self) -> String {
+        format!(
+            "{} relay drop-outs (by=loop), {} B RX_DROP, {} B RX_LOST, {} boots, {} cut replies",
+            self.relay_dropouts, self.rx_dropped_bytes, self.rx_lost_bytes, self.boots, self.tx_cut
+        )
+    }
+
+    fn to_json(self) -> Value {
+        json!({
+            "controller_boots": self.boots,
+            "relay_dropouts_by_loop": self.relay_dropouts,
+            "rx_dropped_bytes": self.rx_dropped_bytes,
+            "rx_lost_bytes": self.rx_lost_bytes,
+            "replies_cut": self.tx_cut,
+        })
+    }
+}
+
+/// Parses one event line: `NAME t=SECONDS up=… key=value …`. `None` for other output
+/// (build messages).
+fn parse_fw_event(text: &str, clock: &MonoClock) -> Option<FwEvent> {
+    let (name, rest) = text.split_once(" t=")?;
+    let (t, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    let at = clock.instant(t.parse().ok()?);
+    let field = |key: &str| -> Option<&str> {
+        let start = rest
+            .find(&format!(" {key}="))
+            .map(|i| i + key.len() + 2)
+            .or_else(|| {
+                rest.starts_with(&format!("{key}="))
+                    .then_some(key.len() + 1)
+            })?;
+        let value = &rest[start..];
+        if let Some(quoted) = value.strip_prefix('"') {
+            // rf_quote: C escapes inside double quotes; the closing quote is unescaped.
+            let mut end = None;
+            let mut escaped = false;
+            for (i, c) in quoted.char_indices() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+            Some(&quoted[..end?])
+        } else {
+            Some(value.split(' ').next().unwrap_or(value))
+        }
+    };
+    Some(FwEvent {
+        at,
+        name: name.to_owned(),
+        by: field("by").map(str::to_owned),
+        line: field("line").map(|l| l.replace("\\n", "\n").replace("\\r", "\r")),
+        n: field("n").and_then(|n| n.parse().ok()),
+    })
+}
+
+/// Maps CLOCK_MONOTONIC seconds (the board's `t=`) onto `Instant`, which reads the same clock
+/// on Linux: one reading of both, taken together.
+#[derive(Clone, Copy, Debug)]
+struct MonoClock {
+    instant: Instant,
+    mono_s: f64,
+}
+
+impl MonoClock {
+    fn now() -> Result<MonoClock> {
+        let instant = Instant::now();
+        let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .context("clock_gettime(CLOCK_MONOTONIC)")?;
+        Ok(MonoClock {
+            instant,
+            mono_s: ts.tv_sec() as f64 + ts.tv_nsec() as f64 / 1e9,
+        })
+    }
+
+    fn instant(&self, mono_s: f64) -> Instant {
+        let delta = mono_s - self.mono_s;
+        if !delta.is_finite() {
+            return self.instant;
+        }
+        let d = Duration::from_secs_f64(delta.abs().min(1e6));
+        if delta >= 0.0 {
+            self.instant + d
+        } else {
+            self.instant.checked_sub(d).unwrap_or(self.instant)
+        }
+    }
+}
+
+/// Where the real firmware's folder is: `COFFEEBOT_REALFW_DIR`, else `../shared/realfw`
+/// beside the repository.
+fn realfw_dir() -> PathBuf {
+    match std::env::var_os("COFFEEBOT_REALFW_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/realfw"),
+    }
+}
+
+/// The real firmware's board (`run.sh LINK LOG`), its event log read from its stderr as it
+/// is written. Stopped with SIGTERM on drop, so it removes its link and control FIFO.
+struct Realfw {
+    child: Child,
+    dir: PathBuf,
+    link: PathBuf,
+    ctl: Mutex<fs::File>,
+    firmware: String,
+    events: broadcast::Sender<FwEvent>,
+    counters: Arc<Mutex<FwCounters>>,
+}
+
+impl Realfw {
+    async fn start(link: &Path, log: &Path) -> Result<Realfw> {
+        let dir = realfw_dir();
+        let run = dir.join("run.sh");
+        if !run.is_file() {
+            bail!(
+                "no real firmware at {} (set COFFEEBOT_REALFW_DIR to the realfw folder)",
+                dir.display()
+            );
+        }
+        // Build first, so that a build's time never counts against the start's deadline.
+        let build = dir.join("build.sh");
+        let built = {
+            let build = build.clone();
+            tokio::task::spawn_blocking(move || Command::new(build).stdin(Stdio::null()).status())
+        }
+        .await?
+        .with_context(|| format!("cannot run {}", build.display()))?;
+        if !built.success() {
+            bail!("{} failed: {built}", build.display());
+        }
+        let clock = MonoClock::now()?;
+        let mut child = Command::new(&run)
+            .arg(link)
+            .arg(log)
+            // Every line the firmware takes in is logged (`RX`): the controller's side of the
+            // feed cadence and of command latency.
+            .env("REALFW_TRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {}", run.display()))?;
+        let (stdout, stderr) = match (child.stdout.take(), child.stderr.take()) {
+            (Some(o), Some(e)) => (o, e),
+            _ => bail!("run.sh has no pipes"),
+        };
+        let (events, mut booted) = broadcast::channel(65_536);
+        let counters = Arc::new(Mutex::new(FwCounters::default()));
+        {
+            let events = events.clone();
+            let counters = Arc::clone(&counters);
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for text in std::io::BufReader::new(stderr).lines() {
+                    let Ok(text) = text else { return };
+                    if let Some(e) = parse_fw_event(&text, &clock) {
+                        if let Ok(mut c) = counters.lock() {
+                            c.add(&e);
+                        }
+                        let _ = events.send(e);
+                    }
+                }
+            });
+        }
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut first = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut first);
+            let _ = ready_tx.send(first);
+        });
+        let mut board = Realfw {
+            child,
+            dir,
+            link: link.to_owned(),
+            // Replaced once the board said where its FIFO is.
+            ctl: Mutex::new(fs::File::open("/dev/null")?),
+            firmware: String::new(),
+            events,
+            counters,
+        };
+        let first = tokio::time::timeout(WAIT, ready)
+            .await
+            .map_err(|_| anyhow!("run.sh said nothing within {WAIT:?}"))?
+            .unwrap_or_default();
+        let info: Value = serde_json::from_str(first.trim()).map_err(|_| {
+            let status = board.child.try_wait().ok().flatten();
+            anyhow!("run.sh did not start the board ({status:?}): {first:?}")
+        })?;
+        if info["ready"] != true {
+            bail!("run.sh is not ready: {first}");
+        }
+        let ctl = info["ctl"]
+            .as_str()
+            .ok_or_else(|| anyhow!("run.sh named no control FIFO: {first}"))?;
+        // The board holds its FIFO open read-write, so this open does not block.
+        board.ctl = Mutex::new(
+            fs::OpenOptions::new()
+                .write(true)
+                .open(ctl)
+                .with_context(|| format!("cannot open {ctl}"))?,
+        );
+        board.firmware = info["firmware"].as_str().unwrap_or("?").to_owned();
+        // The bridge starts once the firmware runs (its watchdog armed after the banner): what
+        // a bridge sends while the board powers on is lost (`RX_LOST`), which is a start-up
+        // race of the bench, not a figure of the link.
+        next_fw_event(&mut booted, WAIT, |e| e.name == "WDT_ENABLE")
+            .await
+            .ok_or_else(|| anyhow!("the firmware did not boot within {WAIT:?}"))?;
+        Ok(board)
+    }
+
+    /// One line on the control FIFO (`plate 85`, `water 2.0`).
+    fn control(&self, line: &str) -> Result<()> {
+        use std::io::Write;
+        let mut ctl = self
+            .ctl
+            .lock()
+            .map_err(|_| anyhow!("the control FIFO's lock is poisoned"))?;
+        ctl.write_all(format!("{line}\n").as_bytes())
+            .context("cannot write to the board's control FIFO")
+    }
+
+    fn counters(&self) -> FwCounters {
+        self.counters.lock().map(|c| *c).unwrap_or_default()
+    }
+}
+
+impl Drop for Realfw {
+    fn drop(&mut self) {
+        // SIGTERM (it cleans up), then SIGKILL if it has not gone within 2 s.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            // Exit poll with a deadline.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The temperature a reply line carries: `T+…` alone (three-line replies) or as a field of
+/// the one-line reply (`W+…,T+…,B+…`).
+fn reply_temperature(line: &str) -> Option<f64> {
+    line.split(',')
+        .find_map(|f| f.strip_prefix("T+"))
+        .and_then(|v| v.parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------------
 // The bridge process
 
-fn bridge_env(port: &Path, mqtt_port: u16, http_port: u16) -> Vec<(String, String)> {
-    [
+fn bridge_env(
+    port: &Path,
+    mqtt_port: u16,
+    http_port: u16,
+    device: DeviceKind,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
         (
             "COFFEEBOT__SERIAL__PORT",
             port.to_string_lossy().into_owned(),
@@ -737,7 +1292,16 @@ fn bridge_env(port: &Path, mqtt_port: u16, http_port: u16) -> Vec<(String, Strin
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    .collect();
+    if device == DeviceKind::Sim {
+        // The simulator may speak the three-line build, with which the bridge heats only when
+        // the owner opted in; with the one-line build the setting changes nothing.
+        env.push((
+            "COFFEEBOT__SERIAL__ALLOW_FIRMWARE_WITHOUT_HEATER_TIMEOUT".to_owned(),
+            "true".to_owned(),
+        ));
+    }
+    env
 }
 
 /// The bridge child process; killed on drop.
@@ -772,11 +1336,12 @@ async fn start_bridge(
     client: &mut Client,
     mqtt_port: u16,
     tap: &mut Tap,
+    device: DeviceKind,
     figures: &mut Figures,
 ) -> Result<Bridge> {
     tap.renew()?;
     let http_port = free_port()?;
-    let env = bridge_env(&tap.bridge_path, mqtt_port, http_port);
+    let env = bridge_env(&tap.bridge_path, mqtt_port, http_port, device);
     // A retained state from an earlier start must not count: clear it and wait for the ack.
     client
         .client
@@ -1027,7 +1592,7 @@ async fn measure_cpu(bridge: &Bridge, window: Duration) -> Result<CpuUse> {
 async fn command_latency(
     client: &mut Client,
     tap: &Tap,
-    sim: &SimHandle,
+    device: &Device,
     samples: usize,
     figures: &mut Figures,
 ) -> Result<()> {
@@ -1042,7 +1607,7 @@ async fn command_latency(
         // and relative to the bridge's own polls and feeds.
         tokio::time::sleep(Duration::from_millis(40 + rng.u64(0..60))).await;
         let mut lines = tap.subscribe();
-        let mut commands = sim.commands();
+        let mut watch = device.watch();
         client.drain();
         let t0 = Instant::now();
         client.publish(HEATER_SET, payload).await?;
@@ -1062,7 +1627,7 @@ async fn command_latency(
             line,
         )
         .await?;
-        let handled = next_command(&mut commands, line, t0).await?;
+        let handled = watch.relay_switched(payload == "ON", t0).await?;
         let shown = if payload == "ON" { "ON" } else { "OFF" };
         let (state_at, _) = client
             .state(
@@ -1107,7 +1672,8 @@ async fn command_latency(
 
 struct CommandSample {
     on: bool,
-    /// Publish → the controller handled the line (includes its UART window).
+    /// Publish → the relay switched: the simulator handled the line (includes its UART
+    /// window); the real firmware's `RELAY` event.
     to_handled: Duration,
     /// Publish → the bridge's line crossed the tap.
     to_wire: Duration,
@@ -1121,27 +1687,13 @@ struct CommandSample {
     waited_for_reply: bool,
 }
 
-async fn next_command(commands: &mut CommandStream, line: &str, after: Instant) -> Result<Instant> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let event = commands
-            .next_matching(line, left)
-            .await
-            .ok_or_else(|| anyhow!("the controller did not handle {line} within {WAIT:?}"))?;
-        if event.at >= after {
-            return Ok(event.at);
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // 2. Telemetry latency
 
 async fn telemetry_latency(
     client: &mut Client,
     tap: &Tap,
-    sim: &SimHandle,
+    device: &Device,
     samples: usize,
     figures: &mut Figures,
 ) -> Result<()> {
@@ -1156,16 +1708,13 @@ async fn telemetry_latency(
         let mut lines = tap.subscribe();
         client.drain();
         let t_set = Instant::now();
-        sim.set_temperature(target).await?;
+        device.set_plate(target).await?;
         let emitted = next_line(
             &mut lines,
             |l| {
                 l.dir == Dir::FromDevice
                     && l.at >= t_set
-                    && l.line
-                        .strip_prefix("T+")
-                        .and_then(|v| v.parse::<f64>().ok())
-                        .is_some_and(|v| (v - target).abs() < 2.0)
+                    && reply_temperature(&l.line).is_some_and(|v| (v - target).abs() < NEAR_C)
             },
             "the new reading",
         )
@@ -1176,7 +1725,7 @@ async fn telemetry_latency(
                 |doc, _| {
                     doc["temperature_c"]
                         .as_f64()
-                        .is_some_and(|v| (v - target).abs() < 2.0)
+                        .is_some_and(|v| (v - target).abs() < NEAR_C)
                 },
                 "the new temperature",
             )
@@ -1292,6 +1841,9 @@ struct Cadence {
     bridge_gaps_over_300ms: Option<u64>,
     /// The serial lines around the largest gap.
     context: Vec<String>,
+    /// The real firmware's log over the window: relay drop-outs, bytes lost; `None` for the
+    /// simulator.
+    firmware_log: Option<FwCounters>,
 }
 
 impl Cadence {
@@ -1318,7 +1870,7 @@ impl Cadence {
 async fn heating(
     client: &mut Client,
     tap: &Tap,
-    sim: &SimHandle,
+    device: &Device,
     bridge: &Bridge,
     broker: &Broker,
     stress: Stress,
@@ -1326,17 +1878,15 @@ async fn heating(
 ) -> Result<Cadence> {
     // A full reservoir and a plate past preheat: the brew starts at once, and the plate is held
     // below 90 °C, so no interlock ends the run (this measures the bridge, not the model).
-    sim.set_water_distance(2.0).await?;
-    sim.set_temperature(85.0).await?;
+    device.set_water(2.0).await?;
+    device.set_plate(85.0).await?;
     let keeper = {
-        let sim = sim.clone();
+        let device = device.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tick.tick().await;
-                if sim.set_temperature(85.0).await.is_err()
-                    || sim.set_water_distance(2.0).await.is_err()
-                {
+                if device.set_plate(85.0).await.is_err() || device.set_water(2.0).await.is_err() {
                     return;
                 }
             }
@@ -1351,9 +1901,9 @@ async fn heating(
         Stress::Flood => Some(Client::connect("bench-flood", broker.port).await?),
         _ => None,
     };
-    let boots_before = sim.snapshot().await?.device.boots;
+    let boots_before = device.boots().await?;
     let mut lines = tap.subscribe();
-    let mut commands = sim.commands();
+    let mut watch = device.watch();
     client.drain();
     let t0 = Instant::now();
     client.publish(BREW_SET, "{\"cups\": 2}").await?;
@@ -1376,6 +1926,7 @@ async fn heating(
     });
     let cpu_a = cpu_sample(bridge.pid);
     let metrics_a = feed_gap_histogram(bridge.http_port);
+    let log_a = device.counters();
     let mut wire = vec![start];
     // Every line in the window, to show what surrounded the largest gap.
     let mut window_lines: Vec<TapLine> = Vec::new();
@@ -1404,15 +1955,15 @@ async fn heating(
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => bail!("the serial tap stopped"),
             },
-            event = commands.next_matching("B+1", end.saturating_duration_since(now)) => {
-                if let Some(e) = event {
-                    if e.at >= start && e.at <= end {
-                        handled.push(e.at);
+            event = watch.next_handled("B+1", end.saturating_duration_since(now)) => {
+                if let Some(at) = event {
+                    if at >= start && at <= end {
+                        handled.push(at);
                     }
                 }
             }
             _ = check.tick() => {
-                if !sim.snapshot().await?.device.heater_on {
+                if !device.heater_on().await? {
                     heater_stayed_on = false;
                 }
             }
@@ -1421,6 +1972,13 @@ async fn heating(
     }
     let cpu = CpuUse::between(cpu_a, cpu_sample(bridge.pid));
     let metrics_b = feed_gap_histogram(bridge.http_port);
+    let firmware_log = device
+        .counters()
+        .zip(log_a)
+        .map(|(now, before)| now.since(before));
+    if firmware_log.is_some_and(|c| c.relay_dropouts > 0) {
+        heater_stayed_on = false;
+    }
     let (bridge_gaps, bridge_gaps_over_300ms) = match &metrics_b {
         Some(b) => (
             Some(b.count_since(metrics_a.as_ref())),
@@ -1436,7 +1994,7 @@ async fn heating(
         None => (0, 0),
     };
     drop(hogs);
-    let boots_after = sim.snapshot().await?.device.boots;
+    let boots_after = device.boots().await?;
     // What the bridge said meanwhile: faults and rejected commands.
     let mut faults = 0;
     let mut rejected_events = 0;
@@ -1476,6 +2034,7 @@ async fn heating(
         bridge_gaps,
         bridge_gaps_over_300ms,
         context,
+        firmware_log,
     })
 }
 
@@ -1632,6 +2191,10 @@ struct Figures {
     commands: Vec<CommandSample>,
     telemetry: Vec<TelemetrySample>,
     cadence: Vec<Cadence>,
+    /// The real firmware's log over the whole run; `None` for the simulator.
+    firmware_log: Option<FwCounters>,
+    /// Whether the controller is the real firmware (its relay events time the commands).
+    realfw: bool,
 }
 
 impl Figures {
@@ -1645,7 +2208,7 @@ impl Figures {
         Stats::of(&v)
     }
 
-    fn to_json(&self, args: &Args, plan: Plan, bin: &Path) -> Value {
+    fn to_json(&self, args: &Args, plan: Plan, bin: &Path, device: &Device) -> Value {
         let telemetry = |f: fn(&TelemetrySample) -> Duration| {
             Stats::of(&self.telemetry.iter().map(f).collect::<Vec<_>>()).to_json()
         };
@@ -1676,6 +2239,7 @@ impl Figures {
                         "bridge_metrics_feed_gaps": c.bridge_gaps,
                         "bridge_metrics_feed_gaps_over_300ms": c.bridge_gaps_over_300ms,
                         "largest_gap_serial_context": c.context,
+                        "firmware_log": c.firmware_log.map(FwCounters::to_json),
                     }),
                 )
             })
@@ -1683,13 +2247,17 @@ impl Figures {
         json!({
             "benchmark": "coffeebot-bench",
             "mode": if args.short { "short" } else { "full" },
+            "device": device.kind().key(),
             "when": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             "machine": machine(),
             "loadavg": { "start": self.loadavg_start, "end": self.loadavg_end },
             "commit": commit(),
             "bridge_binary": bin.display().to_string(),
             "settings": {
-                "bridge": "config/default.toml defaults; anonymous MQTT and HTTP on loopback; RUST_LOG=info to a file",
+                "bridge": match device.kind() {
+                    DeviceKind::Sim => "config/default.toml defaults; anonymous MQTT and HTTP on loopback; RUST_LOG=info to a file; serial.allow_firmware_without_heater_timeout = true (the simulator may speak the three-line build)",
+                    DeviceKind::Realfw => "config/default.toml defaults; anonymous MQTT and HTTP on loopback; RUST_LOG=info to a file",
+                },
                 "feed_interval_ms": FEED_INTERVAL_MS,
                 "poll_interval_ms": 1000,
                 "starts": plan.starts,
@@ -1698,7 +2266,7 @@ impl Figures {
                 "telemetry_samples": plan.telemetry_samples,
                 "heating_window_s": plan.heating.as_secs_f64(),
                 "flood_target_per_s": plan.flood_per_s,
-                "simulator": "SimConfig::default() in the bench process, behind a stamping pty tap",
+                "simulator": device.describe(),
                 "broker_tcp_nodelay": !args.broker_nagle,
             },
             "command_latency": {
@@ -1715,6 +2283,7 @@ impl Figures {
                 "plate_change_to_subscriber": telemetry(|s| s.set_to_received),
             },
             "feed_cadence": cadence,
+            "firmware_log": self.firmware_log.map(FwCounters::to_json),
             "footprint": {
                 "rss_idle_kb": self.rss_idle_kb,
                 "rss_end_kb": self.rss_end_kb,
@@ -1757,7 +2326,11 @@ impl Figures {
         );
         row(
             &mut t,
-            "command: publish → controller handled it",
+            if self.realfw {
+                "command: publish → relay switched (log)"
+            } else {
+                "command: publish → controller handled it"
+            },
             lat(self.command_stats(|s| s.to_handled, None)),
         );
         row(
@@ -1823,6 +2396,16 @@ impl Figures {
                 &format!("bridge CPU, brewing, {}", c.stress.name()),
                 c.cpu.brief(),
             );
+            if let Some(log) = c.firmware_log {
+                row(
+                    &mut t,
+                    &format!("firmware log, brewing, {}", c.stress.name()),
+                    log.brief(),
+                );
+            }
+        }
+        if let Some(log) = self.firmware_log {
+            row(&mut t, "firmware log, whole run", log.brief());
         }
         if let Some(cpu) = self.idle_cpu {
             row(&mut t, "bridge CPU, idle", cpu.brief());
