@@ -12,9 +12,10 @@
 
 use crate::config::Settings;
 use crate::core::{Core, Limits, Output, Request};
-use crate::protocol::{Command, Frame};
+use crate::mqtt::command::CommandName;
+use crate::protocol::{Command, Frame, ReplyFormat};
 use crate::serial::{self, LinkConfig, LinkEvent};
-use crate::state::{Clock, Deadbands, EventDoc, StateDoc};
+use crate::state::{Clock, Deadbands, EventDoc, OnOff, StateDoc};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
@@ -35,8 +36,8 @@ pub const HEARTBEAT: Duration = Duration::from_millis(250);
 pub struct CommandIn {
     /// The parsed request.
     pub request: Request,
-    /// The topic's command name (`heater`, `brew`, …).
-    pub command: &'static str,
+    /// The command whose topic it came on.
+    pub command: CommandName,
     /// The payload as received (for `command_rejected`).
     pub payload: Vec<u8>,
 }
@@ -109,7 +110,7 @@ pub async fn run(settings: &Settings, inlets: Inlets, shutdown: CancellationToke
         link_events_tx,
     ));
     let driver = Driver {
-        core: Core::new(Limits::from_settings(settings), Instant::now().into_std()),
+        core: Core::new(Limits::from(settings), Instant::now().into_std()),
         link: link_tx,
         inlets,
         deadbands: Deadbands {
@@ -211,18 +212,15 @@ impl Driver {
     fn on_command(&mut self, command: CommandIn) {
         let now = Instant::now().into_std();
         let result = self.core.handle_request(now, command.request);
-        crate::metrics::command_handled(command.command, &command.request, result.is_ok());
+        let name = command.command.name();
+        crate::metrics::command_handled(name, &command.request, result.is_ok());
         if let Err(rejection) = result {
-            info!(command = command.command, reason = %rejection.reason, "command rejected");
-            let doc = EventDoc::command_rejected(
-                command.command,
-                &command.payload,
-                &rejection.reason,
-                &clock(),
-            );
+            info!(command = name, reason = %rejection.reason, "command rejected");
+            let doc =
+                EventDoc::command_rejected(name, &command.payload, &rejection.reason, &clock());
             self.send_event(doc);
         } else {
-            info!(command = command.command, request = ?command.request, "command accepted");
+            info!(command = name, request = ?command.request, "command accepted");
         }
     }
 
@@ -264,10 +262,10 @@ impl Driver {
         if changed || due {
             if changed {
                 info!(
-                    mode = doc.mode,
-                    heater = doc.heater,
+                    mode = doc.mode.as_str(),
+                    heater = doc.heater.map(OnOff::as_str),
                     temperature_c = doc.temperature_c,
-                    link = doc.link,
+                    link = doc.link.as_str(),
                     faults = ?doc.faults,
                     "state"
                 );
@@ -287,18 +285,18 @@ impl Driver {
 }
 
 /// Says once per link session which firmware build answers, and what that means for heating.
-fn announce_build(format: Option<&str>, limits: &Limits) {
+fn announce_build(format: Option<ReplyFormat>, limits: &Limits) {
     match format {
-        Some("one_line") => info!(
-            reply_format = "one_line",
+        Some(ReplyFormat::OneLine) => info!(
+            reply_format = ReplyFormat::OneLine.as_str(),
             "the controller answers in one line: MrCoffeeBot 6105f59, whose heater goes off 1 s after the last B+1"
         ),
         Some(format) if limits.allow_firmware_without_heater_timeout => warn!(
-            reply_format = format,
+            reply_format = format.as_str(),
             "the controller answers in three lines: MrCoffeeBot 05a9a00 has no 1 s heater timeout (a dead bridge leaves the heater on up to 5 s); heating allowed by serial.allow_firmware_without_heater_timeout"
         ),
         Some(format) => warn!(
-            reply_format = format,
+            reply_format = format.as_str(),
             "the controller answers in three lines: MrCoffeeBot 05a9a00 has no 1 s heater timeout; heating is refused — flash 6105f59 or set serial.allow_firmware_without_heater_timeout = true"
         ),
         None => {}

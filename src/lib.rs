@@ -14,11 +14,13 @@
 //!   It never does I/O and never reads a clock.
 //! - [`serial`]: the task that owns the serial port and frames its lines.
 //! - [`sim`]: the simulated controller (pure device model, thin pseudo-terminal shell).
-//! - [`config`]: typed settings, layered loading and validation.
-//! - [`state`]: the state and event JSON documents (SPEC §4), pure.
+//! - [`config`]: typed settings, layered loading, and validation driven by one row per key
+//!   ([`config::KEYS`]); turns the settings into the core's [`core::Limits`].
+//! - [`state`]: the state and event documents of SPEC §4: typed values that serialise to their
+//!   JSON, pure. Labels for people live on the types (`Mode::label`, `Fault::label`).
 //! - [`daemon`]: wires the tasks together and drives the core.
 //! - [`mqtt`]: the task that owns the MQTT connection: state, events, commands, Home Assistant
-//!   discovery.
+//!   discovery; [`mqtt::command::CommandName`] is the one list of commands.
 //! - [`http`]: the read-only status page, `status.json`, metrics and health probes.
 //! - [`metrics`]: the Prometheus recorder, build info and the cross-task measurements.
 #![forbid(unsafe_code)]

@@ -19,8 +19,8 @@
 //! by [`track_state`], which the HTTP server runs.
 
 use crate::core::{Event, Request};
-use crate::protocol::Command;
-use crate::state::StateDoc;
+use crate::protocol::{Command, ReplyFormat};
+use crate::state::{OnOff, StateDoc};
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -163,7 +163,7 @@ pub fn record_event(event: &Event) {
                 .increment(1);
         }
         Event::Fault { reason } => {
-            counter!("coffeebot_faults_total", "reason" => *reason).increment(1);
+            counter!("coffeebot_faults_total", "reason" => reason.as_str()).increment(1);
         }
         Event::ControllerRebooted { .. } => {
             counter!("coffeebot_controller_reboots_total").increment(1);
@@ -249,7 +249,7 @@ pub async fn track_state(mut state: watch::Receiver<Option<StateDoc>>) {
     loop {
         let now = Instant::now();
         let doc = state.borrow_and_update().clone();
-        let heater_on = doc.as_ref().is_some_and(|d| d.heater == Some("ON"));
+        let heater_on = doc.as_ref().is_some_and(|d| d.heater == Some(OnOff::On));
         match (on_since, heater_on) {
             (None, true) => on_since = Some(now),
             (Some(since), false) => {
@@ -269,9 +269,9 @@ pub async fn track_state(mut state: watch::Receiver<Option<StateDoc>>) {
             if let Some(t) = doc.temperature_c {
                 gauge!("coffeebot_plate_temperature_celsius").set(t);
             }
-            for format in ["one_line", "three_lines"] {
+            for format in [ReplyFormat::OneLine, ReplyFormat::ThreeLines] {
                 let this = doc.reply_format == Some(format);
-                gauge!("coffeebot_controller_reply_format", "format" => format)
+                gauge!("coffeebot_controller_reply_format", "format" => format.as_str())
                     .set(f64::from(u8::from(this)));
             }
             if let Some(pct) = doc.water_level_pct {

@@ -4,9 +4,9 @@
 //! core remembers can be shown as RFC 3339 times. One builder serves MQTT and HTTP, so the
 //! retained state and `/status.json` are the same document.
 
-use crate::core::{Event, Fault, Status};
+use crate::core::{Event, Fault, FaultSet, Mode, Status, TripReason};
 use crate::protocol::ReplyFormat;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use serde_json::{json, Map, Value};
 use std::time::{Instant, SystemTime};
 
@@ -14,9 +14,9 @@ use std::time::{Instant, SystemTime};
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StateDoc {
     /// `off`, `preheating`, `brewing`, `keep_warm`, `manual`.
-    pub mode: &'static str,
-    /// `ON`/`OFF` as the controller reports the relay.
-    pub heater: Option<&'static str>,
+    pub mode: Mode,
+    /// The relay as the controller reports it.
+    pub heater: Option<OnOff>,
     /// Hot-plate temperature, one decimal.
     pub temperature_c: Option<f64>,
     /// Distance to the water surface, two decimals.
@@ -28,20 +28,20 @@ pub struct StateDoc {
     /// Seconds of brewing left (only while brewing).
     pub brew_remaining_s: Option<u64>,
     /// `ON` while keep warm runs.
-    pub keep_warm: &'static str,
-    /// Interlocks that hold now.
-    pub faults: Vec<&'static str>,
+    pub keep_warm: OnOff,
+    /// Interlocks that hold now, as a list of names.
+    pub faults: FaultSet,
     /// The latest trip.
     pub last_fault: Option<LastFault>,
-    /// `up` while the controller answers, else `down`.
-    pub link: &'static str,
+    /// Whether the controller answers.
+    pub link: Link,
     /// Controller reboots since start.
     pub controller_reboots: u64,
     /// Firmware from the boot banner.
     pub firmware: Option<String>,
     /// `one_line` (MrCoffeeBot 6105f59, 1 s heater timeout) or `three_lines` (05a9a00, none):
     /// how the controller on this link answers; `null` until it has.
-    pub reply_format: Option<&'static str>,
+    pub reply_format: Option<ReplyFormat>,
     /// When the controller last answered.
     pub updated_at: Option<String>,
 }
@@ -49,10 +49,89 @@ pub struct StateDoc {
 /// `last_fault` of the state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LastFault {
-    /// The fault's name.
-    pub reason: &'static str,
+    /// What tripped.
+    pub reason: TripReason,
     /// When it tripped.
     pub at: String,
+}
+
+/// A switch as the state shows it: `ON` or `OFF` (Home Assistant's payloads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OnOff {
+    /// `ON`.
+    On,
+    /// `OFF`.
+    Off,
+}
+
+impl OnOff {
+    /// Every value.
+    pub const ALL: [OnOff; 2] = [OnOff::On, OnOff::Off];
+
+    /// `ON` or `OFF`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnOff::On => "ON",
+            OnOff::Off => "OFF",
+        }
+    }
+
+    /// Whether it is on.
+    pub fn is_on(self) -> bool {
+        self == OnOff::On
+    }
+}
+
+impl From<bool> for OnOff {
+    fn from(on: bool) -> Self {
+        if on {
+            OnOff::On
+        } else {
+            OnOff::Off
+        }
+    }
+}
+
+/// `link` of the state: whether the controller answers (the device availability).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Link {
+    /// The controller answers.
+    Up,
+    /// The port is gone, or the controller does not answer.
+    Down,
+}
+
+impl Link {
+    /// Every value.
+    pub const ALL: [Link; 2] = [Link::Up, Link::Down];
+
+    /// `up` or `down`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Link::Up => "up",
+            Link::Down => "down",
+        }
+    }
+}
+
+/// The JSON form of the state's typed values is their name (`as_str`).
+macro_rules! serialize_as_str {
+    ($($ty:ty),+) => {$(
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+    )+};
+}
+
+serialize_as_str!(Mode, Fault, TripReason, OnOff, Link, ReplyFormat);
+
+/// A fault set is the list of its faults' names, in [`Fault::ALL`] order.
+impl Serialize for FaultSet {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
 }
 
 /// Deadbands under which a reading does not count as a change (SPEC §4).
@@ -90,23 +169,27 @@ impl StateDoc {
     /// The document for a status.
     pub fn new(status: &Status, clock: &Clock) -> StateDoc {
         StateDoc {
-            mode: status.mode.as_str(),
-            heater: status.heater.map(on_off),
+            mode: status.mode,
+            heater: status.heater.map(OnOff::from),
             temperature_c: status.temperature_c.map(|t| round(t, 10.0)),
             water_distance_in: status.water_distance_in.map(|d| round(d, 100.0)),
             water_level_pct: status.water_level_pct,
             cups: status.cups,
             brew_remaining_s: status.brew_remaining_s,
-            keep_warm: on_off(status.keep_warm),
-            faults: status.faults.iter().map(Fault::as_str).collect(),
+            keep_warm: status.keep_warm.into(),
+            faults: status.faults,
             last_fault: status.last_fault.map(|(reason, at)| LastFault {
                 reason,
                 at: clock.rfc3339(at),
             }),
-            link: if status.answering { "up" } else { "down" },
+            link: if status.answering {
+                Link::Up
+            } else {
+                Link::Down
+            },
             controller_reboots: status.controller_reboots,
             firmware: status.firmware.clone(),
-            reply_format: status.reply_format.map(ReplyFormat::as_str),
+            reply_format: status.reply_format,
             updated_at: status.updated_at.map(|at| clock.rfc3339(at)),
         }
     }
@@ -138,7 +221,7 @@ impl StateDoc {
 
     /// Whether the controller answers (the device availability).
     pub fn online(&self) -> bool {
-        self.link == "up"
+        self.link == Link::Up
     }
 
     /// The JSON text.
@@ -161,9 +244,8 @@ impl EventDoc {
                 json!({ "cups": cups, "reason": reason })
             }
             Event::KeepWarmStarted => json!({}),
-            Event::KeepWarmFinished { reason } | Event::Fault { reason } => {
-                json!({ "reason": reason })
-            }
+            Event::KeepWarmFinished { reason } => json!({ "reason": reason }),
+            Event::Fault { reason } => json!({ "reason": reason }),
             Event::HeaterAutoOff { after_s } => json!({ "after_s": after_s }),
             Event::ControllerRebooted { count } => json!({ "count": count }),
         };
@@ -203,14 +285,6 @@ impl EventDoc {
     }
 }
 
-fn on_off(on: bool) -> &'static str {
-    if on {
-        "ON"
-    } else {
-        "OFF"
-    }
-}
-
 fn round(x: f64, scale: f64) -> f64 {
     (x * scale).round() / scale
 }
@@ -218,8 +292,12 @@ fn round(x: f64, scale: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{FaultSet, Mode};
+    use crate::core::Cutoff;
     use std::time::Duration;
+
+    const TRIP_OVERTEMP: TripReason = TripReason::Fault(Fault::Overtemp);
+    const TRIP_FEED_GAP: TripReason = TripReason::Cutoff(Cutoff::FeedGap);
+    const TRIP_FIRMWARE_CHANGED: TripReason = TripReason::Cutoff(Cutoff::FirmwareChanged);
 
     fn status(now: Instant) -> Status {
         Status {
@@ -281,6 +359,153 @@ mod tests {
         assert_eq!(v["heater"], "ON");
         assert_eq!(v["last_fault"], Value::Null);
         assert_eq!(v["updated_at"], "2026-11-18T11:06:39.500Z");
+    }
+
+    /// A status with nothing known yet, as at start before the controller answered.
+    fn unknown() -> Status {
+        Status {
+            mode: Mode::Off,
+            heater: None,
+            temperature_c: None,
+            water_distance_in: None,
+            water_level_pct: None,
+            cups: 4,
+            brew_remaining_s: None,
+            keep_warm: false,
+            faults: FaultSet::default(),
+            last_fault: None,
+            link_up: false,
+            answering: false,
+            controller_reboots: 0,
+            firmware: None,
+            reply_format: None,
+            updated_at: None,
+        }
+    }
+
+    /// The state JSON, byte for byte, for nulls, every mode, every fault, trips and both
+    /// reply formats: what MQTT retains and `/status.json` serves must not move.
+    #[test]
+    fn state_json_is_byte_for_byte_stable() {
+        let now = Instant::now();
+        let clock = clock(now);
+        let json = |s: &Status| StateDoc::new(s, &clock).to_json();
+        assert_eq!(
+            json(&unknown()),
+            r#"{"mode":"off","heater":null,"temperature_c":null,"water_distance_in":null,"water_level_pct":null,"cups":4,"brew_remaining_s":null,"keep_warm":"OFF","faults":[],"last_fault":null,"link":"down","controller_reboots":0,"firmware":null,"reply_format":null,"updated_at":null}"#
+        );
+        assert_eq!(
+            json(&status(now)),
+            r#"{"mode":"brewing","heater":"ON","temperature_c":92.4,"water_distance_in":3.52,"water_level_pct":61,"cups":4,"brew_remaining_s":118,"keep_warm":"OFF","faults":[],"last_fault":null,"link":"up","controller_reboots":0,"firmware":"MrCoffeeBot v2.0","reply_format":"one_line","updated_at":"2026-11-18T11:06:39.500Z"}"#
+        );
+        let modes: Vec<String> = Mode::ALL
+            .iter()
+            .map(|&mode| {
+                let s = Status {
+                    mode,
+                    heater: Some(mode != Mode::Off),
+                    keep_warm: mode == Mode::KeepWarm,
+                    brew_remaining_s: None,
+                    ..status(now)
+                };
+                let v: Value = serde_json::from_str(&json(&s)).unwrap();
+                format!("{} {} {}", v["mode"], v["heater"], v["keep_warm"])
+            })
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                r#""off" "OFF" "OFF""#,
+                r#""preheating" "ON" "OFF""#,
+                r#""brewing" "ON" "OFF""#,
+                r#""keep_warm" "ON" "ON""#,
+                r#""manual" "ON" "OFF""#,
+            ]
+        );
+        let mut faults = FaultSet::default();
+        for fault in Fault::ALL.into_iter().rev() {
+            faults.insert(fault);
+        }
+        let tripped = Status {
+            mode: Mode::Off,
+            heater: Some(false),
+            temperature_c: Some(-127.0),
+            water_distance_in: Some(0.004),
+            water_level_pct: Some(0),
+            cups: 12,
+            faults,
+            last_fault: Some((TRIP_OVERTEMP, now - Duration::from_secs(61))),
+            link_up: true,
+            answering: false,
+            controller_reboots: 3,
+            firmware: Some("MrCoffeeBot \"v2\" <b>".into()),
+            reply_format: Some(ReplyFormat::ThreeLines),
+            ..status(now)
+        };
+        assert_eq!(
+            json(&tripped),
+            r#"{"mode":"off","heater":"OFF","temperature_c":-127.0,"water_distance_in":0.0,"water_level_pct":0,"cups":12,"brew_remaining_s":118,"keep_warm":"OFF","faults":["link_down","stale_telemetry","sensor_error","overtemp","dry_boil","heater_mismatch","no_water"],"last_fault":{"reason":"overtemp","at":"2026-11-18T11:05:39.000Z"},"link":"down","controller_reboots":3,"firmware":"MrCoffeeBot \"v2\" <b>","reply_format":"three_lines","updated_at":"2026-11-18T11:06:39.500Z"}"#
+        );
+        let last_fault = |reason| {
+            let s = Status {
+                last_fault: Some((reason, now)),
+                ..unknown()
+            };
+            let v: Value = serde_json::from_str(&json(&s)).unwrap();
+            v["last_fault"].to_string()
+        };
+        assert_eq!(
+            [TRIP_FEED_GAP, TRIP_FIRMWARE_CHANGED].map(last_fault),
+            [
+                r#"{"at":"2026-11-18T11:06:40.000Z","reason":"feed_gap"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","reason":"firmware_changed"}"#,
+            ]
+        );
+    }
+
+    /// The event JSON of every core event and of a rejection, byte for byte.
+    #[test]
+    fn event_json_is_byte_for_byte_stable() {
+        let now = Instant::now();
+        let clock = clock(now);
+        let json = |e: Event| EventDoc::new(&e, &clock).to_json();
+        assert_eq!(
+            [
+                json(Event::BrewStarted { cups: 2 }),
+                json(Event::BrewFinished {
+                    cups: 2,
+                    reason: "done"
+                }),
+                json(Event::BrewAborted {
+                    cups: 3,
+                    reason: "preheat_timeout"
+                }),
+                json(Event::KeepWarmStarted),
+                json(Event::KeepWarmFinished { reason: "timeout" }),
+                json(Event::HeaterAutoOff { after_s: 900.0 }),
+                json(Event::Fault {
+                    reason: TRIP_FEED_GAP
+                }),
+                json(Event::Fault {
+                    reason: TRIP_OVERTEMP
+                }),
+                json(Event::ControllerRebooted { count: 2 }),
+                EventDoc::command_rejected("cups", b"99", "cups must be 1..12, got 99", &clock)
+                    .to_json(),
+            ],
+            [
+                r#"{"at":"2026-11-18T11:06:40.000Z","cups":2,"event_type":"brew_started"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","cups":2,"event_type":"brew_finished","reason":"done"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","cups":3,"event_type":"brew_aborted","reason":"preheat_timeout"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","event_type":"keep_warm_started"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","event_type":"keep_warm_finished","reason":"timeout"}"#,
+                r#"{"after_s":900.0,"at":"2026-11-18T11:06:40.000Z","event_type":"heater_auto_off"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","event_type":"fault","reason":"feed_gap"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","event_type":"fault","reason":"overtemp"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","count":2,"event_type":"controller_rebooted"}"#,
+                r#"{"at":"2026-11-18T11:06:40.000Z","command":"cups","event_type":"command_rejected","payload":"99","reason":"cups must be 1..12, got 99"}"#,
+            ]
+        );
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! timeout.
 
 use coffeebot::config::{self, Settings};
-use coffeebot::core::Request;
+use coffeebot::core::{Fault, Mode, Request};
 use coffeebot::daemon::{self, CommandIn, Outlets};
+use coffeebot::mqtt::command::CommandName;
 use coffeebot::sim::{SimConfig, SimHandle, Simulator};
-use coffeebot::state::StateDoc;
+use coffeebot::state::{Link, OnOff, StateDoc};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -104,11 +105,17 @@ impl Bridge {
     }
 
     async fn ask(&self, request: Request) {
+        // The tests here ask for heating or a brew only.
+        let command = if matches!(request, Request::BrewStart { .. }) {
+            CommandName::Brew
+        } else {
+            CommandName::Heater
+        };
         self.outlets
             .commands
             .send(CommandIn {
                 request,
-                command: "test",
+                command,
                 payload: Vec::new(),
             })
             .await
@@ -146,7 +153,7 @@ async fn idle_polling_keeps_the_watchdog_from_firing() {
     assert_eq!(bridge.sim.snapshot().await.unwrap().device.boots, boots);
     let state = bridge.state_where("still up", |s| s.online()).await;
     assert_eq!(state.controller_reboots, 0);
-    assert_eq!(state.heater, Some("OFF"));
+    assert_eq!(state.heater, Some(OnOff::Off));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,17 +168,19 @@ async fn a_brew_runs_preheat_then_brew_then_off() {
     bridge.ask(Request::BrewStart { cups: Some(2) }).await;
     assert_eq!(bridge.event("brew_started").await["cups"], 2);
     bridge
-        .state_where("preheating", |s| s.mode == "preheating")
+        .state_where("preheating", |s| s.mode == Mode::Preheating)
         .await;
     assert!(commands.next_matching("B+1", WAIT).await.is_some());
-    let brewing = bridge.state_where("brewing", |s| s.mode == "brewing").await;
+    let brewing = bridge
+        .state_where("brewing", |s| s.mode == Mode::Brewing)
+        .await;
     assert!(brewing.temperature_c.unwrap() >= 26.5);
     assert!(brewing.brew_remaining_s.unwrap() <= 3);
     let done = bridge.event("brew_finished").await;
     assert_eq!(done["reason"], "done");
     let off = bridge
         .state_where("off with the heater off", |s| {
-            s.mode == "off" && s.heater == Some("OFF")
+            s.mode == Mode::Off && s.heater == Some(OnOff::Off)
         })
         .await;
     assert_eq!(off.brew_remaining_s, None);
@@ -184,24 +193,24 @@ async fn muting_the_controller_trips_stale_telemetry_and_heater_off() {
     let mut commands = bridge.sim.commands();
     bridge.ask(Request::Heater(true)).await;
     bridge
-        .state_where("heating", |s| s.heater == Some("ON"))
+        .state_where("heating", |s| s.heater == Some(OnOff::On))
         .await;
     assert!(commands.next_matching("B+1", WAIT).await.is_some());
     bridge.sim.mute(true).await.unwrap();
     let fault = bridge.event("fault").await;
     assert_eq!(fault["reason"], "stale_telemetry");
     let state = bridge
-        .state_where("stale", |s| s.faults.contains(&"stale_telemetry"))
+        .state_where("stale", |s| s.faults.contains(Fault::StaleTelemetry))
         .await;
-    assert_eq!(state.mode, "off");
-    assert_eq!(state.link, "down");
+    assert_eq!(state.mode, Mode::Off);
+    assert_eq!(state.link, Link::Down);
     // The controller's own 1 s timeout has switched the heater off, and nothing re-enabled it.
     bridge.sim.mute(false).await.unwrap();
     let back = bridge
         .state_where("answering again", |s| s.online() && s.faults.is_empty())
         .await;
-    assert_eq!(back.heater, Some("OFF"));
-    assert_eq!(back.mode, "off");
+    assert_eq!(back.heater, Some(OnOff::Off));
+    assert_eq!(back.mode, Mode::Off);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,21 +218,25 @@ async fn unplug_and_replug_recover_without_a_restart() {
     let mut bridge = Bridge::start(&[]).await;
     bridge.ask(Request::Heater(true)).await;
     bridge
-        .state_where("heating", |s| s.heater == Some("ON"))
+        .state_where("heating", |s| s.heater == Some(OnOff::On))
         .await;
     bridge.sim.unplug().await.unwrap();
     assert_eq!(bridge.event("fault").await["reason"], "link_down");
     let down = bridge
-        .state_where("link down", |s| s.faults.contains(&"link_down"))
+        .state_where("link down", |s| s.faults.contains(Fault::LinkDown))
         .await;
-    assert_eq!(down.mode, "off");
+    assert_eq!(down.mode, Mode::Off);
     assert_eq!(down.heater, None);
     bridge.sim.replug().await.unwrap();
     let up = bridge
         .state_where("back", |s| s.online() && s.temperature_c.is_some())
         .await;
     assert!(up.faults.is_empty(), "{:?}", up.faults);
-    assert_eq!(up.heater, Some("OFF"), "no silent re-enable after a replug");
+    assert_eq!(
+        up.heater,
+        Some(OnOff::Off),
+        "no silent re-enable after a replug"
+    );
     // The new device got B+0 first.
     let log = bridge.sim.command_log().await.unwrap();
     assert!(log.iter().any(|c| c.line == "B+0"));
@@ -234,12 +247,14 @@ async fn controller_reboot_mid_brew_ends_it_and_never_re_enables() {
     let mut bridge = Bridge::start(&[]).await;
     bridge.ask(Request::BrewStart { cups: Some(1) }).await;
     bridge
-        .state_where("preheating", |s| s.mode == "preheating")
+        .state_where("preheating", |s| s.mode == Mode::Preheating)
         .await;
     bridge.sim.reboot(true).await.unwrap();
     assert_eq!(bridge.event("controller_rebooted").await["count"], 1);
     let state = bridge
-        .state_where("rebooted", |s| s.controller_reboots == 1 && s.mode == "off")
+        .state_where("rebooted", |s| {
+            s.controller_reboots == 1 && s.mode == Mode::Off
+        })
         .await;
     assert_eq!(state.firmware.as_deref(), Some("MrCoffeeBot v2.0"));
     let mut commands = bridge.sim.commands();
@@ -275,15 +290,15 @@ async fn crc_errors_trip_sensor_error() {
     let mut bridge = Bridge::start(&[]).await;
     bridge.ask(Request::Heater(true)).await;
     bridge
-        .state_where("heating", |s| s.heater == Some("ON"))
+        .state_where("heating", |s| s.heater == Some(OnOff::On))
         .await;
     bridge.sim.crc_error(true).await.unwrap();
     assert_eq!(bridge.event("fault").await["reason"], "sensor_error");
     let s = bridge
-        .state_where("sensor error", |s| s.faults.contains(&"sensor_error"))
+        .state_where("sensor error", |s| s.faults.contains(Fault::SensorError))
         .await;
     assert_eq!(s.temperature_c, None);
-    assert_eq!(s.mode, "off");
+    assert_eq!(s.mode, Mode::Off);
     assert!(
         s.online(),
         "a controller answering with sentinels is online"
@@ -296,7 +311,7 @@ async fn stuck_relay_trips_heater_mismatch() {
     bridge.sim.stuck_heater(true).await.unwrap();
     bridge.ask(Request::Heater(true)).await;
     bridge
-        .state_where("heating", |s| s.heater == Some("ON"))
+        .state_where("heating", |s| s.heater == Some(OnOff::On))
         .await;
     bridge.ask(Request::Heater(false)).await;
     assert_eq!(bridge.event("fault").await["reason"], "heater_mismatch");

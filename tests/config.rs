@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use coffeebot::config::{
-    limit, load_with, ConfigError, Discovery, Settings, DEFAULTS, EX_CONFIG, LIMITS, REDACTED,
+    key, load_with, ConfigError, Discovery, Settings, DEFAULTS, EX_CONFIG, KEYS, REDACTED,
 };
+use coffeebot::core::Limits;
 
 /// A file with `contents` in a directory of its own for this test.
 fn file(test: &str, name: &str, contents: &str) -> PathBuf {
@@ -64,15 +65,22 @@ fn defaults_load_and_validate() {
 #[test]
 fn derived_durations() {
     let settings = Settings::default();
-    assert_eq!(settings.serial.feed_interval(), Duration::from_millis(250));
-    assert_eq!(settings.serial.poll_interval(), Duration::from_secs(1));
-    assert_eq!(settings.mqtt.state_interval(), Duration::from_secs(30));
-    assert_eq!(settings.mqtt.keep_alive(), Duration::from_secs(30));
-    assert_eq!(settings.brew.preheat_timeout(), Duration::from_secs(300));
-    assert_eq!(settings.brew.brew_time(4), Duration::from_secs(210));
-    assert_eq!(settings.keep_warm.max_duration(), Duration::from_secs(2400));
-    assert_eq!(settings.safety.max_heater_on(), Duration::from_secs(900));
-    assert_eq!(settings.safety.stale_after(), Duration::from_secs(3));
+    let limits = Limits::from(&settings);
+    assert_eq!(limits.feed_interval, Duration::from_millis(250));
+    assert_eq!(limits.poll_interval, Duration::from_secs(1));
+    assert_eq!(
+        Duration::from_secs_f64(settings.mqtt.state_interval_s),
+        Duration::from_secs(30)
+    );
+    assert_eq!(
+        Duration::from_secs(settings.mqtt.keep_alive_s),
+        Duration::from_secs(30)
+    );
+    assert_eq!(limits.preheat_timeout, Duration::from_secs(300));
+    assert_eq!(limits.brew_duration(4), Duration::from_secs(210));
+    assert_eq!(limits.keep_warm_max, Duration::from_secs(2400));
+    assert_eq!(limits.max_heater_on, Duration::from_secs(900));
+    assert_eq!(limits.stale_after, Duration::from_secs(3));
     assert_eq!(
         settings.http.listen_addr(),
         Some("127.0.0.1:8080".parse().unwrap())
@@ -106,7 +114,10 @@ fn a_file_overrides_the_defaults() {
     assert_eq!(settings.device.name, "Coffee Pot");
     assert_eq!(settings.brew.max_cups, 10);
     assert_eq!(settings.brew.seconds_per_cup, 2.0);
-    assert_eq!(settings.keep_warm.max_duration(), Duration::from_secs(30));
+    assert_eq!(
+        Limits::from(&settings).keep_warm_max,
+        Duration::from_secs(30)
+    );
     assert_eq!(settings.homeassistant.discovery, Discovery::Device);
     assert!(settings.mqtt.tls.enabled());
 }
@@ -341,7 +352,10 @@ fn out_of_range_values_name_the_key_and_the_allowed_range() {
         );
         assert!(message.contains("allowed "), "{message}");
         assert_eq!(message.lines().count(), 1, "{message}");
-        assert!(limit(key).is_some(), "{key} has no row in LIMITS");
+        assert!(
+            coffeebot::config::key(key).is_some(),
+            "{key} has no row in KEYS"
+        );
     }
 }
 
@@ -404,8 +418,9 @@ fn short_durations_for_tests_are_accepted() {
         ("COFFEEBOT__SAFETY__STALE_AFTER_S", "1"),
     ])
     .unwrap();
-    assert_eq!(settings.brew.brew_time(2), Duration::from_secs(1));
-    assert_eq!(settings.safety.stale_after(), Duration::from_secs(1));
+    let limits = Limits::from(&settings);
+    assert_eq!(limits.brew_duration(2), Duration::from_secs(1));
+    assert_eq!(limits.stale_after, Duration::from_secs(1));
     let settings = load_env(&[
         ("COFFEEBOT__SERIAL__FEED_INTERVAL_MS", "999"),
         ("COFFEEBOT__SERIAL__POLL_INTERVAL_MS", "4499"),
@@ -420,13 +435,14 @@ fn short_durations_for_tests_are_accepted() {
 #[test]
 fn every_limit_names_a_real_key() {
     let tree = serde_json::to_value(Settings::default()).unwrap();
-    for limit in LIMITS {
-        let found = limit
-            .key
+    for row in KEYS {
+        let found = row
+            .name
             .split('.')
             .try_fold(&tree, |node, name| node.get(name));
-        assert!(found.is_some(), "{} is not a key", limit.key);
-        assert!(!limit.allowed.is_empty() && !limit.reason.is_empty());
+        assert!(found.is_some(), "{} is not a key", row.name);
+        assert!(!row.allowed().is_empty() && !row.doc.is_empty());
+        assert_eq!(key(row.name).map(|found| found.name), Some(row.name));
     }
 }
 
@@ -543,4 +559,26 @@ fn the_toml_printout_reads_back_as_the_same_settings() {
         Settings::default().to_toml_string(),
         load_with(None, &[]).unwrap().to_toml_string()
     );
+}
+
+#[test]
+fn the_toml_printout_has_the_sections_and_keys_of_default_toml_in_its_order() {
+    // `name = ` and `[section]` lines, in order; comments and blank lines left out.
+    let shape = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .map(|line| line.split(" = ").next().unwrap_or(line).to_owned())
+            .collect()
+    };
+    assert_eq!(
+        shape(&Settings::default().to_toml_string()),
+        shape(DEFAULTS)
+    );
+}
+
+#[test]
+fn integers_beyond_the_signed_range_are_still_checked() {
+    let error = refused(&[("COFFEEBOT__MQTT__KEEP_ALIVE_S", "18446744073709551615")]);
+    assert_eq!(error.key(), Some("mqtt.keep_alive_s"), "{error}");
+    assert!(error.to_string().contains("allowed 5..=3600"), "{error}");
 }

@@ -6,9 +6,11 @@
 
 mod http_support;
 
+use coffeebot::core::Mode;
 use coffeebot::daemon;
 use coffeebot::http::listener::Limits;
 use coffeebot::http::{self, HttpDeps};
+use coffeebot::state::OnOff;
 use http_support::{brew, metric, request, Bridge, WAIT};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -67,7 +69,7 @@ async fn every_endpoint_answers_as_documented() {
     );
     let doc: serde_json::Value = serde_json::from_str(&status.body).unwrap();
     assert_eq!(doc["link"], "up");
-    assert_eq!(doc.as_object().unwrap().len(), 14);
+    assert_eq!(doc.as_object().unwrap().len(), 15);
 
     let metrics = bridge.get("/metrics").await;
     assert_eq!(metrics.status, 200);
@@ -206,7 +208,7 @@ async fn metrics_move_when_a_brew_runs() {
     assert_eq!(finished["reason"], "done");
     bridge
         .wait_state("the heater is off again", |s| {
-            s.mode == "off" && s.heater == Some("OFF")
+            s.mode == Mode::Off && s.heater == Some(OnOff::Off)
         })
         .await;
 
@@ -259,7 +261,7 @@ async fn writes_on_every_path_change_nothing() {
     let bridge = Bridge::start("writes", &[]).await;
     bridge.set_broker_connected(true);
     let idle = bridge.wait_state("the controller answers", answering).await;
-    assert_eq!((idle.mode, idle.heater), ("off", Some("OFF")));
+    assert_eq!((idle.mode, idle.heater), (Mode::Off, Some(OnOff::Off)));
     let mut commands = bridge.sim.commands();
 
     let bodies: [&[u8]; 3] = [b"ON", b"{\"cups\": 4}", b"B+1\n"];
@@ -291,7 +293,7 @@ async fn writes_on_every_path_change_nothing() {
     let now = bridge.state().unwrap();
     assert_eq!(
         (now.mode, now.heater, now.keep_warm, now.cups),
-        ("off", Some("OFF"), "OFF", idle.cups)
+        (Mode::Off, Some(OnOff::Off), OnOff::Off, idle.cups)
     );
     bridge.stop().await;
 }

@@ -4,16 +4,21 @@
 //! server on port 0 — lets its script poll `status.json`, and the rendered DOM must show the
 //! temperature and mode of `/status.json`. A second run takes screenshots during a brew
 //! (`target/status-page.png`, phone size, and `target/status-page-tablet.png`) for a person to
-//! look at.
+//! look at. A third run loads a saved page whose embedded state differs from its server-side
+//! text, so the script's wording must match the server's, from the labels the page carries.
 //!
 //! Without Chromium the test fails when `CI=true` and is skipped with a notice otherwise.
 
 mod http_support;
 
+use coffeebot::core::{Cutoff, Fault, Mode};
+use coffeebot::http::page;
+use coffeebot::protocol::ReplyFormat;
+use coffeebot::state::{LastFault, Link, OnOff, StateDoc};
 use http_support::{brew, Bridge};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Longest a Chromium run may take (enforced with coreutils' `timeout`).
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(90);
@@ -181,7 +186,7 @@ async fn the_page_shows_the_live_state_in_a_real_browser() {
     bridge.wait_event("brew_started").await;
     bridge
         .wait_state("the plate is warming up", |s| {
-            s.heater == Some("ON") && s.mode == "brewing" && s.temperature_c > Some(30.0)
+            s.heater == Some(OnOff::On) && s.mode == Mode::Brewing && s.temperature_c > Some(30.0)
         })
         .await;
     let shots = [
@@ -214,4 +219,70 @@ async fn the_page_shows_the_live_state_in_a_real_browser() {
         eprintln!("screenshot: {}", path.display());
     }
     bridge.stop().await;
+}
+
+/// The script words every value as the server does, from the texts the server puts in the
+/// page: a page rendered while waiting, given a state only through its embedded JSON, must
+/// show after the script ran what the server renders for that state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_script_words_values_as_the_server_does() {
+    let Some(browser) = chromium_or_skip() else {
+        return;
+    };
+    let doc = StateDoc {
+        mode: Mode::KeepWarm,
+        heater: Some(OnOff::Off),
+        temperature_c: Some(71.5),
+        water_distance_in: None,
+        water_level_pct: None,
+        cups: 1,
+        brew_remaining_s: None,
+        keep_warm: OnOff::On,
+        faults: [Fault::HeaterMismatch, Fault::NoWater]
+            .into_iter()
+            .collect(),
+        last_fault: Some(LastFault {
+            reason: Cutoff::FeedGap.into(),
+            at: "2026-11-24T07:29:00.000Z".into(),
+        }),
+        link: Link::Down,
+        controller_reboots: 1,
+        firmware: Some("MrCoffeeBot v2.0".into()),
+        reply_format: Some(ReplyFormat::ThreeLines),
+        updated_at: Some("2026-11-24T07:30:00.123Z".into()),
+    };
+    let now = SystemTime::now();
+    let server = page::render("Pot", Some(&doc), "[]", now);
+    let waiting = page::render("Pot", None, "[]", now);
+    let given = waiting.replace(
+        r#"data-title="Pot">null</script>"#,
+        &format!(r#"data-title="Pot">{}</script>"#, doc.to_json()),
+    );
+    assert_ne!(given, waiting);
+    let file = target_dir().join(format!("status-page-words-{}.html", std::process::id()));
+    std::fs::write(&file, given).unwrap();
+    let url = format!("file://{}", file.display());
+    let dom = run_chromium(&browser, &url, &["--dump-dom".into()]).await;
+    let _ = std::fs::remove_file(&file);
+
+    for id in [
+        "mode",
+        "heater",
+        "keep-warm",
+        "link",
+        "firmware",
+        "cups",
+        "water-level",
+        "water-distance",
+        "brew-remaining",
+        "reboots",
+    ] {
+        assert_eq!(text_of(&dom, id), text_of(&server, id), "#{id}");
+    }
+    assert_eq!(text_of(&dom, "mode"), "Keeping warm");
+    for fault in ["Heater stuck on", "Reservoir empty"] {
+        let item = format!("<li>{fault}</li>");
+        assert!(server.contains(&item) && dom.contains(&item), "{fault}");
+    }
+    assert!(text_of(&dom, "last-fault").starts_with("Last: Heater feed late at "));
 }

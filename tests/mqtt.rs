@@ -23,7 +23,7 @@ const D: &str = "coffeebot/coffeepot";
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Every key of the state JSON (SPEC §4).
-const STATE_KEYS: [&str; 14] = [
+const STATE_KEYS: [&str; 15] = [
     "mode",
     "heater",
     "temperature_c",
@@ -37,6 +37,7 @@ const STATE_KEYS: [&str; 14] = [
     "link",
     "controller_reboots",
     "firmware",
+    "reply_format",
     "updated_at",
 ];
 

@@ -5,9 +5,10 @@
 use std::collections::HashSet;
 
 use coffeebot::config::{load_with, Settings};
+use coffeebot::core::{FaultSet, Mode};
 use coffeebot::mqtt::discovery::{self, EVENT_TYPES};
 use coffeebot::mqtt::topics::{filter_matches, Topics};
-use coffeebot::state::StateDoc;
+use coffeebot::state::{Link, OnOff, StateDoc};
 use serde_json::Value;
 
 fn settings(env: &[(&str, &str)]) -> Settings {
@@ -21,17 +22,17 @@ fn settings(env: &[(&str, &str)]) -> Settings {
 /// The state JSON with every key, as the bridge publishes it.
 fn state_keys() -> HashSet<String> {
     let doc = StateDoc {
-        mode: "off",
+        mode: Mode::Off,
         heater: None,
         temperature_c: None,
         water_distance_in: None,
         water_level_pct: None,
         cups: 4,
         brew_remaining_s: None,
-        keep_warm: "OFF",
-        faults: vec![],
+        keep_warm: OnOff::Off,
+        faults: FaultSet::default(),
         last_fault: None,
-        link: "up",
+        link: Link::Up,
         controller_reboots: 0,
         firmware: None,
         reply_format: None,

@@ -1,6 +1,6 @@
-//! The numbers the core enforces, taken once from the validated settings.
+//! The numbers the core enforces: plain data, filled from the validated settings outside the
+//! core (`From<&Settings>` in `config`), so that the core does not depend on how they are read.
 
-use crate::config::Settings;
 use std::time::Duration;
 
 /// The limits and set points of SPEC §3, in the units the core computes with.
@@ -47,31 +47,6 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Limits from validated settings.
-    pub fn from_settings(s: &Settings) -> Self {
-        Limits {
-            feed_interval: Duration::from_millis(s.serial.feed_interval_ms),
-            poll_interval: Duration::from_millis(s.serial.poll_interval_ms),
-            allow_firmware_without_heater_timeout: s.serial.allow_firmware_without_heater_timeout,
-            max_cups: s.brew.max_cups,
-            default_cups: s.brew.default_cups,
-            preheat_c: s.brew.preheat_c,
-            preheat_timeout: secs(s.brew.preheat_timeout_s),
-            seconds_per_cup: s.brew.seconds_per_cup,
-            keep_warm_after_brew: s.keep_warm.after_brew,
-            keep_warm_target_c: s.keep_warm.target_c,
-            keep_warm_hysteresis_c: s.keep_warm.hysteresis_c,
-            keep_warm_max: secs(s.keep_warm.max_minutes * 60.0),
-            max_heater_on: secs(s.safety.max_heater_on_s),
-            stale_after: secs(s.safety.stale_after_s),
-            max_plate_c: s.safety.max_plate_c,
-            max_rise_c_per_s: s.safety.max_rise_c_per_s,
-            water_enabled: s.water.enabled,
-            empty_distance_in: s.water.empty_distance_in,
-            full_distance_in: s.water.full_distance_in,
-        }
-    }
-
     /// How long a brew of `cups` heats after preheating.
     pub fn brew_duration(&self, cups: u32) -> Duration {
         secs(self.seconds_per_cup * f64::from(cups))

@@ -18,7 +18,9 @@ mod limits;
 mod types;
 
 pub use limits::Limits;
-pub use types::{Event, Fault, FaultSet, Mode, Output, Rejection, Request, Status};
+pub use types::{
+    Cutoff, Event, Fault, FaultSet, Mode, Output, Rejection, Request, Status, TripReason,
+};
 
 use crate::protocol::{Command, Reading, ReplyFormat};
 use std::collections::VecDeque;
@@ -34,6 +36,10 @@ pub const DRY_BOIL_WINDOW: Duration = Duration::from_secs(5);
 pub const DRY_BOIL_ABOVE_C: f64 = 90.0;
 /// The value a DS18B20 reads right after its own power-on reset: not trusted as a first reading.
 const DS18B20_POWER_ON_C: f64 = 85.0;
+/// How long after the first reading of a boot 85.0 °C is still the power-on value: the sensor
+/// keeps it until its first conversion ends (750 ms after the firmware starts it, just after
+/// the banner), and replies can come every few milliseconds meanwhile.
+const DS18B20_POWER_ON_WINDOW: Duration = Duration::from_millis(900);
 /// Bound on the temperature history kept for the dry-boil check, whatever the reply rate.
 const MAX_SAMPLES: usize = 256;
 
@@ -78,8 +84,8 @@ enum End {
     Stopped,
     /// Another start command replaced it.
     Replaced,
-    /// A limit or a fault ended it; the string is the reason published.
-    Tripped(&'static str),
+    /// A limit or a fault ended it.
+    Tripped(TripReason),
 }
 
 /// The heater core. See the module documentation.
@@ -112,6 +118,8 @@ pub struct Core {
     last_reply_at: Option<Instant>,
     /// The next reading is the first after a boot (its 85.0 °C is not trusted).
     after_boot: bool,
+    /// Until when a reading of 85.0 °C is still the DS18B20's power-on value.
+    power_on_value_until: Option<Instant>,
     /// Since when the controller has reported a heater state other than commanded.
     mismatch_since: Option<Instant>,
     samples: VecDeque<(Instant, f64)>,
@@ -120,7 +128,7 @@ pub struct Core {
     dry_boil_latched: bool,
     /// Faults that held at the last evaluation (to publish each trip once).
     faults: FaultSet,
-    last_fault: Option<(&'static str, Instant)>,
+    last_fault: Option<(TripReason, Instant)>,
 
     controller_reboots: u64,
     firmware: Option<String>,
@@ -155,6 +163,7 @@ impl Core {
             sensor_invalid: false,
             last_reply_at: None,
             after_boot: true,
+            power_on_value_until: None,
             mismatch_since: None,
             samples: VecDeque::new(),
             overtemp_latched: false,
@@ -221,12 +230,15 @@ impl Core {
         {
             // Another build answers on the same port without a banner in between: nothing
             // about the running program can be trusted any more.
-            self.record_trip(now, "firmware_changed");
-            self.end_program(now, End::Tripped("firmware_changed"));
+            self.record_trip(now, Cutoff::FirmwareChanged.into());
+            self.end_program(now, End::Tripped(Cutoff::FirmwareChanged.into()));
             self.force_off(now);
         }
-        let suspect = self.after_boot && reading.temperature_c == Some(DS18B20_POWER_ON_C);
-        self.after_boot = false;
+        if std::mem::take(&mut self.after_boot) {
+            self.power_on_value_until = Some(now + DS18B20_POWER_ON_WINDOW);
+        }
+        let suspect = reading.temperature_c == Some(DS18B20_POWER_ON_C)
+            && self.power_on_value_until.is_some_and(|until| now < until);
         let valid = reading
             .temperature_c
             .filter(|t| (SENSOR_RANGE_C.0..=SENSOR_RANGE_C.1).contains(t));
@@ -286,7 +298,7 @@ impl Core {
         if self.shutting_down {
             return;
         }
-        self.end_program(now, End::Tripped("shutdown"));
+        self.end_program(now, End::Tripped(Cutoff::Shutdown.into()));
         self.shutting_down = true;
         self.shutdown_confirmed = !self.link_up;
         self.send(now, Command::HeaterOff);
@@ -438,7 +450,7 @@ impl Core {
                         "the controller link is down; reconnect the controller first",
                     ));
                 }
-                self.end_program(now, End::Tripped("controller_reset"));
+                self.end_program(now, End::Tripped(Cutoff::ControllerReset.into()));
                 self.force_off(now);
                 self.send(now, Command::Reset);
             }
@@ -546,7 +558,7 @@ impl Core {
             End::ReservoirEmpty => "reservoir_empty",
             End::Stopped => "stopped",
             End::Replaced => "replaced",
-            End::Tripped(reason) => reason,
+            End::Tripped(reason) => reason.as_str(),
         };
         match program {
             Program::Idle | Program::Manual => {}
@@ -569,7 +581,7 @@ impl Core {
         self.emit(Event::ControllerRebooted {
             count: self.controller_reboots,
         });
-        self.end_program(now, End::Tripped("controller_rebooted"));
+        self.end_program(now, End::Tripped(Cutoff::ControllerRebooted.into()));
         self.force_off(now);
     }
 
@@ -587,8 +599,8 @@ impl Core {
                 .last_feed
                 .is_some_and(|fed| now.saturating_duration_since(fed) >= CONTROLLER_HEATER_TIMEOUT)
         {
-            self.record_trip(now, "feed_gap");
-            self.end_program(now, End::Tripped("feed_gap"));
+            self.record_trip(now, Cutoff::FeedGap.into());
+            self.end_program(now, End::Tripped(Cutoff::FeedGap.into()));
             self.force_off(now);
         }
         // The controller reports the heater off while it should be on: it rebooted.
@@ -614,7 +626,7 @@ impl Core {
                         ends_at: now + self.limits.brew_duration(cups),
                     };
                 } else if now.saturating_duration_since(since) >= self.limits.preheat_timeout {
-                    self.end_program(now, End::Tripped("preheat_timeout"));
+                    self.end_program(now, End::Tripped(Cutoff::PreheatTimeout.into()));
                 }
             }
             Program::Brew { ends_at, .. } => {
@@ -644,7 +656,7 @@ impl Core {
                 self.emit(Event::HeaterAutoOff {
                     after_s: self.limits.max_heater_on.as_secs_f64(),
                 });
-                self.end_program(now, End::Tripped("max_heater_on"));
+                self.end_program(now, End::Tripped(Cutoff::MaxHeaterOn.into()));
                 self.force_off(now);
             }
         }
@@ -663,15 +675,15 @@ impl Core {
         self.faults = active;
         if let Some(fault) = new.blocking().iter().next() {
             // One trip, reported under the first new fault; the rest show in `faults`.
-            self.record_trip(now, fault.as_str());
-            self.end_program(now, End::Tripped(fault.as_str()));
+            self.record_trip(now, fault.into());
+            self.end_program(now, End::Tripped(fault.into()));
             if self.relay_on {
                 self.force_off(now);
             }
         }
     }
 
-    fn record_trip(&mut self, now: Instant, reason: &'static str) {
+    fn record_trip(&mut self, now: Instant, reason: TripReason) {
         self.last_fault = Some((reason, now));
         self.emit(Event::Fault { reason });
     }

@@ -435,7 +435,8 @@ fn heater_off_replaces_a_brew() {
 
 /// Heats manually, then lets `fault` happen; checks the trip: B+0 at once, program ended,
 /// `fault` event, and a start command refused while it holds.
-fn assert_trips(rig: &mut Rig, reason: &'static str) {
+fn assert_trips(rig: &mut Rig, fault: Fault) {
+    let reason = TripReason::Fault(fault);
     assert!(rig.has_event(&Event::Fault { reason }), "{:?}", rig.events);
     assert_eq!(rig.status().mode, Mode::Off);
     assert!(!rig.core.relay_on, "the core commands the heater off");
@@ -456,7 +457,7 @@ fn interlock_link_down() {
     let mut rig = heating_rig();
     rig.core.handle_link(rig.now, false);
     rig.drain();
-    assert_trips(&mut rig, "link_down");
+    assert_trips(&mut rig, Fault::LinkDown);
     assert!(rig.status().faults.contains(Fault::LinkDown));
     let err = rig.request(Request::Heater(true)).unwrap_err();
     assert!(err.reason.starts_with("link_down"));
@@ -475,7 +476,7 @@ fn interlock_stale_telemetry() {
     rig.mute = true;
     let muted_at = rig.at();
     rig.run_for(secs(4));
-    assert_trips(&mut rig, "stale_telemetry");
+    assert_trips(&mut rig, Fault::StaleTelemetry);
     let tripped_at = rig
         .events
         .iter()
@@ -497,7 +498,7 @@ fn interlock_sensor_error_on_every_sentinel_and_out_of_range() {
         let mut rig = heating_rig();
         rig.temp = bad;
         rig.run_for(secs(1));
-        assert_trips(&mut rig, "sensor_error");
+        assert_trips(&mut rig, Fault::SensorError);
         assert_eq!(rig.status().temperature_c, None);
         assert!(rig.request(Request::KeepWarm(true)).is_err());
     }
@@ -508,7 +509,7 @@ fn interlock_overtemp_is_latched_until_a_new_start() {
     let mut rig = heating_rig();
     rig.temp = Some(110.0);
     rig.run_for(secs(1));
-    assert_trips(&mut rig, "overtemp");
+    assert_trips(&mut rig, Fault::Overtemp);
     rig.temp = Some(100.0);
     rig.run_for(secs(10));
     assert!(rig.status().faults.contains(Fault::Overtemp), "latched");
@@ -531,7 +532,7 @@ fn interlock_dry_boil_fast_rise_above_90() {
     rig.temp = Some(80.0);
     rig.heat_rate = 2.0;
     rig.run_for(secs(12));
-    assert_trips(&mut rig, "dry_boil");
+    assert_trips(&mut rig, Fault::DryBoil);
     let t = rig.status().temperature_c.unwrap();
     assert!(t < 110.0, "tripped by the rise, not the max ({t})");
 }
@@ -554,7 +555,7 @@ fn interlock_heater_mismatch_stuck_relay() {
     rig.request(Request::Heater(false)).unwrap();
     rig.run_for(secs(1));
     assert!(rig.has_event(&Event::Fault {
-        reason: "heater_mismatch"
+        reason: Fault::HeaterMismatch.into()
     }));
     assert!(rig.status().faults.contains(Fault::HeaterMismatch));
     assert!(rig.request(Request::Heater(true)).is_err());
@@ -633,7 +634,9 @@ fn feed_gap_ends_the_program_instead_of_re_enabling() {
     rig.now += secs(3);
     rig.core.handle_timeout(rig.now);
     rig.drain();
-    assert!(rig.has_event(&Event::Fault { reason: "feed_gap" }));
+    assert!(rig.has_event(&Event::Fault {
+        reason: Cutoff::FeedGap.into()
+    }));
     assert_eq!(rig.last_command(), Command::HeaterOff);
     let at = rig.at();
     rig.run_for(secs(5));
@@ -654,6 +657,39 @@ fn suspect_85_after_boot_is_not_trusted_but_is_later() {
     assert!(!rig.status().faults.contains(Fault::SensorError));
     rig.run_for(secs(1));
     assert_eq!(rig.status().temperature_c, Some(85.0));
+}
+
+#[test]
+fn every_85_in_the_sensors_power_on_window_is_not_trusted() {
+    // Seen on the real firmware: the bridge started 25 ms after the board; the DS18B20 reads
+    // 85.0 for ~770 ms, and two replies came within that time.
+    let mut rig = Rig::new(limits());
+    rig.temp = Some(85.0);
+    rig.core.handle_banner(rig.now, "MrCoffeeBot v2.0");
+    rig.drain();
+    rig.run_for(Duration::from_millis(1));
+    assert_eq!(rig.status().temperature_c, None);
+    let t = rig.now + Duration::from_millis(5);
+    let reading = Reading {
+        water_distance_in: Some(2.0),
+        temperature_c: Some(85.0),
+        heater_on: false,
+        format: ReplyFormat::OneLine,
+    };
+    rig.core.handle_reading(t, reading);
+    assert_eq!(rig.status().temperature_c, None);
+    assert!(!rig.status().faults.contains(Fault::SensorError));
+    rig.core
+        .handle_reading(t + Duration::from_millis(500), reading);
+    assert_eq!(rig.status().temperature_c, None);
+    rig.core.handle_reading(
+        t + Duration::from_millis(600),
+        Reading {
+            temperature_c: Some(21.0),
+            ..reading
+        },
+    );
+    assert_eq!(rig.status().temperature_c, Some(21.0));
 }
 
 #[test]
@@ -889,7 +925,7 @@ fn another_build_answering_mid_program_ends_it() {
     assert_eq!(rig.status().mode, Mode::Off);
     assert!(!rig.relay);
     assert!(rig.has_event(&Event::Fault {
-        reason: "firmware_changed"
+        reason: Cutoff::FirmwareChanged.into()
     }));
     let after = rig.at();
     rig.run_for(secs(2));

@@ -3,31 +3,45 @@
 use crate::protocol::Command;
 use std::time::Instant;
 
-/// The `mode` field of the state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// Nothing running.
-    Off,
-    /// Brew started; heating the plate to `brew.preheat_c`.
-    Preheating,
-    /// Brewing: heating for `seconds_per_cup` × cups.
-    Brewing,
-    /// Thermostat on the plate.
-    KeepWarm,
-    /// Heater switched on by hand.
-    Manual,
+/// Declares a field-less enum together with `ALL`, the array of every variant in declaration
+/// order, from one list: a variant cannot be left out of `ALL`.
+macro_rules! listed_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $($(#[$variant_meta:meta])* $variant:ident,)+
+        }
+    ) => {
+        $(#[$meta])*
+        $vis enum $name {
+            $($(#[$variant_meta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: [$name; [$($name::$variant),+].len()] = [$($name::$variant),+];
+        }
+    };
+}
+
+listed_enum! {
+    /// The `mode` field of the state, in the order Home Assistant lists the options.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Mode {
+        /// Nothing running.
+        Off,
+        /// Brew started; heating the plate to `brew.preheat_c`.
+        Preheating,
+        /// Brewing: heating for `seconds_per_cup` × cups.
+        Brewing,
+        /// Thermostat on the plate.
+        KeepWarm,
+        /// Heater switched on by hand.
+        Manual,
+    }
 }
 
 impl Mode {
-    /// Every mode, in the order Home Assistant lists the options.
-    pub const ALL: [Mode; 5] = [
-        Mode::Off,
-        Mode::Preheating,
-        Mode::Brewing,
-        Mode::KeepWarm,
-        Mode::Manual,
-    ];
-
     /// The name in the state JSON.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -38,39 +52,42 @@ impl Mode {
             Mode::Manual => "manual",
         }
     }
+
+    /// What the status page calls it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Off => "Off",
+            Mode::Preheating => "Preheating",
+            Mode::Brewing => "Brewing",
+            Mode::KeepWarm => "Keeping warm",
+            Mode::Manual => "Manual heat",
+        }
+    }
 }
 
-/// An interlock of SPEC §3. While one holds (but `NoWater`), nothing may heat.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Fault {
-    /// The serial port is gone or cannot be opened.
-    LinkDown,
-    /// The port is open but no valid reply came in time.
-    StaleTelemetry,
-    /// The temperature is a sentinel or outside the sensor's range.
-    SensorError,
-    /// The plate reached `safety.max_plate_c` (latched until a new start command).
-    Overtemp,
-    /// The plate rose too fast while heating above 90 °C (latched until a new start command).
-    DryBoil,
-    /// The controller reports the heater on while it was commanded off.
-    HeaterMismatch,
-    /// The reservoir reads empty (blocks brewing only).
-    NoWater,
+listed_enum! {
+    /// An interlock of SPEC §3. While one holds (but `NoWater`), nothing may heat. `ALL` is
+    /// the order the state lists them in.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Fault {
+        /// The serial port is gone or cannot be opened.
+        LinkDown,
+        /// The port is open but no valid reply came in time.
+        StaleTelemetry,
+        /// The temperature is a sentinel or outside the sensor's range.
+        SensorError,
+        /// The plate reached `safety.max_plate_c` (latched until a new start command).
+        Overtemp,
+        /// The plate rose too fast while heating above 90 °C (latched until a new start command).
+        DryBoil,
+        /// The controller reports the heater on while it was commanded off.
+        HeaterMismatch,
+        /// The reservoir reads empty (blocks brewing only).
+        NoWater,
+    }
 }
 
 impl Fault {
-    /// Every fault, in the order the state lists them.
-    pub const ALL: [Fault; 7] = [
-        Fault::LinkDown,
-        Fault::StaleTelemetry,
-        Fault::SensorError,
-        Fault::Overtemp,
-        Fault::DryBoil,
-        Fault::HeaterMismatch,
-        Fault::NoWater,
-    ];
-
     /// The name in `faults` and in `fault` events.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -81,6 +98,19 @@ impl Fault {
             Fault::DryBoil => "dry_boil",
             Fault::HeaterMismatch => "heater_mismatch",
             Fault::NoWater => "no_water",
+        }
+    }
+
+    /// What the status page calls it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Fault::LinkDown => "Controller unplugged",
+            Fault::StaleTelemetry => "Controller not answering",
+            Fault::SensorError => "Temperature sensor error",
+            Fault::Overtemp => "Plate too hot",
+            Fault::DryBoil => "Boiling dry?",
+            Fault::HeaterMismatch => "Heater stuck on",
+            Fault::NoWater => "Reservoir empty",
         }
     }
 
@@ -99,14 +129,21 @@ impl Fault {
         }
     }
 
-    fn bit(self) -> u8 {
-        1 << (self as u8)
+    fn bit(self) -> u32 {
+        1 << (self as u32)
     }
 }
 
-/// A small set of faults, ordered as [`Fault::ALL`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FaultSet(u8);
+/// The bits of a [`FaultSet`].
+type FaultBits = u32;
+const _: () = assert!(
+    Fault::ALL.len() <= FaultBits::BITS as usize,
+    "FaultSet is too small"
+);
+
+/// A set of faults, ordered as [`Fault::ALL`].
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct FaultSet(FaultBits);
 
 impl FaultSet {
     /// A set holding one fault.
@@ -140,6 +177,120 @@ impl FaultSet {
     /// The faults in order.
     pub fn iter(self) -> impl Iterator<Item = Fault> {
         Fault::ALL.into_iter().filter(move |f| self.contains(*f))
+    }
+}
+
+impl FromIterator<Fault> for FaultSet {
+    fn from_iter<I: IntoIterator<Item = Fault>>(faults: I) -> Self {
+        let mut set = FaultSet::default();
+        for fault in faults {
+            set.insert(fault);
+        }
+        set
+    }
+}
+
+/// The faults' names, as the state lists them (`["no_water"]`).
+impl std::fmt::Debug for FaultSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(Fault::as_str))
+            .finish()
+    }
+}
+
+listed_enum! {
+    /// Why the core ended a program or cut the heater when no [`Fault`] holds: a limit ran
+    /// out, the controller changed under it, or the bridge is stopping.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Cutoff {
+        /// The heater was on and no `B+1` went out for the controller's heater timeout.
+        FeedGap,
+        /// The heater ran for `safety.max_heater_on_s` without a break.
+        MaxHeaterOn,
+        /// The plate did not reach `brew.preheat_c` within `brew.preheat_timeout_s`.
+        PreheatTimeout,
+        /// The controller rebooted (banner, or heater found off while commanded on).
+        ControllerRebooted,
+        /// A user reset the controller.
+        ControllerReset,
+        /// Another firmware build answers on the same link.
+        FirmwareChanged,
+        /// The bridge is shutting down.
+        Shutdown,
+    }
+}
+
+impl Cutoff {
+    /// The name in events and `last_fault`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cutoff::FeedGap => "feed_gap",
+            Cutoff::MaxHeaterOn => "max_heater_on",
+            Cutoff::PreheatTimeout => "preheat_timeout",
+            Cutoff::ControllerRebooted => "controller_rebooted",
+            Cutoff::ControllerReset => "controller_reset",
+            Cutoff::FirmwareChanged => "firmware_changed",
+            Cutoff::Shutdown => "shutdown",
+        }
+    }
+
+    /// What the status page calls it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Cutoff::FeedGap => "Heater feed late",
+            Cutoff::MaxHeaterOn => "Heater on too long",
+            Cutoff::PreheatTimeout => "Preheat too slow",
+            Cutoff::ControllerRebooted => "Controller rebooted",
+            Cutoff::ControllerReset => "Controller reset",
+            Cutoff::FirmwareChanged => "Firmware changed",
+            Cutoff::Shutdown => "Bridge stopped",
+        }
+    }
+}
+
+/// Why the core ended a program on its own: a fault that tripped, or a [`Cutoff`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TripReason {
+    /// An interlock tripped.
+    Fault(Fault),
+    /// A limit, a controller change or shutdown.
+    Cutoff(Cutoff),
+}
+
+impl TripReason {
+    /// Every reason: the faults, then the cutoffs.
+    pub fn all() -> impl Iterator<Item = TripReason> {
+        let faults = Fault::ALL.into_iter().map(TripReason::Fault);
+        faults.chain(Cutoff::ALL.into_iter().map(TripReason::Cutoff))
+    }
+
+    /// The name in events and `last_fault`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TripReason::Fault(fault) => fault.as_str(),
+            TripReason::Cutoff(cutoff) => cutoff.as_str(),
+        }
+    }
+
+    /// What the status page calls it.
+    pub fn label(self) -> &'static str {
+        match self {
+            TripReason::Fault(fault) => fault.label(),
+            TripReason::Cutoff(cutoff) => cutoff.label(),
+        }
+    }
+}
+
+impl From<Fault> for TripReason {
+    fn from(fault: Fault) -> Self {
+        TripReason::Fault(fault)
+    }
+}
+
+impl From<Cutoff> for TripReason {
+    fn from(cutoff: Cutoff) -> Self {
+        TripReason::Cutoff(cutoff)
     }
 }
 
@@ -223,10 +374,10 @@ pub enum Event {
         /// The limit, in seconds.
         after_s: f64,
     },
-    /// An interlock tripped.
+    /// An interlock tripped, or the feed to the controller lapsed, or another build answers.
     Fault {
-        /// The fault's name (or `feed_gap`).
-        reason: &'static str,
+        /// What tripped.
+        reason: TripReason,
     },
     /// The controller rebooted (banner, or heater found off while commanded on).
     ControllerRebooted {
@@ -282,7 +433,7 @@ pub struct Status {
     /// Interlocks that hold now.
     pub faults: FaultSet,
     /// The latest trip: its reason and when.
-    pub last_fault: Option<(&'static str, Instant)>,
+    pub last_fault: Option<(TripReason, Instant)>,
     /// Whether the serial port is open.
     pub link_up: bool,
     /// Whether the controller answers: the port is open, a reply came since it was opened,
@@ -296,4 +447,36 @@ pub struct Status {
     pub reply_format: Option<crate::protocol::ReplyFormat>,
     /// When the controller last answered.
     pub updated_at: Option<Instant>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_sets_hold_every_fault_in_order() {
+        // FaultSet's bits are the discriminants: ALL must be them in order.
+        for (i, fault) in Fault::ALL.into_iter().enumerate() {
+            assert_eq!(fault as usize, i);
+        }
+        let all: FaultSet = Fault::ALL.into_iter().rev().collect();
+        assert!(all.iter().eq(Fault::ALL));
+        assert_eq!(
+            format!("{:?}", FaultSet::only(Fault::NoWater)),
+            r#"["no_water"]"#
+        );
+    }
+
+    #[test]
+    fn every_reason_has_its_own_name_and_label() {
+        let reasons: Vec<TripReason> = TripReason::all().collect();
+        assert_eq!(reasons.len(), Fault::ALL.len() + Cutoff::ALL.len());
+        for (i, a) in reasons.iter().enumerate() {
+            assert!(!a.label().is_empty());
+            for b in &reasons[i + 1..] {
+                assert_ne!(a.as_str(), b.as_str());
+                assert_ne!(a.label(), b.label());
+            }
+        }
+    }
 }

@@ -4,8 +4,12 @@
 //! Pure: the state and the wall-clock time go in, HTML comes out. The script in the page
 //! formats values the same way as [`render`] and then polls `status.json` every second.
 
-use crate::state::StateDoc;
+use crate::core::{Mode, TripReason};
+use crate::protocol::ReplyFormat;
+use crate::state::{Link, OnOff, StateDoc};
+use serde_json::{json, Map, Value};
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 const TEMPLATE: &str = include_str!("page.html");
@@ -15,7 +19,7 @@ const TEMPLATE: &str = include_str!("page.html");
 pub fn render(title: &str, state: Option<&StateDoc>, history: &str, now: SystemTime) -> String {
     let v = Values::new(state, now);
     let initial = state.map_or_else(|| "null".to_owned(), StateDoc::to_json);
-    let fields: [(&str, &str); 26] = [
+    let fields: [(&str, &str); 27] = [
         ("title", &escape(title)),
         ("conn_state", v.conn_state),
         ("conn_text", v.conn_text),
@@ -43,6 +47,7 @@ pub fn render(title: &str, state: Option<&StateDoc>, history: &str, now: SystemT
         // Inside <script>: `<` escaped so no `</script>` can end it early.
         ("initial_json", &initial.replace('<', "\\u003c")),
         ("history_json", &history.replace('<', "\\u003c")),
+        ("labels_json", &escape(labels_json())),
     ];
     fill(TEMPLATE, &fields)
 }
@@ -85,31 +90,73 @@ fn escape(s: &str) -> String {
     out
 }
 
-/// The label the page shows for a mode (the script has the same table).
+/// The label the page shows for a mode, by its name in the state JSON.
 pub fn mode_label(mode: &str) -> &'static str {
-    match mode {
-        "off" => "Off",
-        "preheating" => "Preheating",
-        "brewing" => "Brewing",
-        "keep_warm" => "Keeping warm",
-        "manual" => "Manual heat",
-        _ => "Unknown",
+    Mode::ALL
+        .into_iter()
+        .find(|m| m.as_str() == mode)
+        .map_or("Unknown", Mode::label)
+}
+
+fn heater_label(heater: Option<OnOff>) -> &'static str {
+    match heater {
+        Some(OnOff::On) => "Heater on",
+        Some(OnOff::Off) => "Heater off",
+        None => "Heater unknown",
     }
 }
 
-/// The label the page shows for a fault (the script has the same table).
-pub fn fault_label(fault: &str) -> &'static str {
-    match fault {
-        "link_down" => "Controller unplugged",
-        "stale_telemetry" => "Controller not answering",
-        "sensor_error" => "Temperature sensor error",
-        "overtemp" => "Plate too hot",
-        "dry_boil" => "Boiling dry?",
-        "heater_mismatch" => "Heater stuck on",
-        "no_water" => "Reservoir empty",
-        "feed_gap" => "Heater feed late",
-        _ => "Other fault",
+fn keep_warm_label(keep_warm: OnOff) -> &'static str {
+    match keep_warm {
+        OnOff::On => "On",
+        OnOff::Off => "Off",
     }
+}
+
+fn link_label(link: Link) -> &'static str {
+    match link {
+        Link::Up => "Answering",
+        Link::Down => "Not answering",
+    }
+}
+
+/// Which build answers and whether it has the 1 s heater timeout.
+fn build_label(format: ReplyFormat) -> String {
+    let timeout = if format.has_heater_timeout() {
+        "1 s heater timeout"
+    } else {
+        "no heater timeout"
+    };
+    format!("build {} ({timeout})", format.build())
+}
+
+/// The texts the script shows for the state's values, keyed by their JSON names: the page
+/// carries them (`data-labels`), so the script keeps no table of its own.
+fn labels_json() -> &'static str {
+    static LABELS: OnceLock<String> = OnceLock::new();
+    LABELS.get_or_init(|| {
+        let heater = OnOff::ALL.map(|h| (h.as_str(), heater_label(Some(h))));
+        json!({
+            "modes": table(Mode::ALL.map(|m| (m.as_str(), m.label()))),
+            "reasons": table(TripReason::all().map(|r| (r.as_str(), r.label()))),
+            "heater": table(heater.into_iter().chain([("unknown", heater_label(None))])),
+            "keep_warm": table(OnOff::ALL.map(|k| (k.as_str(), keep_warm_label(k)))),
+            "link": table(Link::ALL.map(|l| (l.as_str(), link_label(l)))),
+            "formats": table(
+                [ReplyFormat::OneLine, ReplyFormat::ThreeLines].map(|f| (f.as_str(), build_label(f)))
+            ),
+        })
+        .to_string()
+    })
+}
+
+/// A JSON object from `(name, text)` pairs.
+fn table(pairs: impl IntoIterator<Item = (&'static str, impl Into<String>)>) -> Value {
+    let map: Map<String, Value> = pairs
+        .into_iter()
+        .map(|(name, text)| (name.to_owned(), Value::String(text.into())))
+        .collect();
+    Value::Object(map)
 }
 
 /// Every value the template shows, formatted.
@@ -148,8 +195,8 @@ impl Values {
         if d.faults.is_empty() {
             faults.push_str(r#"<li class="none">None</li>"#);
         }
-        for f in &d.faults {
-            let _ = write!(faults, "<li>{}</li>", fault_label(f));
+        for f in d.faults.iter() {
+            let _ = write!(faults, "<li>{}</li>", f.label());
         }
         Values {
             conn_state: "live",
@@ -157,14 +204,10 @@ impl Values {
             temperature: d
                 .temperature_c
                 .map_or_else(|| "—".into(), |t| format!("{t:.1}")),
-            mode: d.mode,
-            mode_label: mode_label(d.mode),
-            heater: d.heater.unwrap_or("unknown"),
-            heater_label: match d.heater {
-                Some("ON") => "Heater on",
-                Some(_) => "Heater off",
-                None => "Heater unknown",
-            },
+            mode: d.mode.as_str(),
+            mode_label: d.mode.label(),
+            heater: d.heater.map_or("unknown", OnOff::as_str),
+            heater_label: heater_label(d.heater),
             water_level: d
                 .water_level_pct
                 .map_or_else(|| "—".into(), |p| format!("{p} %")),
@@ -174,7 +217,7 @@ impl Values {
                 |w| format!("{w:.2} in to the surface"),
             ),
             brew_remaining: match (d.mode, d.brew_remaining_s) {
-                ("brewing", Some(s)) => format!("{}:{:02}", s / 60, s % 60),
+                (Mode::Brewing, Some(s)) => format!("{}:{:02}", s / 60, s % 60),
                 _ => "—".into(),
             },
             cups: format!(
@@ -182,14 +225,10 @@ impl Values {
                 d.cups,
                 if d.cups == 1 { "cup" } else { "cups" }
             ),
-            keep_warm: d.keep_warm,
-            keep_warm_label: if d.keep_warm == "ON" { "On" } else { "Off" },
-            link: d.link,
-            link_label: if d.online() {
-                "Answering"
-            } else {
-                "Not answering"
-            },
+            keep_warm: d.keep_warm.as_str(),
+            keep_warm_label: keep_warm_label(d.keep_warm),
+            link: d.link.as_str(),
+            link_label: link_label(d.link),
             firmware: firmware_label(d.firmware.as_deref(), d.reply_format),
             reboots: format!(
                 "{} {} since start",
@@ -203,7 +242,7 @@ impl Values {
             faults,
             last_fault: d.last_fault.as_ref().map_or_else(
                 || "No trips since start".into(),
-                |f| format!("Last: {} at {}", fault_label(f.reason), utc_clock(&f.at)),
+                |f| format!("Last: {} at {}", f.reason.label(), utc_clock(&f.at)),
             ),
             updated_at: d.updated_at.clone().unwrap_or_default(),
             updated_clock: d
@@ -223,19 +262,19 @@ impl Values {
             conn_state: "waiting",
             conn_text: "Waiting for the controller…",
             temperature: dash(),
-            mode: "off",
+            mode: Mode::Off.as_str(),
             mode_label: "Starting",
             heater: "unknown",
-            heater_label: "Heater unknown",
+            heater_label: heater_label(None),
             water_level: dash(),
             water_bar: "0".into(),
             water_distance: "No reading".into(),
             brew_remaining: dash(),
             cups: String::new(),
-            keep_warm: "OFF",
-            keep_warm_label: "Off",
-            link: "down",
-            link_label: "Not answering",
+            keep_warm: OnOff::Off.as_str(),
+            keep_warm_label: keep_warm_label(OnOff::Off),
+            link: Link::Down.as_str(),
+            link_label: link_label(Link::Down),
             firmware: "Firmware unknown".into(),
             reboots: String::new(),
             faults: String::new(),
@@ -271,12 +310,11 @@ fn ago(rfc3339: &str, now: SystemTime) -> String {
 
 /// The firmware line of the page: the banner's name (or "Firmware unknown") and, once the
 /// controller has answered, its build and whether it has the 1 s heater timeout. The page's
-/// script builds the same text (`firmwareLabel` in `page.html`).
-fn firmware_label(firmware: Option<&str>, reply_format: Option<&str>) -> String {
+/// script builds the same text from the labels (`firmwareLabel` in `page.html`).
+fn firmware_label(firmware: Option<&str>, reply_format: Option<ReplyFormat>) -> String {
     let name = firmware.unwrap_or("Firmware unknown");
     match reply_format {
-        Some("one_line") => format!("{name} · build 6105f59 (1 s heater timeout)"),
-        Some(_) => format!("{name} · build 05a9a00 (no heater timeout)"),
+        Some(format) => format!("{name} · {}", build_label(format)),
         None => name.to_owned(),
     }
 }
@@ -284,28 +322,29 @@ fn firmware_label(firmware: Option<&str>, reply_format: Option<&str>) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::{Fault, FaultSet};
     use crate::state::LastFault;
     use std::time::Duration;
 
     fn doc() -> StateDoc {
         StateDoc {
-            mode: "brewing",
-            heater: Some("ON"),
+            mode: Mode::Brewing,
+            heater: Some(OnOff::On),
             temperature_c: Some(92.4),
             water_distance_in: Some(3.52),
             water_level_pct: Some(61),
             cups: 4,
             brew_remaining_s: Some(118),
-            keep_warm: "OFF",
-            faults: vec!["no_water"],
+            keep_warm: OnOff::Off,
+            faults: FaultSet::only(Fault::NoWater),
             last_fault: Some(LastFault {
-                reason: "overtemp",
+                reason: Fault::Overtemp.into(),
                 at: "2026-11-24T07:29:00.000Z".into(),
             }),
-            link: "up",
+            link: Link::Up,
             controller_reboots: 1,
             firmware: Some("Mr<Coffee>Bot \"v2\" </script>".into()),
-            reply_format: Some("one_line"),
+            reply_format: Some(ReplyFormat::OneLine),
             updated_at: Some("2026-11-24T07:30:00.123Z".into()),
         }
     }
@@ -362,6 +401,27 @@ mod tests {
     }
 
     #[test]
+    fn the_script_gets_every_label_from_the_server() {
+        let html = render("Pot", None, "[]", SystemTime::UNIX_EPOCH);
+        let labels: Value = serde_json::from_str(labels_json()).unwrap();
+        assert!(html.contains(&format!(r#"data-labels="{}""#, escape(labels_json()))));
+        for reason in TripReason::all() {
+            assert_eq!(labels["reasons"][reason.as_str()], reason.label());
+            // The template holds no table of its own.
+            assert!(!TEMPLATE.contains(reason.label()), "{reason:?}");
+        }
+        for mode in Mode::ALL {
+            assert_eq!(labels["modes"][mode.as_str()], mode.label());
+            assert_eq!(mode_label(mode.as_str()), mode.label());
+        }
+        assert_eq!(labels["heater"]["unknown"], "Heater unknown");
+        assert_eq!(
+            labels["formats"]["three_lines"],
+            "build 05a9a00 (no heater timeout)"
+        );
+    }
+
+    #[test]
     fn fill_keeps_unknown_and_unclosed_placeholders() {
         assert_eq!(fill("a{{x}}b{{y}}c{{", &[("x", "1")]), "a1b{{y}}c{{");
     }
@@ -369,7 +429,7 @@ mod tests {
     #[test]
     fn brew_time_shows_only_while_brewing() {
         let mut d = doc();
-        d.mode = "keep_warm";
+        d.mode = Mode::KeepWarm;
         let html = render("Pot", Some(&d), "[]", SystemTime::UNIX_EPOCH);
         assert!(html.contains(r#"id="brew-remaining">—</p>"#));
     }

@@ -303,6 +303,11 @@ impl Broker {
         fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 
+    /// The mosquitto process id while it runs (to read its memory in `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the mosquitto process is running.
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
@@ -435,18 +440,24 @@ fn rewrite_shipped(shipped: &str, dir: &Path, lan: u16, ws: u16) -> String {
     out
 }
 
-/// A password file with every [`User`]'s test password, made the way users make theirs.
+/// A password file with every [`User`]'s test password, made the way users make theirs: by
+/// `mosquitto/make-passwords.sh`, the passwords in its environment.
 fn write_password_file(path: &Path) {
-    fs::write(path, "").expect("create password file");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("mosquitto/make-passwords.sh");
+    let mut cmd = Command::new(script);
+    cmd.arg("-f").arg(path);
     for user in User::ALL {
-        let status = Command::new(find_program("mosquitto_passwd"))
-            .arg("-b")
-            .arg(path)
-            .args([user.name(), user.test_password()])
-            .status()
-            .expect("run mosquitto_passwd");
-        assert!(status.success(), "mosquitto_passwd failed: {status}");
+        cmd.env(
+            format!("MQTT_PASSWORD_{}", user.name().to_uppercase()),
+            user.test_password(),
+        );
     }
+    let out = cmd.output().expect("run mosquitto/make-passwords.sh");
+    assert!(
+        out.status.success(),
+        "make-passwords.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Run as root, mosquitto drops to the `mosquitto` user (or `nobody`) before it reads the
@@ -505,7 +516,7 @@ fn free_ports(n: usize) -> Vec<u16> {
 
 /// Finds a mosquitto program on PATH or in the sbin directories (mosquitto lives in
 /// /usr/sbin on Debian, which is not on every PATH); panics with the fix if it is missing.
-fn find_program(name: &str) -> PathBuf {
+pub fn find_program(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
@@ -1033,7 +1044,7 @@ async fn pump_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::UnboundedSende
 
 /// Opens a websocket (subprotocol `mqtt`) to `ws_port` and returns a loopback port whose first
 /// TCP connection is relayed over it.
-async fn websocket_relay(ws_port: u16) -> std::io::Result<u16> {
+pub async fn websocket_relay(ws_port: u16) -> std::io::Result<u16> {
     let mut ws = TcpStream::connect((HOST, ws_port)).await?;
     // The key only has to be 16 bytes in base64; the RFC's sample nonce will do for a test.
     let request = format!(

@@ -1,0 +1,370 @@
+//! What each key allows and why: one row per key in [`KEYS`], plus the few checks that relate
+//! two keys in [`RELATIONS`]. Validation and every "allowed …" text come from here; the default
+//! values stay in `config/default.toml`.
+//!
+//! Adding a key: its field in the settings struct, its default in `config/default.toml`, its row
+//! here. The tests fail when a key of the defaults has no row, or a row names no key.
+
+use std::net::SocketAddr;
+
+use super::Settings;
+
+/// One key: what it allows, its unit and why.
+#[derive(Clone, Copy, Debug)]
+pub struct Key {
+    /// The dotted key, e.g. `serial.feed_interval_ms`.
+    pub name: &'static str,
+    /// What a value must be, on its own (checks against other keys are in [`RELATIONS`]).
+    pub check: Check,
+    /// The unit of a number (`ms`, `s`, `min`, `°C`, `in`, …), empty for none; the key's name
+    /// ends with it where it has one.
+    pub unit: &'static str,
+    /// Why the key exists, or why its limit is where it is.
+    pub doc: &'static str,
+}
+
+/// What a value must be, on its own.
+#[derive(Clone, Copy, Debug)]
+pub enum Check {
+    /// `true` or `false`.
+    Flag,
+    /// A number in `min..=max`.
+    Range {
+        /// Smallest value allowed.
+        min: f64,
+        /// Largest value allowed; infinite for no limit.
+        max: f64,
+    },
+    /// A number above `min` (excluded) and at most `max`.
+    Above {
+        /// The value must be more than this.
+        min: f64,
+        /// Largest value allowed.
+        max: f64,
+    },
+    /// A text that `ok` accepts.
+    Text {
+        /// What is allowed, as shown to people.
+        allowed: &'static str,
+        /// Whether a value is allowed.
+        ok: fn(&str) -> bool,
+    },
+    /// One of these words.
+    OneOf(&'static [&'static str]),
+}
+
+impl Check {
+    /// Whether a number lies inside the bounds; `NaN` never does, and a check that is not a
+    /// range accepts every number.
+    pub fn contains(&self, value: f64) -> bool {
+        match *self {
+            Check::Range { min, max } => value >= min && value <= max,
+            Check::Above { min, max } => value > min && value <= max,
+            Check::Flag | Check::Text { .. } | Check::OneOf(_) => true,
+        }
+    }
+
+    /// Whether a text is allowed; a check that is not about text accepts every text.
+    pub fn accepts(&self, value: &str) -> bool {
+        match *self {
+            Check::Text { ok, .. } => ok(value),
+            Check::OneOf(words) => words.contains(&value),
+            Check::Flag | Check::Range { .. } | Check::Above { .. } => true,
+        }
+    }
+}
+
+impl Key {
+    /// What is allowed, as shown to people, e.g. `50..=999`.
+    pub fn allowed(&self) -> String {
+        match self.check {
+            Check::Flag => "true or false".to_owned(),
+            Check::Range { min, max } if max.is_infinite() => format!("{} or more", number(min)),
+            Check::Range { min, max } => format!("{}..={}", number(min), number(max)),
+            Check::Above { min, max } => {
+                format!("more than {}, up to {}", number(min), number(max))
+            }
+            Check::Text { allowed, .. } => allowed.to_owned(),
+            Check::OneOf(words) => match words.split_last() {
+                Some((last, [])) => (*last).to_owned(),
+                Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                None => "nothing".to_owned(),
+            },
+        }
+    }
+}
+
+/// A bound as people write it: at most four decimals, no trailing zeros.
+fn number(value: f64) -> String {
+    let rounded = (value * 1e4).round() / 1e4;
+    rounded.to_string()
+}
+
+/// The row of [`KEYS`] for a dotted key.
+pub fn key(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|key| key.name == name)
+}
+
+/// A row of [`KEYS`].
+const fn row(name: &'static str, check: Check, unit: &'static str, doc: &'static str) -> Key {
+    Key {
+        name,
+        check,
+        unit,
+        doc,
+    }
+}
+
+/// `min..=max`.
+const fn range(min: f64, max: f64) -> Check {
+    Check::Range { min, max }
+}
+
+/// More than `min`, up to `max`.
+const fn above(min: f64, max: f64) -> Check {
+    Check::Above { min, max }
+}
+
+/// Any text, the empty one included.
+const ANY_TEXT: Check = Check::Text {
+    allowed: "any text",
+    ok: |_| true,
+};
+
+/// A text that is more than blanks.
+const fn not_blank(allowed: &'static str) -> Check {
+    Check::Text {
+        allowed,
+        ok: |value| !value.trim().is_empty(),
+    }
+}
+
+/// A text that becomes an MQTT topic prefix.
+const TOPIC: Check = Check::Text {
+    allowed: "a non-empty MQTT topic without +, #, NUL or a / at either end",
+    ok: is_topic_prefix,
+};
+
+/// Every key, in the order of `config/default.toml`.
+#[rustfmt::skip] // One row a key reads best as a table.
+pub const KEYS: &[Key] = &[
+    row("device.id", Check::Text { allowed: "1 to 64 letters, digits, _ or -", ok: is_id }, "", "it is an MQTT topic level and a Home Assistant node id"),
+    row("device.name", not_blank("a non-empty name"), "", "Home Assistant shows it"),
+    row("serial.port", Check::Text { allowed: "a non-empty device path", ok: |port| !port.is_empty() }, "", "the controller's serial port"),
+    row("serial.baud", range(1.0, f64::INFINITY), "Bd", "a line speed of 0 carries nothing; the controller runs at 115200"),
+    row("serial.feed_interval_ms", range(50.0, 999.0), "ms", "the controller cuts the heater after 1000 ms without B+1; faster crowds its 16-byte input"),
+    row("serial.poll_interval_ms", range(100.0, 4999.0), "ms", "the controller's watchdog reboots it after 5000 ms without a command, and slower polling would look stale"),
+    row("serial.allow_firmware_without_heater_timeout", Check::Flag, "", "a controller build without the 1 s heater timeout (MrCoffeeBot 05a9a00) leaves the heater on up to 5 s after the bridge dies"),
+    row("mqtt.host", not_blank("a non-empty host name or address"), "", "the broker to connect to"),
+    row("mqtt.port", range(1.0, 65535.0), "", "port 0 is no broker's port"),
+    row("mqtt.client_id", Check::Text { allowed: "a non-empty id", ok: |id| !id.is_empty() }, "", "the broker tells clients apart by it"),
+    row("mqtt.username", ANY_TEXT, "", "the user name on the broker; empty for none"),
+    row("mqtt.password", ANY_TEXT, "", "the password on the broker; never printed"),
+    row("mqtt.password_file", ANY_TEXT, "", "a file holding the password, so that it stays out of the configuration"),
+    row("mqtt.base_topic", TOPIC, "", "it starts every topic of the bridge"),
+    row("mqtt.state_interval_s", range(1.0, 3600.0), "s", "Home Assistant expires sensors after three intervals"),
+    row("mqtt.temperature_deadband_c", range(0.0, 10.0), "°C", "a wider band would hide real temperature changes"),
+    row("mqtt.water_deadband_in", range(0.0, 10.0), "in", "a wider band would hide real water level changes"),
+    row("mqtt.keep_alive_s", range(5.0, 3600.0), "s", "the MQTT client needs at least 5 s; the broker only notices a dead bridge after 1.5 keep-alives"),
+    row("mqtt.tls.ca_file", ANY_TEXT, "", "TLS is off while ca_file is empty"),
+    row("mqtt.tls.client_cert", ANY_TEXT, "", "a client key is useless without its certificate"),
+    row("mqtt.tls.client_key", ANY_TEXT, "", "a client certificate needs its private key"),
+    row("homeassistant.discovery", Check::OneOf(&["components", "device", "off"]), "", "device needs Home Assistant 2024.11 or later; off publishes nothing"),
+    row("homeassistant.discovery_prefix", TOPIC, "", "Home Assistant listens for discovery under it"),
+    row("brew.max_cups", range(1.0, 24.0), "cups", "no drip coffee maker holds more than two dozen cups"),
+    row("brew.default_cups", range(1.0, 24.0), "cups", "it must be a brew that can be started"),
+    row("brew.preheat_c", range(20.0, 100.0), "°C", "above 100 °C the water boils; at max_plate_c the overtemp interlock trips"),
+    row("brew.preheat_timeout_s", range(1.0, 3600.0), "s", "a plate that does not heat within an hour is broken"),
+    row("brew.seconds_per_cup", above(0.0, 600.0), "s", "ten minutes a cup is beyond any drip coffee maker"),
+    row("keep_warm.after_brew", Check::Flag, "", "keep the pot warm when a brew finishes"),
+    row("keep_warm.target_c", range(40.0, 95.0), "°C", "below 40 °C is not warm, above 95 °C coffee boils down; at max_plate_c the overtemp interlock trips"),
+    row("keep_warm.hysteresis_c", range(0.5, 20.0), "°C", "a narrower band chatters the relay; the heater must come on above room temperature"),
+    row("keep_warm.max_minutes", range(1.0 / 60.0, 240.0), "min", "1 s to 4 h: EU Regulation 801/2013 asks for 40 minutes; four hours is the outer limit"),
+    row("safety.max_heater_on_s", range(1.0, 3600.0), "s", "an hour of continuous heating is beyond any brew"),
+    row("safety.stale_after_s", range(1.0, 4.5), "s", "it must trip before the controller's 5 s watchdog reboots it"),
+    row("safety.max_plate_c", range(30.0, 125.0), "°C", "the DS18B20 sensor is rated to 125 °C"),
+    row("safety.max_rise_c_per_s", above(0.0, 20.0), "°C/s", "a dry boil rises a few °C a second; above 20 the check never trips"),
+    row("water.enabled", Check::Flag, "", "whether the reservoir sensor is fitted and checked"),
+    row("water.empty_distance_in", above(0.0, 160.0), "in", "the empty surface is farther from the sensor than the full one; the HC-SR04 ranges up to 4 m"),
+    row("water.full_distance_in", above(0.0, 160.0), "in", "the HC-SR04 ranges up to 4 m (157 in)"),
+    row("http.listen", Check::Text { allowed: "empty (no HTTP server) or an address like 127.0.0.1:8080", ok: is_listen }, "", "the status page listens there"),
+];
+
+/// A check between keys. It runs only when its key and every key it `needs` passed their own
+/// checks, so that one mistake gives one error.
+#[derive(Clone, Copy, Debug)]
+pub struct Relation {
+    /// The key reported when the check fails (its row's `doc` says why).
+    pub key: &'static str,
+    /// The other keys the check reads.
+    pub needs: &'static [&'static str],
+    /// `None` when the settings pass; else what is allowed, naming the other key and its value.
+    pub check: fn(&Settings) -> Option<String>,
+}
+
+/// `Some(allowed)` when `ok` is false.
+fn unless(ok: bool, allowed: impl FnOnce() -> String) -> Option<String> {
+    if ok {
+        None
+    } else {
+        Some(allowed())
+    }
+}
+
+/// Every check between keys, in the order they are reported. Comparisons are written so that
+/// NaN fails them.
+pub const RELATIONS: &[Relation] = &[
+    Relation {
+        key: "mqtt.tls.client_key",
+        needs: &["mqtt.tls.client_cert"],
+        check: |s| {
+            let tls = &s.mqtt.tls;
+            unless(
+                tls.client_cert.is_empty() || !tls.client_key.is_empty(),
+                || "a key file when mqtt.tls.client_cert is set".to_owned(),
+            )
+        },
+    },
+    Relation {
+        key: "mqtt.tls.client_cert",
+        needs: &["mqtt.tls.client_key"],
+        check: |s| {
+            let tls = &s.mqtt.tls;
+            unless(
+                tls.client_key.is_empty() || !tls.client_cert.is_empty(),
+                || "a certificate file when mqtt.tls.client_key is set".to_owned(),
+            )
+        },
+    },
+    Relation {
+        key: "mqtt.tls.ca_file",
+        needs: &["mqtt.tls.client_cert"],
+        check: |s| {
+            let tls = &s.mqtt.tls;
+            unless(
+                tls.client_cert.is_empty() || !tls.ca_file.is_empty(),
+                || "a CA file when mqtt.tls.client_cert is set".to_owned(),
+            )
+        },
+    },
+    Relation {
+        key: "brew.default_cups",
+        needs: &["brew.max_cups"],
+        check: |s| {
+            let max = s.brew.max_cups;
+            unless(s.brew.default_cups <= max, || {
+                format!("at most brew.max_cups ({max})")
+            })
+        },
+    },
+    Relation {
+        key: "brew.preheat_c",
+        needs: &["safety.max_plate_c"],
+        check: |s| {
+            let plate = s.safety.max_plate_c;
+            unless(s.brew.preheat_c < plate, || {
+                format!("below safety.max_plate_c ({plate})")
+            })
+        },
+    },
+    Relation {
+        key: "keep_warm.target_c",
+        needs: &["safety.max_plate_c"],
+        check: |s| {
+            let plate = s.safety.max_plate_c;
+            unless(s.keep_warm.target_c < plate, || {
+                format!("below safety.max_plate_c ({plate})")
+            })
+        },
+    },
+    Relation {
+        key: "keep_warm.hysteresis_c",
+        needs: &["keep_warm.target_c"],
+        check: |s| {
+            let target = s.keep_warm.target_c;
+            unless(target - s.keep_warm.hysteresis_c >= 20.0, || {
+                format!("at most keep_warm.target_c - 20 ({})", target - 20.0)
+            })
+        },
+    },
+    Relation {
+        key: "serial.poll_interval_ms",
+        needs: &["safety.stale_after_s"],
+        check: |s| {
+            let stale_ms = s.safety.stale_after_s * 1000.0;
+            unless((s.serial.poll_interval_ms as f64) < stale_ms, || {
+                format!("below safety.stale_after_s ({stale_ms} ms)")
+            })
+        },
+    },
+    Relation {
+        key: "water.empty_distance_in",
+        needs: &["water.full_distance_in"],
+        check: |s| {
+            let full = s.water.full_distance_in;
+            unless(s.water.empty_distance_in > full, || {
+                format!("more than water.full_distance_in ({full})")
+            })
+        },
+    },
+];
+
+/// 1 to 64 letters, digits, `_` or `-`.
+fn is_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether `topic` can prefix MQTT topics: non-empty, no wildcards or NUL, no `/` at either end.
+fn is_topic_prefix(topic: &str) -> bool {
+    !topic.is_empty()
+        && !topic.contains(['+', '#', '\0'])
+        && !topic.starts_with('/')
+        && !topic.ends_with('/')
+}
+
+/// Empty, or a socket address.
+fn is_listen(listen: &str) -> bool {
+    listen.is_empty() || listen.parse::<SocketAddr>().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unit_in_the_name_is_the_unit_of_the_row() {
+        let suffixes = [
+            ("_c_per_s", "°C/s"),
+            ("_ms", "ms"),
+            ("_s", "s"),
+            ("_c", "°C"),
+            ("_in", "in"),
+            ("_minutes", "min"),
+        ];
+        for key in KEYS {
+            let named = suffixes
+                .iter()
+                .find(|(suffix, _)| key.name.ends_with(suffix));
+            if let Some((_, unit)) = named {
+                assert_eq!(key.unit, *unit, "{}", key.name);
+            }
+        }
+    }
+
+    #[test]
+    fn allowed_texts_read_as_people_write_them() {
+        let allowed = |name| key(name).unwrap().allowed();
+        assert_eq!(allowed("serial.feed_interval_ms"), "50..=999");
+        assert_eq!(allowed("serial.baud"), "1 or more");
+        assert_eq!(allowed("keep_warm.max_minutes"), "0.0167..=240");
+        assert_eq!(allowed("brew.seconds_per_cup"), "more than 0, up to 600");
+        assert_eq!(
+            allowed("homeassistant.discovery"),
+            "components, device or off"
+        );
+        assert_eq!(allowed("water.enabled"), "true or false");
+    }
+}

@@ -1,0 +1,210 @@
+//! [`Settings::validate`]: every row of [`KEYS`] checked against the value of its key, then
+//! [`RELATIONS`]. Values are found by name in the serialised settings, so no second list of
+//! keys exists.
+
+use std::collections::BTreeSet;
+
+use config::{Config, ValueKind};
+
+use super::keys::{Key, KEYS, RELATIONS};
+use super::{ConfigError, Settings};
+
+/// A value as [`Settings::validate`] sees it.
+enum Value {
+    /// A number, and the way it is written.
+    Number(f64, String),
+    /// A text.
+    Text(String),
+    /// Anything else (a flag, a table).
+    Other(String),
+}
+
+impl Value {
+    /// The value as an error shows it: numbers as written, texts quoted.
+    fn shown(&self) -> String {
+        match self {
+            Value::Number(_, text) | Value::Other(text) => text.clone(),
+            Value::Text(text) => format!("{text:?}"),
+        }
+    }
+}
+
+/// The settings as a tree that can be read by dotted key.
+struct Tree(Config);
+
+impl Tree {
+    /// The value of a dotted key, if the settings have it. Read from the tree itself rather
+    /// than deserialised, which would refuse a `u64` above `i64::MAX`.
+    fn get(&self, name: &str) -> Option<Value> {
+        let mut node = &self.0.cache;
+        for part in name.split('.') {
+            let ValueKind::Table(table) = &node.kind else {
+                return None;
+            };
+            node = table.get(part)?;
+        }
+        Some(match &node.kind {
+            ValueKind::I64(n) => Value::Number(*n as f64, n.to_string()),
+            ValueKind::I128(n) => Value::Number(*n as f64, n.to_string()),
+            ValueKind::U64(n) => Value::Number(*n as f64, n.to_string()),
+            ValueKind::U128(n) => Value::Number(*n as f64, n.to_string()),
+            ValueKind::Float(n) => Value::Number(*n, n.to_string()),
+            ValueKind::String(text) => Value::Text(text.clone()),
+            other => Value::Other(other.to_string()),
+        })
+    }
+}
+
+/// The error for `value` of `key`, which is not `allowed`.
+fn refused(key: &Key, value: &Value, allowed: String) -> ConfigError {
+    match value {
+        Value::Text(_) => ConfigError::Invalid {
+            key: key.name.to_owned(),
+            value: value.shown(),
+            allowed,
+            reason: key.doc.to_owned(),
+        },
+        Value::Number(..) | Value::Other(_) => ConfigError::OutOfRange {
+            key: key.name.to_owned(),
+            value: value.shown(),
+            allowed,
+            reason: key.doc.to_owned(),
+        },
+    }
+}
+
+impl Settings {
+    /// Checks every key and every relation between keys; returns every problem at once:
+    /// numbers first, then texts, then relations, each in the order of [`KEYS`].
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let tree = match Config::try_from(self) {
+            Ok(config) => Tree(config),
+            Err(e) => {
+                return Err(vec![ConfigError::Type {
+                    key: "(top level)".to_owned(),
+                    message: e.to_string(),
+                }])
+            }
+        };
+        let mut errors = Vec::new();
+        let mut bad = BTreeSet::new();
+        // Every row names a key of the settings, with a check that fits its type: the unit
+        // tests below make sure.
+        let values: Vec<(&Key, Value)> = KEYS
+            .iter()
+            .filter_map(|key| Some((key, tree.get(key.name)?)))
+            .collect();
+        for (key, value) in &values {
+            if let Value::Number(n, _) = value {
+                if !key.check.contains(*n) {
+                    errors.push(refused(key, value, key.allowed()));
+                    bad.insert(key.name);
+                }
+            }
+        }
+        for (key, value) in &values {
+            if let Value::Text(text) = value {
+                if !key.check.accepts(text) {
+                    errors.push(refused(key, value, key.allowed()));
+                    bad.insert(key.name);
+                }
+            }
+        }
+        for relation in RELATIONS {
+            let ready = !bad.contains(relation.key)
+                && relation.needs.iter().all(|need| !bad.contains(need));
+            let Some(allowed) = ready.then(|| (relation.check)(self)).flatten() else {
+                continue;
+            };
+            let row = values.iter().find(|(key, _)| key.name == relation.key);
+            if let Some((key, value)) = row {
+                // A number's own bounds still hold; say both.
+                let allowed = match value {
+                    Value::Number(..) => format!("{} and {allowed}", key.allowed()),
+                    Value::Text(_) | Value::Other(_) => allowed,
+                };
+                errors.push(refused(key, value, allowed));
+                bad.insert(key.name);
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::keys::Check;
+    use super::*;
+
+    /// The dotted names of every leaf of a tree.
+    fn leaves(value: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        match value.as_object() {
+            Some(table) => {
+                for (name, child) in table {
+                    let child_path = if path.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{path}.{name}")
+                    };
+                    leaves(child, &child_path, out);
+                }
+            }
+            None => out.push(path.to_owned()),
+        }
+    }
+
+    #[test]
+    fn every_key_of_the_defaults_has_one_row_in_default_toml_order() {
+        let defaults: toml::Table = toml::from_str(super::super::DEFAULTS).unwrap();
+        let tree = serde_json::to_value(defaults).unwrap();
+        let mut names = Vec::new();
+        leaves(&tree, "", &mut names);
+        let rows: Vec<&str> = KEYS.iter().map(|key| key.name).collect();
+        let mut sorted_rows = rows.clone();
+        sorted_rows.sort_unstable();
+        names.sort_unstable();
+        assert_eq!(sorted_rows, names, "KEYS and config/default.toml differ");
+        // The printout and the rows follow default.toml; toml::Table sorts, so compare the
+        // order of first appearance in the text.
+        let position = |name: &str| {
+            let leaf = name.rsplit('.').next().unwrap();
+            let section = name.rsplit_once('.').map_or("", |(section, _)| section);
+            let start = super::super::DEFAULTS
+                .find(&format!("[{section}]\n"))
+                .unwrap();
+            start
+                + super::super::DEFAULTS[start..]
+                    .find(&format!("\n{leaf} = "))
+                    .unwrap()
+        };
+        let positions: Vec<usize> = rows.iter().map(|name| position(name)).collect();
+        assert!(
+            positions.is_sorted(),
+            "KEYS is not in the order of default.toml"
+        );
+    }
+
+    #[test]
+    fn every_check_fits_the_type_of_its_key() {
+        let tree = Tree(Config::try_from(&Settings::default()).unwrap());
+        for key in KEYS {
+            let fits = match (key.check, tree.get(key.name)) {
+                (Check::Range { .. } | Check::Above { .. }, Some(Value::Number(..))) => true,
+                (Check::Text { .. } | Check::OneOf(_), Some(Value::Text(_))) => true,
+                (Check::Flag, Some(Value::Other(text))) => text == "true" || text == "false",
+                _ => false,
+            };
+            assert!(fits, "{}: {:?} does not fit its value", key.name, key.check);
+            assert!(!key.doc.is_empty() && !key.allowed().is_empty());
+        }
+        for relation in RELATIONS {
+            for name in std::iter::once(&relation.key).chain(relation.needs) {
+                assert!(super::super::key(name).is_some(), "{name} has no row");
+            }
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! The shipped broker's limits (`mosquitto/config/mosquitto.conf`) against clients that try to
+//! exhaust it: on the LAN listener packets over `max_packet_size` are refused where they arrive
+//! (MQTT 5: a DISCONNECT "packet too large"; MQTT 3.1.1: the connection closes); on the public
+//! websockets listener, where mosquitto 2.0 buffers a whole packet before it checks its size,
+//! `memory_limit` bounds what huge publishes and floods of subscriptions can make it hold, while
+//! the bridge's own traffic goes on. Clients here speak raw MQTT over TCP (through the harness's
+//! websocket relay on the public listener), as an attacker would: a library client would refuse
+//! to send an oversized packet in the first place.
+
+mod support;
+
+use support::mosquitto::{websocket_relay, Broker, Listener, Login, Protocol, User, WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The broker's `max_packet_size`, also what the bridge announces it accepts.
+const MAX_PACKET: usize = 65_536;
+/// What mosquitto may grow to under any of these attacks, in KiB of resident memory. The
+/// shipped `memory_limit` caps its heap at 24 MiB; the Kubernetes limit is 64 MiB.
+const RSS_BOUND_KIB: u64 = 48 * 1024;
+const STATE: &str = "coffeebot/coffeepot/state";
+
+/// mosquitto's resident memory in KiB.
+fn rss_kib(broker: &Broker) -> u64 {
+    let pid = broker.pid().expect("mosquitto runs");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+fn varint(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        out.push(if n > 0 { byte | 0x80 } else { byte });
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+fn string(s: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A CONNECT packet.
+fn connect(v5: bool, client_id: &str, login: Option<(&str, &str)>, clean: bool) -> Vec<u8> {
+    let mut body = Vec::new();
+    string("MQTT", &mut body);
+    body.push(if v5 { 5 } else { 4 });
+    let mut flags = if clean { 0x02 } else { 0 };
+    if login.is_some() {
+        flags |= 0xC0;
+    }
+    body.push(flags);
+    body.extend_from_slice(&60u16.to_be_bytes());
+    if v5 {
+        // Session expiry: an hour for a persistent session, none for a clean one.
+        if clean {
+            body.push(0);
+        } else {
+            body.extend_from_slice(&[5, 0x11]);
+            body.extend_from_slice(&3600u32.to_be_bytes());
+        }
+    }
+    string(client_id, &mut body);
+    if let Some((user, password)) = login {
+        string(user, &mut body);
+        string(password, &mut body);
+    }
+    let mut packet = vec![0x10];
+    varint(body.len(), &mut packet);
+    packet.extend(body);
+    packet
+}
+
+/// The fixed and variable header of a QoS 0 PUBLISH of `payload_len` bytes to `topic`.
+fn publish_header(v5: bool, topic: &str, payload_len: usize) -> Vec<u8> {
+    let mut variable = Vec::new();
+    string(topic, &mut variable);
+    if v5 {
+        variable.push(0);
+    }
+    let mut packet = vec![0x30];
+    varint(variable.len() + payload_len, &mut packet);
+    packet.extend(variable);
+    packet
+}
+
+/// A SUBSCRIBE of one filter, QoS 1.
+fn subscribe(v5: bool, packet_id: u16, filter: &str) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec();
+    if v5 {
+        body.push(0);
+    }
+    string(filter, &mut body);
+    body.push(1);
+    let mut packet = vec![0x82];
+    varint(body.len(), &mut packet);
+    packet.extend(body);
+    packet
+}
+
+/// Reads one packet: its first byte and body; `None` when the connection closed.
+async fn read_packet(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let first = stream.read_u8().await.ok()?;
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let b = stream.read_u8().await.ok()?;
+        len |= usize::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    stream.read_exact(&mut body).await.ok()?;
+    Some((first, body))
+}
+
+/// The Maximum Packet Size property (0x27) of an MQTT 5 CONNACK body.
+fn connack_max_packet(body: &[u8]) -> Option<u32> {
+    let mut i = 2;
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let b = *body.get(i)?;
+        i += 1;
+        len |= usize::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    let props = body.get(i..i + len)?;
+    let mut p = 0;
+    while p < props.len() {
+        let id = props[p];
+        p += 1;
+        let size = match id {
+            0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1,
+            0x21 | 0x22 | 0x13 => 2,
+            0x11 | 0x27 => 4,
+            0x12 | 0x1F | 0x1A | 0x1C | 0x15 | 0x16 => {
+                2 + usize::from(u16::from_be_bytes([*props.get(p)?, *props.get(p + 1)?]))
+            }
+            0x26 => {
+                let a = usize::from(u16::from_be_bytes([*props.get(p)?, *props.get(p + 1)?]));
+                let b = usize::from(u16::from_be_bytes([
+                    *props.get(p + 2 + a)?,
+                    *props.get(p + 3 + a)?,
+                ]));
+                4 + a + b
+            }
+            _ => return None,
+        };
+        if id == 0x27 {
+            return Some(u32::from_be_bytes(props.get(p..p + 4)?.try_into().ok()?));
+        }
+        p += size;
+    }
+    None
+}
+
+/// A raw connection on `listener`, connected (CONNACK 0 checked); returns the CONNACK body.
+async fn raw_connect(
+    broker: &Broker,
+    listener: Listener,
+    v5: bool,
+    client_id: &str,
+    user: Option<User>,
+    clean: bool,
+) -> (TcpStream, Vec<u8>) {
+    let port = match listener {
+        Listener::Lan => broker.lan_port(),
+        Listener::Public => websocket_relay(broker.ws_port()).await.unwrap(),
+    };
+    let mut stream = TcpStream::connect((broker.host(), port)).await.unwrap();
+    let login = user.map(|u| (u.name(), u.test_password()));
+    stream
+        .write_all(&connect(v5, client_id, login, clean))
+        .await
+        .unwrap();
+    let (first, body) = tokio::time::timeout(WAIT, read_packet(&mut stream))
+        .await
+        .expect("CONNACK in time")
+        .expect("a CONNACK");
+    assert_eq!(first, 0x20, "CONNACK");
+    assert_eq!(body[1], 0, "connection accepted");
+    (stream, body)
+}
+
+/// Sends a PUBLISH of `size` payload bytes and returns how the broker answered: the reason code
+/// of a DISCONNECT it sent, or `None` if it just closed the connection. Panics if it neither
+/// disconnects nor closes.
+async fn send_oversized(stream: &mut TcpStream, v5: bool, topic: &str, size: usize) -> Option<u8> {
+    let header = publish_header(v5, topic, size);
+    // The broker may close while we still write: a write error is part of the answer.
+    let chunk = vec![0u8; 64 * 1024];
+    let mut sent = 0;
+    if stream.write_all(&header).await.is_ok() {
+        while sent < size {
+            let n = chunk.len().min(size - sent);
+            if stream.write_all(&chunk[..n]).await.is_err() {
+                break;
+            }
+            sent += n;
+        }
+    }
+    let answer = tokio::time::timeout(WAIT, read_packet(stream))
+        .await
+        .expect("the broker answers an oversized packet by disconnecting");
+    match answer {
+        None => None,
+        Some((0xE0, body)) => Some(body.first().copied().unwrap_or(0)),
+        Some((first, _)) => panic!("unexpected packet {first:#x} after an oversized PUBLISH"),
+    }
+}
+
+/// A LAN reader of the state topic still gets the bridge's messages.
+async fn state_still_flows(broker: &Broker, text: &str) {
+    let mut reader = broker
+        .connect(Protocol::V5, Listener::Lan, Login::User(User::Lan))
+        .await
+        .unwrap();
+    reader.subscribe(STATE).await.unwrap();
+    let mut bridge = broker
+        .connect(Protocol::V5, Listener::Lan, Login::User(User::Coffeebot))
+        .await
+        .unwrap();
+    bridge.publish(STATE, text, false).await.unwrap();
+    reader.wait_for_payload(STATE, text).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_packets_are_refused_where_they_arrive() {
+    let broker = Broker::start();
+    // Every MQTT 5 client is told the limit.
+    for listener in [Listener::Lan, Listener::Public] {
+        let user = (listener == Listener::Lan).then_some(User::Lan);
+        let (_, connack) = raw_connect(&broker, listener, true, "told", user, true).await;
+        assert_eq!(
+            connack_max_packet(&connack),
+            Some(MAX_PACKET as u32),
+            "{listener:?}"
+        );
+    }
+    // On the LAN listener an MQTT 5 client is disconnected with "packet too large" (0x95)…
+    let user = Some(User::Lan);
+    let (mut stream, _) = raw_connect(&broker, Listener::Lan, true, "big-v5", user, true).await;
+    let answer = send_oversized(&mut stream, true, "coffeebot/coffeepot/brew/set", 1 << 20).await;
+    assert_eq!(answer, Some(0x95), "DISCONNECT reason");
+    // … and an MQTT 3.1.1 client, which has no reason codes, is disconnected.
+    let (mut stream, _) = raw_connect(&broker, Listener::Lan, false, "big-v3", user, true).await;
+    let answer = send_oversized(&mut stream, false, "coffeebot/coffeepot/brew/set", 1 << 20).await;
+    assert_eq!(answer, None, "a 3.1.1 client is only disconnected");
+    state_still_flows(&broker, "after oversized packets").await;
+    // A packet just under the limit still goes through (the limit is not lower than said).
+    let (mut stream, _) = raw_connect(
+        &broker,
+        Listener::Lan,
+        true,
+        "near-limit",
+        Some(User::Lan),
+        true,
+    )
+    .await;
+    stream
+        .write_all(&subscribe(true, 1, "coffeebot/coffeepot/brew/set"))
+        .await
+        .unwrap();
+    let (first, _) = read_packet(&mut stream).await.unwrap();
+    assert_eq!(first, 0x90, "SUBACK");
+    let payload = MAX_PACKET - 1024;
+    let mut packet = publish_header(true, "coffeebot/coffeepot/brew/set", payload);
+    packet.extend(std::iter::repeat_n(b'x', payload));
+    stream.write_all(&packet).await.unwrap();
+    let (first, body) = tokio::time::timeout(WAIT, read_packet(&mut stream))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first & 0xF0, 0x30, "our own publish comes back");
+    assert!(body.len() > payload);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_public_publishes_stay_under_the_bound() {
+    let broker = Broker::start();
+    let before = rss_kib(&broker);
+    for i in 0..3 {
+        let (mut stream, _) = raw_connect(
+            &broker,
+            Listener::Public,
+            false,
+            &format!("huge-{i}"),
+            None,
+            true,
+        )
+        .await;
+        // mosquitto 2.0 reads a websocket client's whole packet before it checks the size; its
+        // memory limit ends the connection instead.
+        let answer =
+            send_oversized(&mut stream, false, "coffeebot/coffeepot/state", 30 << 20).await;
+        assert_eq!(answer, None, "a 3.1.1 client is only disconnected");
+    }
+    let after = rss_kib(&broker);
+    eprintln!("mosquitto RSS: {before} KiB before, {after} KiB after 3 × 30 MiB public publishes");
+    assert!(after < RSS_BOUND_KIB, "{before} → {after} KiB");
+    state_still_flows(&broker, "after huge publishes").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_flood_stays_under_the_bound() {
+    let broker = Broker::start();
+    let before = rss_kib(&broker);
+    let (mut stream, _) =
+        raw_connect(&broker, Listener::Public, true, "subflood", None, true).await;
+    // Up to 50,000 distinct filters (~60 MiB without a limit), written in batches; the broker
+    // answers each with a SUBACK or disconnects the client once its memory limit is reached.
+    let mut acked = 0u32;
+    let mut open = true;
+    for batch in 0..500u16 {
+        let mut packets = Vec::new();
+        for i in 0..100u16 {
+            let id = batch * 100 + i + 1;
+            packets.extend(subscribe(
+                true,
+                id,
+                &format!("coffeebot/{id}/flood/{}/x", "y".repeat(200)),
+            ));
+        }
+        if stream.write_all(&packets).await.is_err() {
+            open = false;
+            break;
+        }
+        for _ in 0..100 {
+            match tokio::time::timeout(WAIT, read_packet(&mut stream)).await {
+                Ok(Some((0x90, _))) => acked += 1,
+                Ok(Some(_)) | Ok(None) | Err(_) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        if !open {
+            break;
+        }
+    }
+    let after = rss_kib(&broker);
+    eprintln!(
+        "mosquitto RSS: {before} KiB before, {after} KiB after {acked} subscriptions (client {})",
+        if open {
+            "still connected"
+        } else {
+            "disconnected"
+        }
+    );
+    assert!(after < RSS_BOUND_KIB, "{after} KiB");
+    state_still_flows(&broker, "after a subscription flood").await;
+}
+
+/// Known to fail with the single shipped broker: the queued states of 1,000 persistent public
+/// sessions reach `memory_limit`, and mosquitto then disconnects the bridge whose publish it
+/// cannot store (without the limit it grows past 100 MB). Sessions are not bounded in number
+/// by any mosquitto 2.0 option; the fix is a public broker of its own, fed one way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known to fail: persistent public sessions need a public broker of their own"]
+async fn persistent_public_sessions_stay_under_the_bound() {
+    let broker = Broker::start();
+    let before = rss_kib(&broker);
+    // 1,000 anonymous public clients subscribe to the state with a persistent session and go.
+    for i in 0..1000 {
+        let (mut stream, _) = raw_connect(
+            &broker,
+            Listener::Public,
+            false,
+            &format!("persist-{i:04}"),
+            None,
+            false,
+        )
+        .await;
+        stream.write_all(&subscribe(false, 1, STATE)).await.unwrap();
+        let (first, _) = read_packet(&mut stream).await.unwrap();
+        assert_eq!(first, 0x90);
+        stream.write_all(&[0xE0, 0]).await.unwrap();
+    }
+    // The bridge publishes 1,000 states of ~600 bytes, QoS 1, which queue for every session.
+    let mut bridge = broker
+        .connect(Protocol::V5, Listener::Lan, Login::User(User::Coffeebot))
+        .await
+        .unwrap();
+    let state = format!("{{\"mode\":\"off\",\"pad\":\"{}\"}}", "p".repeat(560));
+    for i in 0..1000 {
+        bridge
+            .publish(STATE, format!("{state}{i}"), false)
+            .await
+            .unwrap();
+    }
+    state_still_flows(&broker, "after persistent sessions").await;
+    let after = rss_kib(&broker);
+    eprintln!("mosquitto RSS: {before} KiB before, {after} KiB with 1,000 persistent sessions × 1,000 states");
+    assert!(after < RSS_BOUND_KIB, "{after} KiB");
+}
