@@ -2,7 +2,7 @@
 # The coffeebot benchmark (BENCHMARKS.md): builds the release binaries, makes sure mosquitto
 # is installed, and runs coffeebot-bench against the release bridge: first with the simulated
 # controller, then with the real firmware (../shared/realfw beside the repository, or
-# $COFFEEBOT_REALFW_DIR) when it is there. Prints a table per device and writes
+# $COFFEEBOT_REALFW) when it is there. Prints a table per device and writes
 # target/bench/latest.json, target/bench/latest-realfw.json (and timestamped copies).
 #
 #   scripts/bench.sh                  full run, both devices (about 12 minutes on 2 cores)
@@ -27,9 +27,12 @@ for arg in "$@"; do
 done
 
 "${bench[@]}" --device sim "$@"
-realfw=${COFFEEBOT_REALFW_DIR:-../shared/realfw}
+realfw=${COFFEEBOT_REALFW:-../shared/realfw}
 if [ -x "$realfw/run.sh" ]; then
   "${bench[@]}" --device realfw "$@"
+elif [ -n "${COFFEEBOT_REALFW_REQUIRED:-}" ]; then
+  echo "bench.sh: no real firmware at $realfw, and COFFEEBOT_REALFW_REQUIRED is set" >&2
+  exit 1
 else
-  echo "bench.sh: no real firmware at $realfw (set COFFEEBOT_REALFW_DIR): the realfw run is skipped" >&2
+  echo "bench.sh: no real firmware at $realfw (set COFFEEBOT_REALFW): the realfw run is skipped" >&2
 fi

@@ -12,7 +12,7 @@
 //!
 //! With `--device realfw` the controller is the real MrCoffeeBot firmware on its emulated board
 //! (`../shared/realfw/run.sh LINK LOG`, built first with its `build.sh`; the folder is found
-//! beside the repository or named by `COFFEEBOT_REALFW_DIR`) instead of the simulator. Its
+//! beside the repository or named by `COFFEEBOT_REALFW`) instead of the simulator. Its
 //! side of each figure comes from the board's event log, read from its stderr as it is
 //! written: `RELAY 1`/`RELAY 0` for command → relay, `RX` (`REALFW_TRACE=1`) for the feeds it
 //! took in, `RELAY 0 … by=loop` while heating for a relay drop-out, `RX_DROP`/`RX_LOST` for
@@ -115,7 +115,7 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) broker_nagle: bool,
     /// The controller: the simulator, or the real firmware on its emulated board
-    /// (`../shared/realfw` beside the repository, or `COFFEEBOT_REALFW_DIR`).
+    /// (`../shared/realfw` beside the repository, or `COFFEEBOT_REALFW`).
     #[arg(long, value_enum, default_value = "sim")]
     pub(crate) device: DeviceKind,
     /// Internal: spin one core for this many seconds (the CPU hog's child process).

@@ -168,10 +168,10 @@ impl MonoClock {
     }
 }
 
-/// Where the real firmware's folder is: `COFFEEBOT_REALFW_DIR`, else `../shared/realfw`
+/// Where the real firmware's folder is: `COFFEEBOT_REALFW`, else `../shared/realfw`
 /// beside the repository.
 pub(crate) fn realfw_dir() -> PathBuf {
-    match std::env::var_os("COFFEEBOT_REALFW_DIR") {
+    match std::env::var_os("COFFEEBOT_REALFW") {
         Some(dir) => PathBuf::from(dir),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/realfw"),
     }
@@ -195,7 +195,7 @@ impl Realfw {
         let run = dir.join("run.sh");
         if !run.is_file() {
             bail!(
-                "no real firmware at {} (set COFFEEBOT_REALFW_DIR to the realfw folder)",
+                "no real firmware at {} (set COFFEEBOT_REALFW to the realfw folder)",
                 dir.display()
             );
         }
