@@ -1,0 +1,308 @@
+//! The run's figures: every sample and count collected, printed as a table and as the JSON
+//! that `BENCHMARKS.md` is written from.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Value};
+
+use crate::cadence::{Cadence, Stress};
+use crate::device::{Device, DeviceKind};
+use crate::latency::{CommandSample, TelemetrySample};
+use crate::realfw::FwCounters;
+use crate::sample::{commit, machine, CpuUse};
+use crate::stats::{ms, Stats};
+use crate::{Args, Plan, CONTROLLER_CUTOFF_MS, FEED_INTERVAL_MS};
+
+/// Every sample and count of a run.
+#[derive(Default)]
+pub(crate) struct Figures {
+    /// `/proc/loadavg` before and after: other work on the machine shows here.
+    pub(crate) loadavg_start: Option<String>,
+    pub(crate) loadavg_end: Option<String>,
+    pub(crate) start_to_state: Vec<Duration>,
+    pub(crate) start_to_reading: Vec<Duration>,
+    pub(crate) shutdown: Vec<Duration>,
+    pub(crate) shutdown_codes: Vec<i32>,
+    pub(crate) idle_cpu: Option<CpuUse>,
+    pub(crate) rss_idle_kb: Option<u64>,
+    pub(crate) rss_end_kb: Option<u64>,
+    pub(crate) rss_peak_kb: Option<u64>,
+    pub(crate) binary_bytes: Option<u64>,
+    pub(crate) commands: Vec<CommandSample>,
+    pub(crate) telemetry: Vec<TelemetrySample>,
+    pub(crate) cadence: Vec<Cadence>,
+    /// The real firmware's log over the whole run; `None` for the simulator.
+    pub(crate) firmware_log: Option<FwCounters>,
+    /// Whether the controller is the real firmware (its relay events time the commands).
+    pub(crate) realfw: bool,
+}
+
+impl Figures {
+    pub(crate) fn command_stats(
+        &self,
+        f: impl Fn(&CommandSample) -> Duration,
+        on: Option<bool>,
+    ) -> Stats {
+        let v: Vec<Duration> = self
+            .commands
+            .iter()
+            .filter(|s| on.is_none_or(|on| s.on == on))
+            .map(f)
+            .collect();
+        Stats::of(&v)
+    }
+
+    pub(crate) fn to_json(&self, args: &Args, plan: Plan, bin: &Path, device: &Device) -> Value {
+        let telemetry = |f: fn(&TelemetrySample) -> Duration| {
+            Stats::of(&self.telemetry.iter().map(f).collect::<Vec<_>>()).to_json()
+        };
+        let cadence: serde_json::Map<String, Value> = self
+            .cadence
+            .iter()
+            .map(|c| {
+                let w = Stats::of(&c.wire_gaps);
+                let h = Stats::of(&c.handled_gaps);
+                (
+                    c.stress.key().to_owned(),
+                    json!({
+                        "window_s": c.window.as_secs_f64(),
+                        "feeds_written": c.wire_gaps.len() + 1,
+                        "gap_written": w.to_json(),
+                        "gap_at_controller": h.to_json(),
+                        "largest_gap_ms": ms(w.max.max(h.max)),
+                        "largest_gap_vs_feed_interval": ms(w.max.max(h.max)) / FEED_INTERVAL_MS,
+                        "watchdog_margin_ms": CONTROLLER_CUTOFF_MS - ms(w.max.max(h.max)),
+                        "heater_stayed_on": c.heater_stayed_on,
+                        "controller_reboots": c.reboots,
+                        "fault_events": c.faults,
+                        "bridge_cpu": c.cpu.to_json(),
+                        "flood_sent": c.flood_sent,
+                        "flood_acked": c.flood_acked,
+                        "flood_rate_per_s": c.flood_sent as f64 / c.window.as_secs_f64(),
+                        "command_rejected_events": c.rejected_events,
+                        "bridge_metrics_feed_gaps": c.bridge_gaps,
+                        "bridge_metrics_feed_gaps_over_300ms": c.bridge_gaps_over_300ms,
+                        "largest_gap_serial_context": c.context,
+                        "firmware_log": c.firmware_log.map(FwCounters::to_json),
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "benchmark": "coffeebot-bench",
+            "mode": if args.short { "short" } else { "full" },
+            "device": device.kind().key(),
+            "when": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            "machine": machine(),
+            "loadavg": { "start": self.loadavg_start, "end": self.loadavg_end },
+            "commit": commit(),
+            "bridge_binary": bin.display().to_string(),
+            "settings": {
+                "bridge": match device.kind() {
+                    DeviceKind::Sim => "config/default.toml defaults; anonymous MQTT and HTTP on loopback; RUST_LOG=info to a file; serial.allow_firmware_without_heater_timeout = true (the simulator may speak the three-line build)",
+                    DeviceKind::Realfw => "config/default.toml defaults; anonymous MQTT and HTTP on loopback; RUST_LOG=info to a file",
+                },
+                "feed_interval_ms": FEED_INTERVAL_MS,
+                "poll_interval_ms": 1000,
+                "starts": plan.starts,
+                "idle_s": plan.idle.as_secs_f64(),
+                "command_samples_each_way": plan.command_samples,
+                "telemetry_samples": plan.telemetry_samples,
+                "heating_window_s": plan.heating.as_secs_f64(),
+                "flood_target_per_s": plan.flood_per_s,
+                "simulator": device.describe(),
+                "broker_tcp_nodelay": !args.broker_nagle,
+            },
+            "command_latency": {
+                "bridge_share": self.command_stats(|s| s.bridge, None).to_json(),
+                "publish_to_wire": self.command_stats(|s| s.to_wire, None).to_json(),
+                "publish_to_controller": self.command_stats(|s| s.to_handled, None).to_json(),
+                "publish_to_state": self.command_stats(|s| s.to_state, None).to_json(),
+                "on_publish_to_controller": self.command_stats(|s| s.to_handled, Some(true)).to_json(),
+                "off_publish_to_controller": self.command_stats(|s| s.to_handled, Some(false)).to_json(),
+                "samples_behind_a_reply": self.commands.iter().filter(|s| s.waited_for_reply).count(),
+            },
+            "telemetry_latency": {
+                "reply_to_subscriber": telemetry(|s| s.emitted_to_received),
+                "plate_change_to_subscriber": telemetry(|s| s.set_to_received),
+            },
+            "feed_cadence": cadence,
+            "firmware_log": self.firmware_log.map(FwCounters::to_json),
+            "footprint": {
+                "rss_idle_kb": self.rss_idle_kb,
+                "rss_end_kb": self.rss_end_kb,
+                "rss_peak_kb": self.rss_peak_kb,
+                "idle_cpu": self.idle_cpu.map(CpuUse::to_json),
+                "brewing_cpu": self.cadence.iter().find(|c| c.stress == Stress::None).map(|c| c.cpu.to_json()),
+                "binary_bytes": self.binary_bytes,
+                "start_to_first_state": Stats::of(&self.start_to_state).to_json(),
+                "start_to_state_with_reading": Stats::of(&self.start_to_reading).to_json(),
+                "sigterm_to_exit": Stats::of(&self.shutdown).to_json(),
+                "exit_codes": self.shutdown_codes,
+            },
+        })
+    }
+
+    pub(crate) fn table(&self) -> String {
+        let mut t = String::new();
+        let row = |t: &mut String, name: &str, value: String| {
+            let _ = writeln!(t, "{name:<46} {value}");
+        };
+        let lat = |s: Stats| {
+            format!(
+                "p50 {:>7.3}  p99 {:>7.3}  max {:>7.3} ms  (n={})",
+                ms(s.p50),
+                ms(s.p99),
+                ms(s.max),
+                s.n
+            )
+        };
+        let _ = writeln!(t, "{:<46} figure", "measure");
+        row(
+            &mut t,
+            "command: bridge share (publish → line written)",
+            lat(self.command_stats(|s| s.bridge, None)),
+        );
+        row(
+            &mut t,
+            "command: publish → line written",
+            lat(self.command_stats(|s| s.to_wire, None)),
+        );
+        row(
+            &mut t,
+            if self.realfw {
+                "command: publish → relay switched (log)"
+            } else {
+                "command: publish → controller handled it"
+            },
+            lat(self.command_stats(|s| s.to_handled, None)),
+        );
+        row(
+            &mut t,
+            "command: publish → state shows the relay",
+            lat(self.command_stats(|s| s.to_state, None)),
+        );
+        row(
+            &mut t,
+            "telemetry: reply written → subscriber",
+            lat(Stats::of(
+                &self
+                    .telemetry
+                    .iter()
+                    .map(|s| s.emitted_to_received)
+                    .collect::<Vec<_>>(),
+            )),
+        );
+        row(
+            &mut t,
+            "telemetry: plate change → subscriber",
+            lat(Stats::of(
+                &self
+                    .telemetry
+                    .iter()
+                    .map(|s| s.set_to_received)
+                    .collect::<Vec<_>>(),
+            )),
+        );
+        for c in &self.cadence {
+            let w = Stats::of(&c.wire_gaps);
+            let h = Stats::of(&c.handled_gaps);
+            row(
+                &mut t,
+                &format!(
+                    "feed gap, brewing, {} (written/controller)",
+                    c.stress.name()
+                ),
+                format!(
+                    "max {:.1} / {:.1} ms, p99 {:.1} / {:.1} ms, {} feeds{}{}",
+                    ms(w.max),
+                    ms(h.max),
+                    ms(w.p99),
+                    ms(h.p99),
+                    c.wire_gaps.len() + 1,
+                    if c.heater_stayed_on && c.reboots == 0 && c.faults == 0 {
+                        String::new()
+                    } else {
+                        format!("; HEATER DROPPED/REBOOTS {}/FAULTS {}", c.reboots, c.faults)
+                    },
+                    if c.stress == Stress::Flood {
+                        format!(
+                            "; flood {:.0}/s",
+                            c.flood_sent as f64 / c.window.as_secs_f64()
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+            );
+            row(
+                &mut t,
+                &format!("bridge CPU, brewing, {}", c.stress.name()),
+                c.cpu.brief(),
+            );
+            if let Some(log) = c.firmware_log {
+                row(
+                    &mut t,
+                    &format!("firmware log, brewing, {}", c.stress.name()),
+                    log.brief(),
+                );
+            }
+        }
+        if let Some(log) = self.firmware_log {
+            row(&mut t, "firmware log, whole run", log.brief());
+        }
+        if let Some(cpu) = self.idle_cpu {
+            row(&mut t, "bridge CPU, idle", cpu.brief());
+        }
+        let kb =
+            |v: Option<u64>| v.map_or("?".to_owned(), |v| format!("{:.1} MB", v as f64 / 1024.0));
+        row(
+            &mut t,
+            "RSS idle / end / peak (VmHWM)",
+            format!(
+                "{} / {} / {}",
+                kb(self.rss_idle_kb),
+                kb(self.rss_end_kb),
+                kb(self.rss_peak_kb)
+            ),
+        );
+        row(
+            &mut t,
+            "load average at start / end",
+            format!(
+                "{} / {}",
+                self.loadavg_start.as_deref().unwrap_or("?"),
+                self.loadavg_end.as_deref().unwrap_or("?")
+            ),
+        );
+        row(
+            &mut t,
+            "release binary size",
+            self.binary_bytes.map_or("?".to_owned(), |b| {
+                format!("{:.2} MB", b as f64 / 1_048_576.0)
+            }),
+        );
+        row(
+            &mut t,
+            "start → first state on the broker",
+            lat(Stats::of(&self.start_to_state)),
+        );
+        row(
+            &mut t,
+            "start → state with a reading",
+            lat(Stats::of(&self.start_to_reading)),
+        );
+        row(
+            &mut t,
+            "SIGTERM → exit",
+            format!(
+                "{} exit codes {:?}",
+                lat(Stats::of(&self.shutdown)),
+                self.shutdown_codes
+            ),
+        );
+        t
+    }
+}

@@ -1,0 +1,67 @@
+//! Nearest-rank percentiles of a sample of durations.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// Nearest-rank percentiles of a sample.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) n: usize,
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
+    pub(crate) max: Duration,
+    pub(crate) min: Duration,
+    pub(crate) mean: Duration,
+}
+
+impl Stats {
+    pub(crate) fn of(samples: &[Duration]) -> Stats {
+        if samples.is_empty() {
+            return Stats::default();
+        }
+        let mut v = samples.to_vec();
+        v.sort();
+        let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        let sum: Duration = v.iter().sum();
+        Stats {
+            n: v.len(),
+            p50: rank(0.50),
+            p99: rank(0.99),
+            max: v[v.len() - 1],
+            min: v[0],
+            mean: sum / v.len() as u32,
+        }
+    }
+
+    /// The statistics of one duration taken from each item.
+    pub(crate) fn of_each<T>(items: &[T], f: impl Fn(&T) -> Duration) -> Stats {
+        Stats::of(&items.iter().map(f).collect::<Vec<_>>())
+    }
+
+    pub(crate) fn brief(&self) -> String {
+        format!(
+            "p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (n={})",
+            ms(self.p50),
+            ms(self.p99),
+            ms(self.max),
+            self.n
+        )
+    }
+
+    pub(crate) fn to_json(self) -> Value {
+        json!({
+            "n": self.n,
+            "min_ms": ms(self.min),
+            "p50_ms": ms(self.p50),
+            "p99_ms": ms(self.p99),
+            "max_ms": ms(self.max),
+            "mean_ms": ms(self.mean),
+        })
+    }
+}
+
+/// Milliseconds as a float.
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
