@@ -4,7 +4,8 @@
 # mosquitto-clients (mosquitto_pub/mosquitto_sub for manual checks), chromium (the
 # headless browser the status-page test drives; Debian's build, never a downloaded one) and
 # faketime (libfaketime: tests/faults.rs moves the bridge's wall clock to show its timers do
-# not follow it).
+# not follow it), systemd (systemd-analyze: the unit's system call groups) and python3-seccomp
+# (libseccomp: tests/systemd.rs runs the bridge under the unit's system call filter).
 # Idempotent and non-interactive; runs apt-get as root, or through sudo when available.
 set -euo pipefail
 
@@ -14,16 +15,23 @@ declare -A PROVIDES=(
   [mosquitto-clients]=mosquitto_sub
   [chromium]=chromium
   [faketime]=faketime
+  [systemd]=systemd-analyze
+  [python3-seccomp]=python3-seccomp
 )
 
 have() {
+  # A Python module, not a command: Debian's own python3 must import it.
+  if [ "$1" = python3-seccomp ]; then
+    /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1
+    return
+  fi
   command -v "$1" >/dev/null 2>&1 && return 0
   # mosquitto lives in /usr/sbin, which is not on every user's PATH.
   [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
 }
 
 missing=()
-for pkg in mosquitto mosquitto-clients chromium faketime; do
+for pkg in mosquitto mosquitto-clients chromium faketime systemd python3-seccomp; do
   if have "${PROVIDES[$pkg]}"; then
     echo "install-test-deps: $pkg already installed"
   else

@@ -12,6 +12,7 @@
 
 use crate::config::Settings;
 use crate::core::{Core, Limits, Output, Request};
+use crate::notify::Notifier;
 use crate::protocol::{Command, Frame, ReplyFormat};
 use crate::serial::{self, LinkConfig, LinkEvent};
 use crate::state::{Clock, Deadbands, EventDoc, OnOff, StateDoc};
@@ -67,6 +68,7 @@ pub struct Inlets {
     events: mpsc::Sender<EventDoc>,
     commands: mpsc::Receiver<CommandIn>,
     heartbeat: watch::Sender<Instant>,
+    broker_connected: watch::Receiver<bool>,
 }
 
 /// Makes the channels between the driver and the tasks that publish.
@@ -82,6 +84,7 @@ pub fn channels() -> (Inlets, Outlets) {
             events: events_tx.clone(),
             commands: commands_rx,
             heartbeat: heartbeat_tx,
+            broker_connected: broker_rx.clone(),
         },
         Outlets {
             state: state_rx,
@@ -119,6 +122,7 @@ pub async fn run(settings: &Settings, inlets: Inlets, shutdown: CancellationToke
         state_interval: Duration::from_secs_f64(settings.mqtt.state_interval_s),
         published: None,
         published_at: Instant::now(),
+        notifier: Notifier::from_env(),
     };
     driver.run(link_events_rx, shutdown).await;
     // The command sender is gone: the link writes what is queued (B+0 last) and ends.
@@ -136,6 +140,8 @@ struct Driver {
     state_interval: Duration,
     published: Option<StateDoc>,
     published_at: Instant,
+    /// systemd notifications; ticked only here, so its pings prove this loop runs.
+    notifier: Notifier,
 }
 
 impl Driver {
@@ -159,6 +165,7 @@ impl Driver {
                 Some(now + HEARTBEAT),
                 Some(self.published_at + self.state_interval),
                 stop_by,
+                self.notifier.next_due(),
             ]
             .into_iter()
             .flatten()
@@ -168,6 +175,7 @@ impl Driver {
                 biased;
                 () = shutdown.cancelled(), if stop_by.is_none() => {
                     info!("shutting down: heater off");
+                    self.notifier.stopping();
                     self.core.handle_shutdown(Instant::now().into_std());
                     stop_by = Some(Instant::now() + SHUTDOWN_CONFIRM);
                 }
@@ -277,6 +285,8 @@ impl Driver {
             self.inlets.state.send_replace(Some(doc));
         }
         self.inlets.heartbeat.send_replace(now);
+        let broker_up = *self.inlets.broker_connected.borrow();
+        self.notifier.tick(now, self.published.as_ref(), broker_up);
     }
 
     fn send_event(&self, doc: EventDoc) {

@@ -21,6 +21,7 @@
 //! - [`daemon`]: wires the tasks together and drives the core.
 //! - [`mqtt`]: the task that owns the MQTT connection: state, events, commands, Home Assistant
 //!   discovery.
+//! - [`notify`]: systemd's READY/WATCHDOG/STATUS/STOPPING notifications, sent from the driver.
 //! - [`http`]: the read-only status page, `status.json`, metrics and health probes.
 //! - [`metrics`]: the Prometheus recorder, build info and the cross-task measurements.
 #![forbid(unsafe_code)]
@@ -31,6 +32,7 @@ pub mod daemon;
 pub mod http;
 pub mod metrics;
 pub mod mqtt;
+pub mod notify;
 pub mod protocol;
 pub mod serial;
 pub mod sim;
