@@ -8,7 +8,9 @@
 #
 # Installs mosquitto from the distribution's packages first if it is missing
 # (scripts/install-test-deps.sh). Environment: QUICKSTART_MQTT_PORT (default: 1883, or the
-# first free of 11883, 21883), QUICKSTART_WS_PORT (default 9001 likewise), RUST_LOG.
+# first free of 11883, 21883), QUICKSTART_WS_PORT (default 9001 likewise), RUST_LOG,
+# QUICKSTART_SERIAL_PORT (a controller's port, e.g. the link of ../shared/realfw/run.sh: the
+# bridge drives it instead of the simulator).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -81,7 +83,7 @@ target="$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Car
 
 cat <<EOF_HELP
 
-  The coffee maker is simulated; the broker runs on 127.0.0.1:$mqtt_port. In another terminal:
+  The coffee maker is ${QUICKSTART_SERIAL_PORT:-simulated}; the broker runs on 127.0.0.1:$mqtt_port. In another terminal:
 
   watch everything:
     mosquitto_sub -h 127.0.0.1 -p $mqtt_port -u lan -P '$lan_password' -t 'coffeebot/#' -v
@@ -100,7 +102,11 @@ export COFFEEBOT__MQTT__HOST=127.0.0.1
 export COFFEEBOT__MQTT__PORT="$mqtt_port"
 export COFFEEBOT__MQTT__USERNAME=coffeebot
 export COFFEEBOT__MQTT__PASSWORD="$bridge_password"
-"$target/debug/coffeebot" run --simulate &
+if [ -n "${QUICKSTART_SERIAL_PORT:-}" ]; then
+  COFFEEBOT__SERIAL__PORT="$QUICKSTART_SERIAL_PORT" "$target/debug/coffeebot" run &
+else
+  "$target/debug/coffeebot" run --simulate &
+fi
 bridge_pid=$!
 wait "$bridge_pid" || true
 bridge_pid=""

@@ -12,6 +12,7 @@
 
 use crate::config::Settings;
 use crate::core::{Core, Limits, Output, Request};
+use crate::mqtt::command::CommandName;
 use crate::notify::Notifier;
 use crate::protocol::{Command, Frame, ReplyFormat};
 use crate::serial::{self, LinkConfig, LinkEvent};
@@ -36,8 +37,8 @@ pub const HEARTBEAT: Duration = Duration::from_millis(250);
 pub struct CommandIn {
     /// The parsed request.
     pub request: Request,
-    /// The topic's command name (`heater`, `brew`, …).
-    pub command: &'static str,
+    /// The command whose topic it came on.
+    pub command: CommandName,
     /// The payload as received (for `command_rejected`).
     pub payload: Vec<u8>,
 }
@@ -219,18 +220,15 @@ impl Driver {
     fn on_command(&mut self, command: CommandIn) {
         let now = Instant::now().into_std();
         let result = self.core.handle_request(now, command.request);
-        crate::metrics::command_handled(command.command, &command.request, result.is_ok());
+        let name = command.command.name();
+        crate::metrics::command_handled(name, &command.request, result.is_ok());
         if let Err(rejection) = result {
-            info!(command = command.command, reason = %rejection.reason, "command rejected");
-            let doc = EventDoc::command_rejected(
-                command.command,
-                &command.payload,
-                &rejection.reason,
-                &clock(),
-            );
+            info!(command = name, reason = %rejection.reason, "command rejected");
+            let doc =
+                EventDoc::command_rejected(name, &command.payload, &rejection.reason, &clock());
             self.send_event(doc);
         } else {
-            info!(command = command.command, request = ?command.request, "command accepted");
+            info!(command = name, request = ?command.request, "command accepted");
         }
     }
 

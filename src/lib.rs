@@ -20,7 +20,7 @@
 //!   JSON, pure. Labels for people live on the types (`Mode::label`, `Fault::label`).
 //! - [`daemon`]: wires the tasks together and drives the core.
 //! - [`mqtt`]: the task that owns the MQTT connection: state, events, commands, Home Assistant
-//!   discovery.
+//!   discovery; [`mqtt::command::CommandName`] is the one list of commands.
 //! - [`notify`]: systemd's READY/WATCHDOG/STATUS/STOPPING notifications, sent from the driver.
 //! - [`http`]: the read-only status page, `status.json`, metrics and health probes.
 //! - [`metrics`]: the Prometheus recorder, build info and the cross-task measurements.

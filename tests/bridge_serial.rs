@@ -6,6 +6,7 @@
 use coffeebot::config::{self, Settings};
 use coffeebot::core::{Fault, Mode, Request};
 use coffeebot::daemon::{self, CommandIn, Outlets};
+use coffeebot::mqtt::command::CommandName;
 use coffeebot::sim::{SimConfig, SimHandle, Simulator};
 use coffeebot::state::{Link, OnOff, StateDoc};
 use std::path::PathBuf;
@@ -104,11 +105,17 @@ impl Bridge {
     }
 
     async fn ask(&self, request: Request) {
+        // The tests here ask for heating or a brew only.
+        let command = if matches!(request, Request::BrewStart { .. }) {
+            CommandName::Brew
+        } else {
+            CommandName::Heater
+        };
         self.outlets
             .commands
             .send(CommandIn {
                 request,
-                command: "test",
+                command,
                 payload: Vec::new(),
             })
             .await

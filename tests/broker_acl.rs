@@ -2,7 +2,7 @@
 //! configuration: heater commands only from the LAN, status for anyone, and nobody but the
 //! bridge speaks for the bridge.
 //!
-//! The whole security model is one table ([`MATRIX`], subjects × topics) that the test
+//! The whole security model is one table ([`matrix`], subjects × topics) that the test
 //! [`acl_matrix_holds_for_mqtt_311_and_5`] exercises cell by cell with both protocol versions,
 //! and that `mosquitto/README.md` prints verbatim (checked by
 //! [`security_model_table_is_in_mosquitto_readme`]).
@@ -11,8 +11,13 @@ mod support;
 
 use std::collections::BTreeSet;
 
+use coffeebot::config::load_with;
+use coffeebot::mqtt::command::CommandName;
+use coffeebot::mqtt::topics::Topics;
+
 use support::mosquitto::{
-    shipped_config, Broker, ConnectError, Listener, Login, Protocol, PubAck, TestClient, User, WAIT,
+    shipped_config, topic_matches, Broker, ConnectError, Listener, Login, Protocol, PubAck,
+    TestClient, User, WAIT,
 };
 
 /// Who connects, where, and whether the broker lets them in.
@@ -96,23 +101,45 @@ impl Access {
     }
 }
 
-/// The security model: one row per topic, one cell per [`SUBJECTS`] column. `B` =
-/// `coffeebot`, `D` = `coffeepot`, discovery prefix `homeassistant`.
+/// The security model of the bridge's own topics: one row per topic, one cell per
+/// [`SUBJECTS`] column. `B` = `coffeebot`, `D` = `coffeepot`, discovery prefix
+/// `homeassistant`. The whole model is [`matrix`].
 #[rustfmt::skip]
-const MATRIX: &[(&str, [Access; 7])] = &[
+const BRIDGE_ROWS: &[(&str, [Access; 7])] = &[
     ("coffeebot/bridge/availability",      [Pub,    Sub,    Sub,    No, No, Sub, No]),
     ("coffeebot/coffeepot/availability",   [Pub,    Sub,    Sub,    No, No, Sub, No]),
     ("coffeebot/coffeepot/state",          [Pub,    Sub,    Sub,    No, No, Sub, No]),
     ("coffeebot/coffeepot/event",          [Pub,    Sub,    Sub,    No, No, No,  No]),
-    ("coffeebot/coffeepot/heater/set",     [Sub,    PubSub, PubSub, No, No, No,  No]),
-    ("coffeebot/coffeepot/brew/set",       [Sub,    PubSub, PubSub, No, No, No,  No]),
-    ("coffeebot/coffeepot/cups/set",       [Sub,    PubSub, PubSub, No, No, No,  No]),
-    ("coffeebot/coffeepot/keep_warm/set",  [Sub,    PubSub, PubSub, No, No, No,  No]),
-    ("coffeebot/coffeepot/controller/set", [Sub,    PubSub, PubSub, No, No, No,  No]),
+];
+
+/// The rows of Home Assistant's topics, after the commands.
+#[rustfmt::skip]
+const HOME_ASSISTANT_ROWS: &[(&str, [Access; 7])] = &[
     ("homeassistant/status",               [PubSub, PubSub, No,     No, No, No,  No]),
     ("homeassistant/switch/coffeebot_coffeepot/heater/config",
                                            [Pub,    PubSub, No,     No, No, No,  No]),
 ];
+
+/// Who may do what with `B/D/<command>/set`: the bridge reads, the LAN users send (and see).
+#[rustfmt::skip]
+const COMMAND_ACCESS: [Access; 7] = [Sub, PubSub, PubSub, No, No, No, No];
+
+/// The security model, subjects × topics: the bridge's rows, one row per [`CommandName`],
+/// Home Assistant's rows.
+fn matrix() -> Vec<(String, [Access; 7])> {
+    let topics = Topics::new(&load_with(None, &[]).expect("default settings"));
+    let row = |(topic, cells): &(&str, [Access; 7])| (topic.to_string(), *cells);
+    BRIDGE_ROWS
+        .iter()
+        .map(row)
+        .chain(
+            CommandName::ALL
+                .into_iter()
+                .map(|c| (topics.command(c), COMMAND_ACCESS)),
+        )
+        .chain(HOME_ASSISTANT_ROWS.iter().map(row))
+        .collect()
+}
 
 /// The matrix as the markdown table printed in `mosquitto/README.md`.
 fn security_model_markdown() -> String {
@@ -123,7 +150,7 @@ fn security_model_markdown() -> String {
     out.push_str("\n| --- |");
     out.push_str(&" --- |".repeat(SUBJECTS.len()));
     out.push('\n');
-    for (topic, cells) in MATRIX {
+    for (topic, cells) in matrix() {
         out.push_str(&format!("| `{topic}` |"));
         for (subject, cell) in SUBJECTS.iter().zip(cells) {
             let text = match (subject.connects, cell) {
@@ -143,7 +170,7 @@ fn security_model_markdown() -> String {
 /// Every cell must be observable: a topic needs a publisher (to test who receives) and a
 /// reader (to test whose publishes arrive); a refused subject has no rights.
 fn assert_matrix_is_testable() {
-    for (topic, cells) in MATRIX {
+    for (topic, cells) in &matrix() {
         assert!(
             cells.iter().any(|c| c.may_pub()),
             "{topic}: nobody may publish"
@@ -186,6 +213,106 @@ fn security_model_table_is_in_both_readmes() {
     }
 }
 
+/// Whether mosquitto grants `user` the `access` (`read` or `write`) to `topic` under an ACL
+/// file, read as mosquitto.conf(5) describes `acl_file`: `topic [read|write|readwrite|deny]
+/// FILTER` lines apply to the user of the `user` line above them, `pattern` lines to every
+/// user with `%u` replaced by the name, an absent access is `readwrite`, and `deny` wins.
+fn acl_allows(acl: &str, user: &str, topic: &str, access: &str) -> bool {
+    let mut section: Option<&str> = None;
+    let (mut granted, mut denied) = (false, false);
+    for line in acl.lines().filter(|l| !l.starts_with('#')) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some((&kind, rest)) = words.split_first() else {
+            continue;
+        };
+        if kind == "user" {
+            section = rest.first().copied();
+            continue;
+        }
+        let applies = kind == "pattern" || (kind == "topic" && section == Some(user));
+        let (rule, filter) = match rest {
+            [filter] => ("readwrite", *filter),
+            [rule, filter] => (*rule, *filter),
+            _ => continue,
+        };
+        let filter = match kind {
+            "pattern" => filter.replace("%u", user),
+            _ => filter.to_owned(),
+        };
+        if !applies || filter.contains("%c") || !topic_matches(&filter, topic) {
+            continue;
+        }
+        match rule {
+            "deny" => denied = true,
+            "readwrite" => granted = true,
+            r => granted |= r == access,
+        }
+    }
+    granted && !denied
+}
+
+/// Every command is in the shipped LAN ACL: Home Assistant and `lan` may send it and the
+/// bridge may read it; and every `…/set` rule there names a command, so none is left behind.
+#[test]
+fn acl_lan_has_every_command_and_no_other() {
+    let path = shipped_config().with_file_name("acl-lan");
+    let acl = std::fs::read_to_string(&path).unwrap();
+    let topics = Topics::new(&load_with(None, &[]).expect("default settings"));
+    let mut missing = Vec::new();
+    for command in CommandName::ALL {
+        let topic = topics.command(command);
+        let rule = format!("{}/+/{}/set", topics.base, command.name());
+        for (user, access) in [
+            (User::HomeAssistant, "write"),
+            (User::Lan, "write"),
+            (User::Coffeebot, "read"),
+        ] {
+            if !acl_allows(&acl, user.name(), &topic, access) {
+                missing.push(format!(
+                    "`topic {access} {rule}` under `user {}`",
+                    user.name()
+                ));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} lacks:\n{}",
+        path.display(),
+        missing.join("\n")
+    );
+    for filter in acl.lines().filter_map(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        matches!(words.first(), Some(&("topic" | "pattern"))).then(|| words.last().copied())?
+    }) {
+        let levels: Vec<&str> = filter.split('/').collect();
+        if let [.., name, "set"] = levels.as_slice() {
+            assert!(
+                CommandName::from_name(name).is_some(),
+                "{}: {filter} names no command",
+                path.display()
+            );
+        }
+    }
+    // The reading above can say no.
+    let unknown = topics
+        .command(CommandName::Brew)
+        .replace("/brew/", "/grind/");
+    assert!(!acl_allows(&acl, User::Lan.name(), &unknown, "write"));
+    assert!(!acl_allows(
+        &acl,
+        User::Lan.name(),
+        &topics.state(),
+        "write"
+    ));
+    assert!(!acl_allows(
+        &acl,
+        User::Coffeebot.name(),
+        &topics.command(CommandName::Brew),
+        "write"
+    ));
+}
+
 /// Every subject publishes to every topic, and every subject that gets in subscribes to every
 /// topic and to `#`; then each must have received exactly the allowed publications on the
 /// topics it may read. Silence is proven by ordering, not by waiting: all publications are
@@ -217,7 +344,8 @@ async fn check_matrix(protocol: Protocol) {
 
     // mosquitto 2.0 grants every SUBSCRIBE and filters at delivery: the SUBACK is no evidence
     // either way, only deliveries are.
-    let mut filters: Vec<&str> = MATRIX.iter().map(|(topic, _)| *topic).collect();
+    let matrix = matrix();
+    let mut filters: Vec<&str> = matrix.iter().map(|(topic, _)| topic.as_str()).collect();
     filters.push("#");
     for client in clients.iter_mut().flatten() {
         client.subscribe_many(&filters).await.unwrap();
@@ -225,7 +353,7 @@ async fn check_matrix(protocol: Protocol) {
 
     // (topic, payload, allowed) of every publication, in order.
     let mut sent: Vec<(&str, String, bool)> = Vec::new();
-    for (topic, cells) in MATRIX {
+    for (topic, cells) in &matrix {
         for (si, client) in clients.iter_mut().enumerate() {
             let Some(client) = client else { continue };
             let label = SUBJECTS[si].label;
@@ -252,7 +380,7 @@ async fn check_matrix(protocol: Protocol) {
         if clients[ri].is_none() {
             continue;
         }
-        let Some((topic, cells)) = MATRIX.iter().find(|(_, cells)| cells[ri].may_sub()) else {
+        let Some((topic, cells)) = matrix.iter().find(|(_, cells)| cells[ri].may_sub()) else {
             continue;
         };
         let writer = cells.iter().position(|c| c.may_pub()).expect("testable");
@@ -267,7 +395,7 @@ async fn check_matrix(protocol: Protocol) {
         let Some(client) = clients[ri].as_mut() else {
             continue;
         };
-        let readable = |topic: &str| MATRIX.iter().any(|(t, c)| *t == topic && c[ri].may_sub());
+        let readable = |topic: &str| matrix.iter().any(|(t, c)| t == topic && c[ri].may_sub());
         let expected: BTreeSet<(String, String)> = sent
             .iter()
             .filter(|(topic, _, allowed)| *allowed && readable(topic))

@@ -1,24 +1,18 @@
 //! The MQTT command payload parser fed arbitrary payloads for every command name (and names
 //! that are none): it must never panic; a rejection always has a reason; an accepted brew or
 //! cup count is within `1..=max_cups`; a payload over `MAX_PAYLOAD` is never accepted.
-//!
-//! Not built yet: `coffeebot::mqtt::command` is not on this branch. Once it is, uncomment this
-//! target's `[[bin]]` section in `fuzz/Cargo.toml`.
+
 #![no_main]
 
 use coffeebot::core::Request;
-use coffeebot::mqtt::command::{parse, MAX_PAYLOAD};
+use coffeebot::mqtt::command::{unknown, CommandName, MAX_PAYLOAD};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
-/// The command names of SPEC §4, and one that is not.
+/// A command of SPEC §4 (an index into `CommandName::ALL`), or a name that may be none.
 #[derive(Arbitrary, Debug)]
 enum Name {
-    Heater,
-    Brew,
-    Cups,
-    KeepWarm,
-    Controller,
+    Known(u8),
     Other(String),
 }
 
@@ -30,16 +24,17 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    let name = match &input.name {
-        Name::Heater => "heater",
-        Name::Brew => "brew",
-        Name::Cups => "cups",
-        Name::KeepWarm => "keep_warm",
-        Name::Controller => "controller",
-        Name::Other(other) => other.as_str(),
-    };
     let max_cups = 1 + u32::from(input.max_cups % 24);
-    match parse(name, &input.payload, max_cups) {
+    // What the MQTT task does with the name of a `B/D/<name>/set` topic.
+    let parsed = match &input.name {
+        Name::Known(i) => CommandName::ALL[usize::from(*i) % CommandName::ALL.len()]
+            .parse(&input.payload, max_cups),
+        Name::Other(other) => match CommandName::from_name(other) {
+            Some(command) => command.parse(&input.payload, max_cups),
+            None => Err(unknown(other)),
+        },
+    };
+    match parsed {
         Ok(request) => {
             assert!(input.payload.len() <= MAX_PAYLOAD, "oversized payload accepted");
             let cups = match request {

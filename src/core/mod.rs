@@ -36,6 +36,10 @@ pub const DRY_BOIL_WINDOW: Duration = Duration::from_secs(5);
 pub const DRY_BOIL_ABOVE_C: f64 = 90.0;
 /// The value a DS18B20 reads right after its own power-on reset: not trusted as a first reading.
 const DS18B20_POWER_ON_C: f64 = 85.0;
+/// How long after the first reading of a boot 85.0 °C is still the power-on value: the sensor
+/// keeps it until its first conversion ends (750 ms after the firmware starts it, just after
+/// the banner), and replies can come every few milliseconds meanwhile.
+const DS18B20_POWER_ON_WINDOW: Duration = Duration::from_millis(900);
 /// Bound on the temperature history kept for the dry-boil check, whatever the reply rate.
 const MAX_SAMPLES: usize = 256;
 
@@ -114,6 +118,8 @@ pub struct Core {
     last_reply_at: Option<Instant>,
     /// The next reading is the first after a boot (its 85.0 °C is not trusted).
     after_boot: bool,
+    /// Until when a reading of 85.0 °C is still the DS18B20's power-on value.
+    power_on_value_until: Option<Instant>,
     /// Since when the controller has reported a heater state other than commanded.
     mismatch_since: Option<Instant>,
     samples: VecDeque<(Instant, f64)>,
@@ -157,6 +163,7 @@ impl Core {
             sensor_invalid: false,
             last_reply_at: None,
             after_boot: true,
+            power_on_value_until: None,
             mismatch_since: None,
             samples: VecDeque::new(),
             overtemp_latched: false,
@@ -227,8 +234,11 @@ impl Core {
             self.end_program(now, End::Tripped(Cutoff::FirmwareChanged.into()));
             self.force_off(now);
         }
-        let suspect = self.after_boot && reading.temperature_c == Some(DS18B20_POWER_ON_C);
-        self.after_boot = false;
+        if std::mem::take(&mut self.after_boot) {
+            self.power_on_value_until = Some(now + DS18B20_POWER_ON_WINDOW);
+        }
+        let suspect = reading.temperature_c == Some(DS18B20_POWER_ON_C)
+            && self.power_on_value_until.is_some_and(|until| now < until);
         let valid = reading
             .temperature_c
             .filter(|t| (SENSOR_RANGE_C.0..=SENSOR_RANGE_C.1).contains(t));

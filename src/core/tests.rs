@@ -660,6 +660,39 @@ fn suspect_85_after_boot_is_not_trusted_but_is_later() {
 }
 
 #[test]
+fn every_85_in_the_sensors_power_on_window_is_not_trusted() {
+    // Seen on the real firmware: the bridge started 25 ms after the board; the DS18B20 reads
+    // 85.0 for ~770 ms, and two replies came within that time.
+    let mut rig = Rig::new(limits());
+    rig.temp = Some(85.0);
+    rig.core.handle_banner(rig.now, "MrCoffeeBot v2.0");
+    rig.drain();
+    rig.run_for(Duration::from_millis(1));
+    assert_eq!(rig.status().temperature_c, None);
+    let t = rig.now + Duration::from_millis(5);
+    let reading = Reading {
+        water_distance_in: Some(2.0),
+        temperature_c: Some(85.0),
+        heater_on: false,
+        format: ReplyFormat::OneLine,
+    };
+    rig.core.handle_reading(t, reading);
+    assert_eq!(rig.status().temperature_c, None);
+    assert!(!rig.status().faults.contains(Fault::SensorError));
+    rig.core
+        .handle_reading(t + Duration::from_millis(500), reading);
+    assert_eq!(rig.status().temperature_c, None);
+    rig.core.handle_reading(
+        t + Duration::from_millis(600),
+        Reading {
+            temperature_c: Some(21.0),
+            ..reading
+        },
+    );
+    assert_eq!(rig.status().temperature_c, Some(21.0));
+}
+
+#[test]
 fn reset_writes_heater_off_then_reset() {
     let mut rig = heating_rig();
     rig.request(Request::ResetController).unwrap();

@@ -1,89 +1,227 @@
-//! Command payloads (SPEC §4) to [`Request`]s: a pure parser, so that every bad payload is a
-//! value with a reason a person can act on, never a panic, and so that the rules can be
-//! tested without a broker.
+//! The bridge's MQTT commands (SPEC §4), each in one place: [`CommandName`] owns a command's
+//! topic level, its payload parser, the payloads a rejection says it accepts and the Home
+//! Assistant entities that send it, so that the topics, the subscription check, the metrics'
+//! labels, discovery and the broker ACL test all follow from one list.
 //!
-//! Payloads are trimmed and case-insensitive. Anything over [`MAX_PAYLOAD`] bytes is refused by
-//! its length alone, before it is decoded or parsed.
+//! Parsing is pure, so that every bad payload is a value with a reason a person can act on,
+//! never a panic, and so that the rules can be tested without a broker. Payloads are trimmed
+//! and case-insensitive. Anything over [`MAX_PAYLOAD`] bytes is refused by its length alone,
+//! before it is decoded or parsed.
 
 use crate::core::Request;
+use crate::mqtt::discovery::Entity;
+use crate::mqtt::topics::Topics;
+use serde_json::json;
 
 /// Longest payload that is parsed at all; the longest valid one (`{"cups": 12}` with some
 /// spaces) is far shorter.
 pub const MAX_PAYLOAD: usize = 256;
 
-/// Parses the payload of `B/D/<command>/set`. `max_cups` is `brew.max_cups`.
+/// A command the bridge takes: the `<name>` of `B/D/<name>/set`.
 ///
-/// The error is the `reason` of a `command_rejected` event, e.g. `cups must be 1..12, got 99`.
-pub fn parse(command: &str, payload: &[u8], max_cups: u32) -> Result<Request, String> {
-    let expected = expected(command, max_cups)?;
-    if payload.len() > MAX_PAYLOAD {
-        return Err(format!(
-            "payload too large ({} bytes); expected {expected}",
-            payload.len()
-        ));
+/// Adding one: a variant here (the compiler then asks for its place in [`CommandName::ALL`],
+/// its name, parser, accepted payloads and entities), the [`Request`] it makes, and the docs
+/// and broker ACL, which the tests check against [`CommandName::ALL`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CommandName {
+    /// `heater/set ON|OFF`: manual heating.
+    Heater,
+    /// `brew/set START|STOP|N|{"cups": N}`.
+    Brew,
+    /// `cups/set N`: what the next `START` brews.
+    Cups,
+    /// `keep_warm/set ON|OFF`.
+    KeepWarm,
+    /// `controller/set RESET`.
+    Controller,
+}
+
+impl CommandName {
+    /// Every command, in the order the rejection of an unknown name lists them. The build
+    /// fails when a variant is missing (see `every_command_is_in_all` below).
+    pub const ALL: [CommandName; 5] = [
+        CommandName::Heater,
+        CommandName::Brew,
+        CommandName::Cups,
+        CommandName::KeepWarm,
+        CommandName::Controller,
+    ];
+
+    /// The topic level, `B/D/<name>/set`; also the `command` label of the metrics and events.
+    pub const fn name(self) -> &'static str {
+        match self {
+            CommandName::Heater => "heater",
+            CommandName::Brew => "brew",
+            CommandName::Cups => "cups",
+            CommandName::KeepWarm => "keep_warm",
+            CommandName::Controller => "controller",
+        }
     }
-    let text = std::str::from_utf8(payload)
-        .map_err(|_| format!("payload is not UTF-8 text; expected {expected}"))?
-        .trim();
-    let word = text.to_ascii_uppercase();
-    let got = || format!("expected {expected}, got {text:?}");
-    match command {
-        "heater" | "keep_warm" => {
-            let on = match word.as_str() {
-                "ON" => true,
-                "OFF" => false,
-                _ => return Err(got()),
-            };
-            Ok(if command == "heater" {
-                Request::Heater(on)
-            } else {
-                Request::KeepWarm(on)
-            })
-        }
-        "brew" => match word.as_str() {
-            "START" => Ok(Request::BrewStart { cups: None }),
-            "STOP" => Ok(Request::BrewStop),
-            _ if text.starts_with('{') => {
-                let cups = json_cups(text).ok_or_else(got)?;
-                Ok(Request::BrewStart {
-                    cups: Some(check_cups(&cups, max_cups)?),
-                })
+
+    /// The command a topic level names, if any (exact, case-sensitive, as MQTT topics are).
+    pub fn from_name(name: &str) -> Option<CommandName> {
+        CommandName::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// What this command accepts, as said in rejections. `max_cups` is `brew.max_cups`.
+    pub fn expected(self, max_cups: u32) -> String {
+        match self {
+            CommandName::Heater | CommandName::KeepWarm => "ON or OFF".to_owned(),
+            CommandName::Brew => {
+                format!("START, STOP, a number of cups 1..{max_cups} or {{\"cups\": N}}")
             }
-            _ if looks_numeric(text) => Ok(Request::BrewStart {
-                cups: Some(check_cups(text, max_cups)?),
-            }),
+            CommandName::Cups => format!("a number of cups 1..{max_cups}"),
+            CommandName::Controller => "RESET".to_owned(),
+        }
+    }
+
+    /// Parses this command's payload. `max_cups` is `brew.max_cups`.
+    ///
+    /// The error is the `reason` of a `command_rejected` event, e.g. `cups must be 1..12, got 99`.
+    pub fn parse(self, payload: &[u8], max_cups: u32) -> Result<Request, String> {
+        let expected = self.expected(max_cups);
+        if payload.len() > MAX_PAYLOAD {
+            return Err(format!(
+                "payload too large ({} bytes); expected {expected}",
+                payload.len()
+            ));
+        }
+        let text = std::str::from_utf8(payload)
+            .map_err(|_| format!("payload is not UTF-8 text; expected {expected}"))?
+            .trim();
+        let word = text.to_ascii_uppercase();
+        let got = || format!("expected {expected}, got {text:?}");
+        let on_off = || match word.as_str() {
+            "ON" => Ok(true),
+            "OFF" => Ok(false),
             _ => Err(got()),
-        },
-        "cups" => {
-            if looks_numeric(text) {
+        };
+        match self {
+            CommandName::Heater => on_off().map(Request::Heater),
+            CommandName::KeepWarm => on_off().map(Request::KeepWarm),
+            CommandName::Brew => match word.as_str() {
+                "START" => Ok(Request::BrewStart { cups: None }),
+                "STOP" => Ok(Request::BrewStop),
+                _ if text.starts_with('{') => {
+                    let cups = json_cups(text).ok_or_else(got)?;
+                    Ok(Request::BrewStart {
+                        cups: Some(check_cups(&cups, max_cups)?),
+                    })
+                }
+                _ if looks_numeric(text) => Ok(Request::BrewStart {
+                    cups: Some(check_cups(text, max_cups)?),
+                }),
+                _ => Err(got()),
+            },
+            CommandName::Cups if looks_numeric(text) => {
                 Ok(Request::SelectCups(check_cups(text, max_cups)?))
-            } else {
-                Err(got())
             }
+            CommandName::Cups => Err(got()),
+            CommandName::Controller => match word.as_str() {
+                "RESET" => Ok(Request::ResetController),
+                _ => Err(got()),
+            },
         }
-        "controller" => match word.as_str() {
-            "RESET" => Ok(Request::ResetController),
-            _ => Err(got()),
-        },
-        // `expected` has refused every other name.
-        _ => Err(got()),
+    }
+
+    /// The Home Assistant entities that send this command (SPEC §4), for discovery.
+    pub fn entities(self, topics: &Topics, max_cups: u32) -> Vec<Entity> {
+        let command_topic = topics.command(self);
+        let switch = |key, name, icon| {
+            Entity::new(
+                key,
+                "switch",
+                name,
+                json!({
+                    "command_topic": command_topic,
+                    "state_topic": topics.state(),
+                    "value_template": format!("{{{{ value_json.{key} }}}}"),
+                    "payload_on": "ON", "payload_off": "OFF",
+                    "state_on": "ON", "state_off": "OFF",
+                    "optimistic": false,
+                    "icon": icon,
+                }),
+            )
+        };
+        match self {
+            CommandName::Heater => vec![switch("heater", "Heater", "mdi:heating-coil")],
+            CommandName::KeepWarm => {
+                vec![switch("keep_warm", "Keep warm", "mdi:thermometer-check")]
+            }
+            CommandName::Brew => vec![
+                Entity::new(
+                    "brew",
+                    "button",
+                    "Brew",
+                    json!({"command_topic": command_topic, "payload_press": "START",
+                           "icon": "mdi:coffee"}),
+                ),
+                Entity::new(
+                    "stop",
+                    "button",
+                    "Stop",
+                    json!({"command_topic": command_topic, "payload_press": "STOP",
+                           "icon": "mdi:coffee-off"}),
+                ),
+            ],
+            CommandName::Cups => vec![Entity::new(
+                "cups",
+                "number",
+                "Cups",
+                json!({
+                    "command_topic": command_topic,
+                    "state_topic": topics.state(),
+                    "value_template": "{{ value_json.cups }}",
+                    "min": 1, "max": max_cups, "step": 1,
+                    "mode": "box",
+                    "optimistic": false,
+                    "icon": "mdi:cup",
+                }),
+            )],
+            CommandName::Controller => vec![Entity::new(
+                "restart_controller",
+                "button",
+                "Restart controller",
+                json!({"command_topic": command_topic, "payload_press": "RESET",
+                       "device_class": "restart", "entity_category": "config"}),
+            )],
+        }
     }
 }
 
-/// What a command accepts, as said in rejections; an error for a name that is no command.
-pub fn expected(command: &str, max_cups: u32) -> Result<String, String> {
-    Ok(match command {
-        "heater" | "keep_warm" => "ON or OFF".to_owned(),
-        "brew" => format!("START, STOP, a number of cups 1..{max_cups} or {{\"cups\": N}}"),
-        "cups" => format!("a number of cups 1..{max_cups}"),
-        "controller" => "RESET".to_owned(),
-        other => {
-            return Err(format!(
-                "unknown command {other:?}; the commands are heater, brew, cups, keep_warm \
-                 and controller"
-            ))
+/// Whether [`CommandName::ALL`] lists `command`.
+const fn listed(command: CommandName) -> bool {
+    let mut i = 0;
+    while i < CommandName::ALL.len() {
+        if CommandName::ALL[i] as usize == command as usize {
+            return true;
         }
-    })
+        i += 1;
+    }
+    false
+}
+
+/// Never called: the compiler evaluates its `const` blocks while building, so a variant missing
+/// from [`CommandName::ALL`] stops the build, and the match makes a new variant need an arm.
+#[allow(dead_code)] // Checked by being compiled, never run.
+const fn every_command_is_in_all(command: CommandName) {
+    match command {
+        CommandName::Heater => const { assert!(listed(CommandName::Heater), "not in ALL") },
+        CommandName::Brew => const { assert!(listed(CommandName::Brew), "not in ALL") },
+        CommandName::Cups => const { assert!(listed(CommandName::Cups), "not in ALL") },
+        CommandName::KeepWarm => const { assert!(listed(CommandName::KeepWarm), "not in ALL") },
+        CommandName::Controller => const { assert!(listed(CommandName::Controller), "not in ALL") },
+    }
+}
+
+/// The rejection of `B/D/<name>/set` with a name that is no command.
+pub fn unknown(name: &str) -> String {
+    let names: Vec<&str> = CommandName::ALL.iter().map(|c| c.name()).collect();
+    let list = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => names.concat(),
+    };
+    format!("unknown command {name:?}; the commands are {list}")
 }
 
 /// Whether the text is meant as a number (so that the reason talks about the range).
@@ -119,6 +257,14 @@ fn json_cups(text: &str) -> Option<String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// What the MQTT task does with a topic's name and payload.
+    fn parse(command: &str, payload: &[u8], max_cups: u32) -> Result<Request, String> {
+        match CommandName::from_name(command) {
+            Some(c) => c.parse(payload, max_cups),
+            None => Err(unknown(command)),
+        }
+    }
 
     fn p(command: &str, payload: &str) -> Result<Request, String> {
         parse(command, payload.as_bytes(), 12)
@@ -180,10 +326,37 @@ mod tests {
         assert!(p("cups", "99999999999999999999999").is_err());
     }
 
+    #[test]
+    fn all_lists_every_command_once() {
+        let names: std::collections::BTreeSet<&str> =
+            CommandName::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(names.len(), CommandName::ALL.len());
+        for c in CommandName::ALL {
+            assert_eq!(CommandName::from_name(c.name()), Some(c));
+        }
+        assert_eq!(CommandName::from_name("Heater"), None);
+        assert_eq!(
+            unknown("grind"),
+            "unknown command \"grind\"; the commands are heater, brew, cups, keep_warm and \
+             controller"
+        );
+    }
+
+    #[test]
+    fn every_command_is_in_the_readme_topics_table() {
+        let readme = include_str!("../../README.md");
+        for c in CommandName::ALL {
+            let row = format!("| `B/D/{}/set` | → bridge | must not be |", c.name());
+            assert!(readme.contains(&row), "README.md lacks the row {row} …");
+        }
+    }
+
     proptest! {
         #[test]
         fn never_panics_and_cups_stay_in_range(
-            command in prop::sample::select(vec!["heater", "brew", "cups", "keep_warm", "controller", "x"]),
+            command in prop::sample::select(
+                CommandName::ALL.iter().map(|c| c.name()).chain(["x"]).collect::<Vec<_>>()
+            ),
             payload in prop::collection::vec(any::<u8>(), 0..300),
             max_cups in 1u32..40,
         ) {

@@ -16,6 +16,7 @@
 
 use crate::config::{Discovery, Settings};
 use crate::core::Mode;
+use crate::mqtt::command::CommandName;
 use crate::mqtt::topics::Topics;
 use serde_json::{json, Map, Value};
 use std::net::SocketAddr;
@@ -50,6 +51,25 @@ pub struct Entity {
     pub options: Value,
 }
 
+impl Entity {
+    /// An entity that follows the device's availability and exists without water sensing.
+    pub fn new(
+        key: &'static str,
+        platform: &'static str,
+        name: &'static str,
+        options: Value,
+    ) -> Entity {
+        Entity {
+            key,
+            platform,
+            name,
+            bridge_only: false,
+            water: false,
+            options,
+        }
+    }
+}
+
 /// The entities of SPEC §4, water entities included (see [`Entity::water`]).
 pub fn entities(settings: &Settings) -> Vec<Entity> {
     let t = Topics::new(settings);
@@ -65,15 +85,8 @@ pub fn entities(settings: &Settings) -> Vec<Entity> {
         options
     };
     let modes: Vec<&str> = Mode::ALL.iter().map(|m| m.as_str()).collect();
-    let entity = |key, platform, name, options| Entity {
-        key,
-        platform,
-        name,
-        bridge_only: false,
-        water: false,
-        options,
-    };
-    vec![
+    let entity = Entity::new;
+    let mut all = vec![
         entity(
             "temperature",
             "sensor",
@@ -166,62 +179,6 @@ pub fn entities(settings: &Settings) -> Vec<Entity> {
                        "entity_category": "diagnostic", "icon": "mdi:chip"}),
             ),
         ),
-        entity(
-            "heater",
-            "switch",
-            "Heater",
-            json!({
-                "command_topic": t.command("heater"),
-                "state_topic": state,
-                "value_template": "{{ value_json.heater }}",
-                "payload_on": "ON", "payload_off": "OFF",
-                "state_on": "ON", "state_off": "OFF",
-                "optimistic": false,
-                "icon": "mdi:heating-coil",
-            }),
-        ),
-        entity(
-            "keep_warm",
-            "switch",
-            "Keep warm",
-            json!({
-                "command_topic": t.command("keep_warm"),
-                "state_topic": state,
-                "value_template": "{{ value_json.keep_warm }}",
-                "payload_on": "ON", "payload_off": "OFF",
-                "state_on": "ON", "state_off": "OFF",
-                "optimistic": false,
-                "icon": "mdi:thermometer-check",
-            }),
-        ),
-        entity(
-            "brew",
-            "button",
-            "Brew",
-            json!({"command_topic": t.command("brew"), "payload_press": "START",
-                   "icon": "mdi:coffee"}),
-        ),
-        entity(
-            "stop",
-            "button",
-            "Stop",
-            json!({"command_topic": t.command("brew"), "payload_press": "STOP",
-                   "icon": "mdi:coffee-off"}),
-        ),
-        entity(
-            "cups",
-            "number",
-            "Cups",
-            json!({
-                "command_topic": t.command("cups"),
-                "state_topic": state,
-                "value_template": "{{ value_json.cups }}",
-                "min": 1, "max": settings.brew.max_cups, "step": 1,
-                "mode": "box",
-                "optimistic": false,
-                "icon": "mdi:cup",
-            }),
-        ),
         Entity {
             bridge_only: true,
             ..entity(
@@ -247,21 +204,21 @@ pub fn entities(settings: &Settings) -> Vec<Entity> {
                            "{{ {'faults': value_json.faults, 'last_fault': value_json.last_fault} | tojson }}"}),
             ),
         ),
-        entity(
-            "restart_controller",
-            "button",
-            "Restart controller",
-            json!({"command_topic": t.command("controller"), "payload_press": "RESET",
-                   "device_class": "restart", "entity_category": "config"}),
-        ),
-        entity(
-            "event",
-            "event",
-            "Event",
-            json!({"state_topic": t.event(), "event_types": EVENT_TYPES,
-                   "icon": "mdi:coffee-outline"}),
-        ),
-    ]
+    ];
+    // The controls, after what the device shows and before what happened.
+    all.extend(
+        CommandName::ALL
+            .into_iter()
+            .flat_map(|c| c.entities(&t, settings.brew.max_cups)),
+    );
+    all.push(entity(
+        "event",
+        "event",
+        "Event",
+        json!({"state_topic": t.event(), "event_types": EVENT_TYPES,
+               "icon": "mdi:coffee-outline"}),
+    ));
+    all
 }
 
 /// The discovery messages to publish (retained), in order; an empty payload removes an entity.

@@ -30,6 +30,7 @@ pub mod topics;
 use crate::config::{Discovery, Settings};
 use crate::daemon::CommandIn;
 use crate::state::{Clock, EventDoc, StateDoc};
+use command::CommandName;
 use rumqttc::v5::mqttbytes::v5::{
     ConnectReturnCode, LastWill, Packet, PubAckReason, SubscribeReasonCode,
 };
@@ -501,8 +502,12 @@ impl Bridge {
             debug!(topic, "message on a topic the bridge does not handle");
             return;
         };
+        let known = match &command {
+            CommandTopic::Known(name) => Some(*name),
+            CommandTopic::Unknown(_) => None,
+        };
         let name = match &command {
-            CommandTopic::Known(name) => *name,
+            CommandTopic::Known(name) => name.name(),
             CommandTopic::Unknown(name) => name.as_str(),
         };
         if retain {
@@ -510,15 +515,14 @@ impl Bridge {
                 topic,
                 "ignoring a retained command (clear it with: mosquitto_pub -r -n -t {topic})"
             );
-            count(name, "retained_ignored");
+            count(known, "retained_ignored");
             return;
         }
         let parsed = match command {
-            CommandTopic::Known(name) => command::parse(name, payload, self.settings.brew.max_cups)
+            CommandTopic::Known(name) => name
+                .parse(payload, self.settings.brew.max_cups)
                 .map(|request| (name, request)),
-            CommandTopic::Unknown(ref name) => Err(command::expected(name, 0)
-                .err()
-                .unwrap_or_else(|| format!("unknown command {name:?}"))),
+            CommandTopic::Unknown(ref name) => Err(command::unknown(name)),
         };
         match parsed {
             Ok((name, request)) => {
@@ -528,23 +532,23 @@ impl Bridge {
                     payload: payload.to_vec(),
                 };
                 match self.io.commands.try_send(command) {
-                    Ok(()) => count(name, "forwarded"),
+                    Ok(()) => count(known, "forwarded"),
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        count(name, "busy");
+                        count(known, "busy");
                         self.reject(
-                            name,
+                            name.name(),
                             payload,
                             "bridge busy: too many commands at once; try again in a moment",
                         );
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {
-                        count(name, "rejected");
-                        self.reject(name, payload, "the bridge is shutting down");
+                        count(known, "rejected");
+                        self.reject(name.name(), payload, "the bridge is shutting down");
                     }
                 }
             }
             Err(reason) => {
-                count(name, "rejected");
+                count(known, "rejected");
                 self.reject(name, payload, &reason);
             }
         }
@@ -565,12 +569,9 @@ impl Bridge {
 
 /// Counts a command by what became of it on the MQTT side (`forwarded` to the core, which
 /// may still reject it; `rejected`; `busy`; `retained_ignored`).
-fn count(command: &str, outcome: &'static str) {
-    let command = match topics::COMMANDS.iter().find(|c| **c == command) {
-        Some(known) => *known,
-        // Unknown names are not labels: they would let anyone grow the metric without bound.
-        None => "unknown",
-    };
+fn count(command: Option<CommandName>, outcome: &'static str) {
+    // Unknown names are not labels: they would let anyone grow the metric without bound.
+    let command = command.map_or("unknown", CommandName::name);
     metrics::counter!("coffeebot_mqtt_commands_total", "command" => command, "outcome" => outcome)
         .increment(1);
 }

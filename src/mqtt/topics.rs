@@ -2,15 +2,13 @@
 //! discovery builder and the tests agree on every string.
 
 use crate::config::Settings;
-
-/// The command names, each the first level under the device of a `B/D/<name>/set` topic.
-pub const COMMANDS: [&str; 5] = ["heater", "brew", "cups", "keep_warm", "controller"];
+use crate::mqtt::command::CommandName;
 
 /// What a topic under the device's command subscription names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommandTopic {
-    /// One of [`COMMANDS`].
-    Known(&'static str),
+    /// One of [`CommandName::ALL`].
+    Known(CommandName),
     /// `B/D/<name>/set` with a name that is no command (rejected with `command_rejected`).
     Unknown(String),
 }
@@ -57,13 +55,13 @@ impl Topics {
     }
 
     /// `B/D/<command>/set`.
-    pub fn command(&self, command: &str) -> String {
-        format!("{}/{}/{command}/set", self.base, self.device)
+    pub fn command(&self, command: CommandName) -> String {
+        format!("{}/{}/{}/set", self.base, self.device, command.name())
     }
 
-    /// The filter the bridge subscribes to for commands, `B/D/+/set`: the five command topics,
-    /// and any other `…/set` under the device, so that a typo gets a `command_rejected` rather
-    /// than silence (with the shipped ACL the broker delivers only the five).
+    /// The filter the bridge subscribes to for commands, `B/D/+/set`: every command topic, and
+    /// any other `…/set` under the device, so that a typo gets a `command_rejected` rather than
+    /// silence (with the shipped ACL the broker delivers only the commands' topics).
     pub fn command_filter(&self) -> String {
         format!("{}/{}/+/set", self.base, self.device)
     }
@@ -89,7 +87,7 @@ impl Topics {
         if name.is_empty() || name.contains('/') {
             return None;
         }
-        Some(match COMMANDS.iter().find(|c| **c == name) {
+        Some(match CommandName::from_name(name) {
             Some(known) => CommandTopic::Known(known),
             None => CommandTopic::Unknown(name.to_owned()),
         })
@@ -129,14 +127,14 @@ mod tests {
         assert_eq!(t.availability(), "coffeebot/coffeepot/availability");
         assert_eq!(t.state(), "coffeebot/coffeepot/state");
         assert_eq!(t.event(), "coffeebot/coffeepot/event");
-        assert_eq!(t.command("brew"), "coffeebot/coffeepot/brew/set");
+        assert_eq!(t.command(CommandName::Brew), "coffeebot/coffeepot/brew/set");
         assert_eq!(t.ha_status(), "homeassistant/status");
     }
 
     #[test]
     fn command_topics_are_recognised() {
         let t = topics();
-        for c in COMMANDS {
+        for c in CommandName::ALL {
             assert_eq!(t.parse_command(&t.command(c)), Some(CommandTopic::Known(c)));
             assert!(filter_matches(&t.command_filter(), &t.command(c)));
         }

@@ -235,7 +235,7 @@ pub fn metric(text: &str, series: &str) -> f64 {
 pub fn brew(cups: u32) -> CommandIn {
     CommandIn {
         request: coffeebot::core::Request::BrewStart { cups: Some(cups) },
-        command: "brew",
+        command: coffeebot::mqtt::command::CommandName::Brew,
         payload: cups.to_string().into_bytes(),
     }
 }
