@@ -14,6 +14,7 @@ use crate::config::Settings;
 use crate::core::{Core, Limits, Output, Request};
 use crate::mqtt::command::CommandName;
 use crate::notify::Notifier;
+use crate::port::PortSpec;
 use crate::protocol::{Command, Frame, ReplyFormat};
 use crate::serial::{self, LinkConfig, LinkEvent};
 use crate::state::{Clock, Deadbands, EventDoc, OnOff, StateDoc};
@@ -106,7 +107,10 @@ pub async fn run(settings: &Settings, inlets: Inlets, shutdown: CancellationToke
     let (link_events_tx, link_events_rx) = mpsc::channel(64);
     let link = tokio::spawn(serial::run(
         LinkConfig {
-            path: PathBuf::from(&settings.serial.port),
+            // Validated; a path is the fallback that keeps the old meaning.
+            port: PortSpec::parse(&settings.serial.port)
+                .unwrap_or_else(|_| PortSpec::Path(PathBuf::from(&settings.serial.port))),
+            sysfs_root: crate::port::sysfs_root(),
             baud: settings.serial.baud,
         },
         link_rx,

@@ -13,6 +13,8 @@
 //! - [`core`]: the heater state machine; time and inputs in, serial commands and events out.
 //!   It never does I/O and never reads a clock.
 //! - [`serial`]: the task that owns the serial port and frames its lines.
+//! - [`port`]: which device the controller is on: a path, or a USB identity looked up at every
+//!   open.
 //! - [`sim`]: the simulated controller (pure device model, thin pseudo-terminal shell).
 //! - [`config`]: typed settings, layered loading, and validation driven by one row per key
 //!   ([`config::KEYS`]); turns the settings into the core's [`core::Limits`].
@@ -33,6 +35,7 @@ pub mod http;
 pub mod metrics;
 pub mod mqtt;
 pub mod notify;
+pub mod port;
 pub mod protocol;
 pub mod serial;
 pub mod sim;
