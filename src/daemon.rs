@@ -12,6 +12,7 @@
 
 use crate::config::Settings;
 use crate::core::{Core, Limits, Output, Request};
+use crate::counters::{Store, Tally};
 use crate::mqtt::command::CommandName;
 use crate::notify::Notifier;
 use crate::port::PortSpec;
@@ -116,6 +117,10 @@ pub async fn run(settings: &Settings, inlets: Inlets, shutdown: CancellationToke
         link_rx,
         link_events_tx,
     ));
+    let store = Store::new(
+        Some(PathBuf::from(&settings.counters.state_dir)).filter(|d| !d.as_os_str().is_empty()),
+        Duration::from_secs_f64(settings.counters.save_interval_s),
+    );
     let driver = Driver {
         core: Core::new(Limits::from(settings), Instant::now().into_std()),
         link: link_tx,
@@ -128,6 +133,8 @@ pub async fn run(settings: &Settings, inlets: Inlets, shutdown: CancellationToke
         published: None,
         published_at: Instant::now(),
         notifier: Notifier::from_env(),
+        tally: Tally::new(store.load(), settings.heater.watts),
+        store,
     };
     driver.run(link_events_rx, shutdown).await;
     // The command sender is gone: the link writes what is queued (B+0 last) and ends.
@@ -147,6 +154,9 @@ struct Driver {
     published_at: Instant,
     /// systemd notifications; ticked only here, so its pings prove this loop runs.
     notifier: Notifier,
+    /// Household counters, counted from the core's events and reported relay.
+    tally: Tally,
+    store: Store,
 }
 
 impl Driver {
@@ -199,6 +209,8 @@ impl Driver {
             }
         }
         self.flush(Instant::now());
+        self.store
+            .maybe_save(Instant::now(), self.tally.counters(), true, true);
     }
 
     fn on_link(&mut self, event: LinkEvent) {
@@ -249,6 +261,7 @@ impl Driver {
                     }
                 }
                 Output::Event(event) => {
+                    self.tally.on_event(&event);
                     crate::metrics::record_event(&event);
                     info!(event = event.event_type(), details = ?event, "event");
                     self.send_event(EventDoc::new(&event, &clock()));
@@ -261,6 +274,11 @@ impl Driver {
             wall: SystemTime::now(),
         };
         let doc = StateDoc::new(&self.core.status(clock.now), &clock);
+        self.tally
+            .on_heater(now, doc.heater.is_some_and(OnOff::is_on));
+        let changed = self.tally.take_changed();
+        self.store
+            .maybe_save(now, self.tally.counters(), changed, false);
         let due = now >= self.published_at + self.state_interval;
         let changed = self
             .published

@@ -23,6 +23,8 @@
 //! - [`daemon`]: wires the tasks together and drives the core.
 //! - [`mqtt`]: the task that owns the MQTT connection: state, events, commands, Home Assistant
 //!   discovery; [`mqtt::command::CommandName`] is the one list of commands.
+//! - [`counters`]: household counters (cups, brews, heater time, energy, descale due) kept in
+//!   a file across restarts, counted outside the core from its events.
 //! - [`notify`]: systemd's READY/WATCHDOG/STATUS/STOPPING notifications, sent from the driver.
 //! - [`http`]: the read-only status page, `status.json`, metrics and health probes.
 //! - [`metrics`]: the Prometheus recorder, build info and the cross-task measurements.
@@ -30,6 +32,7 @@
 
 pub mod config;
 pub mod core;
+pub mod counters;
 pub mod daemon;
 pub mod http;
 pub mod metrics;

@@ -188,6 +188,10 @@ pub const KEYS: &[Key] = &[
     row("water.empty_distance_in", above(0.0, 160.0), "in", "the empty surface is farther from the sensor than the full one; the HC-SR04 ranges up to 4 m"),
     row("water.full_distance_in", above(0.0, 160.0), "in", "the HC-SR04 ranges up to 4 m (157 in)"),
     row("http.listen", Check::Text { allowed: "empty (no HTTP server) or an address like 127.0.0.1:8080", ok: is_listen }, "", "the status page listens there"),
+    row("heater.watts", range(0.0, 5000.0), "W", "the plate's rated power, for the energy estimate; no coffee maker's plate draws 5 kW"),
+    row("maintenance.descale_every_brews", range(0.0, 100000.0), "brews", "descale reminders; 0 turns them off"),
+    row("counters.state_dir", ANY_TEXT, "", "counters.json lives there; empty keeps counters in memory only"),
+    row("counters.save_interval_s", range(1.0, 3600.0), "s", "fewer writes spare an SD card; a crash loses at most this much counting"),
 ];
 
 /// A check between keys. It runs only when its key and every key it `needs` passed their own
