@@ -72,7 +72,9 @@ impl Tally {
             counters,
             watts,
             heater_on_since: None,
-            changed: false,
+            // Exported and written once at start: a state directory that cannot be written
+            // is reported at once, not after the first brew.
+            changed: true,
         }
     }
 
@@ -109,6 +111,19 @@ impl Tally {
     pub fn descaled(&mut self) {
         self.counters.brews_since_descale = 0;
         self.changed = true;
+    }
+
+    /// Sets the Prometheus series of the counters (`/metrics`); `descale_every` is
+    /// `maintenance.descale_every_brews`.
+    pub fn export(&self, descale_every: u64) {
+        let c = &self.counters;
+        metrics::counter!("coffeebot_cups_brewed_total").absolute(c.cups_brewed_total);
+        metrics::counter!("coffeebot_brews_total").absolute(c.brews_total);
+        metrics::gauge!("coffeebot_heater_on_seconds_total").set(c.heater_on_seconds_total);
+        metrics::gauge!("coffeebot_energy_kwh_total").set(c.energy_kwh_total);
+        metrics::gauge!("coffeebot_brews_since_descale").set(c.brews_since_descale as f64);
+        metrics::gauge!("coffeebot_descale_due")
+            .set(f64::from(u8::from(c.descale_due(descale_every))));
     }
 
     /// Whether anything changed since the last call.
@@ -237,6 +252,7 @@ mod tests {
     #[test]
     fn brews_and_relay_time_are_counted() {
         let mut t = Tally::new(Counters::default(), 900.0);
+        assert!(t.take_changed(), "the first flush writes and exports");
         let t0 = Instant::now();
         t.on_event(&Event::BrewFinished {
             cups: 4,

@@ -135,6 +135,7 @@ pub async fn run(settings: &Settings, inlets: Inlets, shutdown: CancellationToke
         notifier: Notifier::from_env(),
         tally: Tally::new(store.load(), settings.heater.watts),
         store,
+        descale_every: settings.maintenance.descale_every_brews,
     };
     driver.run(link_events_rx, shutdown).await;
     // The command sender is gone: the link writes what is queued (B+0 last) and ends.
@@ -157,6 +158,7 @@ struct Driver {
     /// Household counters, counted from the core's events and reported relay.
     tally: Tally,
     store: Store,
+    descale_every: u64,
 }
 
 impl Driver {
@@ -277,6 +279,9 @@ impl Driver {
         self.tally
             .on_heater(now, doc.heater.is_some_and(OnOff::is_on));
         let changed = self.tally.take_changed();
+        if changed {
+            self.tally.export(self.descale_every);
+        }
         self.store
             .maybe_save(now, self.tally.counters(), changed, false);
         let due = now >= self.published_at + self.state_interval;
