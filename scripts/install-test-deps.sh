@@ -4,8 +4,10 @@
 # mosquitto-clients (mosquitto_pub/mosquitto_sub for manual checks), chromium (the
 # headless browser the status-page test drives; Debian's build, never a downloaded one) and
 # faketime (libfaketime: tests/faults.rs moves the bridge's wall clock to show its timers do
-# not follow it), systemd (systemd-analyze: the unit's system call groups) and python3-seccomp
-# (libseccomp: tests/systemd.rs runs the bridge under the unit's system call filter).
+# not follow it), g++ (../shared/realfw/build.sh compiles the real firmware for
+# tests/sim_vs_realfw.rs), systemd (systemd-analyze: the unit's system call groups) and
+# python3-seccomp (libseccomp: tests/systemd.rs runs the bridge under the unit's system call
+# filter).
 # Idempotent and non-interactive; runs apt-get as root, or through sudo when available.
 set -euo pipefail
 
@@ -15,6 +17,7 @@ declare -A PROVIDES=(
   [mosquitto-clients]=mosquitto_sub
   [chromium]=chromium
   [faketime]=faketime
+  [g++]=g++
   [systemd]=systemd-analyze
   [python3-seccomp]=python3-seccomp
 )
@@ -31,7 +34,7 @@ have() {
 }
 
 missing=()
-for pkg in mosquitto mosquitto-clients chromium faketime systemd python3-seccomp; do
+for pkg in mosquitto mosquitto-clients chromium faketime g++ systemd python3-seccomp; do
   if have "${PROVIDES[$pkg]}"; then
     echo "install-test-deps: $pkg already installed"
   else
