@@ -281,10 +281,10 @@ async fn the_bridge_works_under_the_units_system_call_filter() {
     let (ready, skipped) = manager.until("READY=1", WAIT);
     assert!(ready.is_some(), "READY=1 under the filter; got {skipped:?}");
 
-    // A command round trip: MQTT in, serial out, event back.
-    lan_command(&broker, "cups", "3").await;
-    next_message(&mut watcher, "cups 3 in the state", |m| {
-        m.topic == "coffeebot/coffeepot/state" && json(m)["cups"] == 3
+    // A brew: MQTT in, B+1 out on the serial port, the heater on, the brew finished.
+    lan_command(&broker, "brew", "1").await;
+    next_message(&mut watcher, "brew_finished", |m| {
+        m.topic == "coffeebot/coffeepot/event" && json(m)["event_type"] == "brew_finished"
     })
     .await;
     assert!(bridge.is_running(), "still running under the filter");
