@@ -4,8 +4,10 @@
 # mosquitto-clients (mosquitto_pub/mosquitto_sub for manual checks), chromium (the
 # headless browser the status-page test drives; Debian's build, never a downloaded one) and
 # faketime (libfaketime: tests/faults.rs moves the bridge's wall clock to show its timers do
-# not follow it) and g++ (../shared/realfw/build.sh compiles the real firmware for
-# tests/sim_vs_realfw.rs).
+# not follow it), g++ (../shared/realfw/build.sh compiles the real firmware for
+# tests/sim_vs_realfw.rs), systemd (systemd-analyze: the unit's system call groups) and
+# python3-seccomp (libseccomp: tests/systemd.rs runs the bridge under the unit's system call
+# filter).
 # Idempotent and non-interactive; runs apt-get as root, or through sudo when available.
 set -euo pipefail
 
@@ -16,16 +18,23 @@ declare -A PROVIDES=(
   [chromium]=chromium
   [faketime]=faketime
   [g++]=g++
+  [systemd]=systemd-analyze
+  [python3-seccomp]=python3-seccomp
 )
 
 have() {
+  # A Python module, not a command: Debian's own python3 must import it.
+  if [ "$1" = python3-seccomp ]; then
+    /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1
+    return
+  fi
   command -v "$1" >/dev/null 2>&1 && return 0
   # mosquitto lives in /usr/sbin, which is not on every user's PATH.
   [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
 }
 
 missing=()
-for pkg in mosquitto mosquitto-clients chromium faketime g++; do
+for pkg in mosquitto mosquitto-clients chromium faketime g++ systemd python3-seccomp; do
   if have "${PROVIDES[$pkg]}"; then
     echo "install-test-deps: $pkg already installed"
   else

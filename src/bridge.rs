@@ -70,13 +70,14 @@ pub fn channels(device_name: &str) -> Channels {
             title: device_name.to_owned(),
             state: state_rx.clone(),
             heartbeat: heartbeat_rx,
-            broker_connected: connected_rx,
+            broker_connected: connected_rx.clone(),
         },
         driver: daemon::Io {
             state: state_tx,
             events: events_tx,
             commands: commands_rx,
             heartbeat: heartbeat_tx,
+            broker_connected: connected_rx,
         },
         mqtt: mqtt::Io {
             state: state_rx,

@@ -14,8 +14,11 @@
 
 use crate::config::Settings;
 use crate::core::{Core, Limits, Output};
+use crate::counters::{Store, Tally};
 use crate::metrics as m;
 use crate::mqtt::CommandIn;
+use crate::notify::Notifier;
+use crate::port::PortSpec;
 use crate::protocol::{Command, Frame, ReplyFormat};
 use crate::serial::{self, LinkConfig, LinkEvent, Outgoing};
 use crate::state::{Clock, Deadbands, EventDoc, OnOff, StateDoc};
@@ -48,6 +51,9 @@ pub struct Io {
     /// When the driver last ran; HTTP holds the receiver (`/healthz`). Dropping it fails the
     /// liveness probe.
     pub heartbeat: watch::Sender<Instant>,
+    /// Whether the MQTT task is connected to the broker (it holds the sender); read for
+    /// systemd's READY and STATUS.
+    pub broker_connected: watch::Receiver<bool>,
 }
 
 /// Runs the serial link and the driver until `shutdown` is cancelled and the heater is
@@ -57,13 +63,20 @@ pub async fn run(settings: &Settings, io: Io, shutdown: CancellationToken) {
     let (link_events_tx, link_events_rx) = mpsc::channel(64);
     let link = tokio::spawn(serial::run(
         LinkConfig {
-            path: PathBuf::from(&settings.serial.port),
+            // Validated; a path is the fallback that keeps the old meaning.
+            port: PortSpec::parse(&settings.serial.port)
+                .unwrap_or_else(|_| PortSpec::Path(PathBuf::from(&settings.serial.port))),
+            sysfs_root: crate::port::sysfs_root(),
             baud: settings.serial.baud,
         },
         link_rx,
         link_events_tx,
     ));
     let now = Instant::now();
+    let store = Store::new(
+        Some(PathBuf::from(&settings.counters.state_dir)).filter(|d| !d.as_os_str().is_empty()),
+        Duration::from_secs_f64(settings.counters.save_interval_s),
+    );
     let driver = Driver {
         core: Core::new(Limits::from(settings), now.into_std()),
         link: link_tx,
@@ -76,6 +89,10 @@ pub async fn run(settings: &Settings, io: Io, shutdown: CancellationToken) {
         published: None,
         published_at: now,
         command_at: None,
+        notifier: Notifier::from_env(),
+        tally: Tally::new(store.load(), settings.heater.watts),
+        store,
+        descale_every: settings.maintenance.descale_every_brews,
     };
     driver.run(link_events_rx, shutdown).await;
     // The command sender is gone: the link writes what is queued (B+0 last) and ends.
@@ -96,6 +113,14 @@ struct Driver {
     /// When the command accepted in this wake came in, until the relay line it causes is
     /// queued (it rides on that line to the link, for the command-to-serial latency).
     command_at: Option<Instant>,
+    /// systemd notifications; ticked only here, so its pings prove this loop runs.
+    notifier: Notifier,
+    /// Household counters, counted from the core's events and reported relay.
+    tally: Tally,
+    /// Where the counters are kept across restarts.
+    store: Store,
+    /// Brews between descalings (`maintenance.descale_every_brews`).
+    descale_every: u64,
 }
 
 /// What woke the driver.
@@ -128,6 +153,7 @@ impl Driver {
                 Some(at + HEARTBEAT),
                 Some(self.published_at + self.state_interval),
                 stop_by,
+                self.notifier.next_due(),
             ]
             .into_iter()
             .flatten()
@@ -146,6 +172,7 @@ impl Driver {
             match woke {
                 Woke::Shutdown => {
                     info!("shutting down: heater off");
+                    self.notifier.stopping();
                     self.core.handle_shutdown(core_now);
                     stop_by = Some(now.instant + SHUTDOWN_CONFIRM);
                 }
@@ -157,6 +184,8 @@ impl Driver {
             }
         }
         self.flush(&now);
+        self.store
+            .maybe_save(now.instant, self.tally.counters(), true, true);
     }
 
     fn on_link(&mut self, now: std::time::Instant, event: LinkEvent) {
@@ -215,6 +244,7 @@ impl Driver {
                     }
                 }
                 Output::Event(event) => {
+                    self.tally.on_event(&event);
                     m::record_event(&event);
                     info!(event = event.event_type(), details = ?event, "event");
                     self.send_event(EventDoc::new(&event, &now.clock));
@@ -225,6 +255,14 @@ impl Driver {
         self.command_at = None;
         let doc = StateDoc::new(&self.core.status(now.clock.now), &now.clock);
         let due = now.instant >= self.published_at + self.state_interval;
+        self.tally
+            .on_heater(now.instant, doc.heater.is_some_and(OnOff::is_on));
+        let counted = self.tally.take_changed();
+        if counted {
+            self.tally.export(self.descale_every);
+        }
+        self.store
+            .maybe_save(now.instant, self.tally.counters(), counted, false);
         let changed = self
             .published
             .as_ref()
@@ -250,6 +288,9 @@ impl Driver {
             self.io.state.send_replace(Some(doc));
         }
         self.io.heartbeat.send_replace(now.instant);
+        let broker_up = *self.io.broker_connected.borrow();
+        self.notifier
+            .tick(now.instant, self.published.as_ref(), broker_up);
     }
 
     fn send_event(&self, doc: EventDoc) {

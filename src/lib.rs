@@ -17,6 +17,8 @@
 //! - [`core`]: the heater state machine; time and inputs in, serial commands and events out.
 //!   It never does I/O and never reads a clock.
 //! - [`serial`]: the task that owns the serial port and frames its lines.
+//! - [`port`]: which device the controller is on: a path, or a USB identity looked up at every
+//!   open.
 //! - [`sim`]: the simulated controller (pure device model, thin pseudo-terminal shell).
 //! - [`config`]: typed settings, layered loading, and validation driven by one row per key
 //!   ([`config::KEYS`]); turns the settings into the core's [`core::Limits`].
@@ -26,6 +28,9 @@
 //! - [`mqtt`]: the task that owns the MQTT connection: state, events, commands (it makes each
 //!   [`mqtt::CommandIn`] and publishes its own rejections), Home Assistant discovery;
 //!   [`mqtt::command::CommandName`] is the one list of commands.
+//! - [`counters`]: household counters (cups, brews, heater time, energy, descale due) kept in
+//!   a file across restarts, counted outside the core from its events.
+//! - [`notify`]: systemd's READY/WATCHDOG/STATUS/STOPPING notifications, sent from the driver.
 //! - [`http`]: the read-only status page, `status.json`, metrics and health probes.
 //! - [`metrics`]: every metric's name and help, declared once; the recorder; the serial task's
 //!   line timings.
@@ -34,10 +39,13 @@
 pub mod bridge;
 pub mod config;
 pub mod core;
+pub mod counters;
 pub mod daemon;
 pub mod http;
 pub mod metrics;
 pub mod mqtt;
+pub mod notify;
+pub mod port;
 pub mod protocol;
 pub mod serial;
 pub mod sim;

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use coffeebot::config::{self, ConfigError, Settings};
+use coffeebot::port::{self, PortSpec};
 use coffeebot::{bridge, mqtt, sim};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -163,6 +164,13 @@ fn check_config(file: Option<&Path>) -> ExitCode {
     match load(file) {
         Ok(settings) => {
             print!("{}", settings.to_toml_string());
+            // A TOML comment, so that the output still loads as a configuration.
+            if let Ok(PortSpec::Usb(id)) = PortSpec::parse(&settings.serial.port) {
+                match port::resolve(&id, &port::scan(&port::sysfs_root())) {
+                    Ok(device) => println!("# serial.port {id} is {} now", device.display()),
+                    Err(none) => println!("# serial.port: {none}"),
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,

@@ -5,12 +5,15 @@
 //! [`Decoder`](crate::protocol::Decoder), and writes the commands the core decides — one line
 //! at a time, each followed by a wait for its reply or a short timeout, because the
 //! controller's UART holds 16 bytes and loses what arrives while it reads its sensors. It
-//! decides nothing: link up/down and every frame go to the core.
+//! decides nothing: link up/down and every frame go to the core. A USB identity
+//! (`usb:VID:PID`) is looked up again at every open ([`crate::port`]); a board that is not
+//! there is a link down like any other, retried with the same backoff.
 
 use crate::metrics::{self as m, LineTimer};
+use crate::port::{locate, PortSpec};
 use crate::protocol::{Command, Decoder, Frame};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -52,8 +55,11 @@ pub struct Outgoing {
 /// Where the port is and how to talk to it.
 #[derive(Clone, Debug)]
 pub struct LinkConfig {
-    /// Device path (a symlink is followed at every open).
-    pub path: PathBuf,
+    /// A device path (a symlink is followed at every open) or a USB identity, looked up at
+    /// every open.
+    pub port: PortSpec,
+    /// Where USB identities are looked up (`/`, see [`crate::port::sysfs_root`]).
+    pub sysfs_root: PathBuf,
     /// Line speed.
     pub baud: u32,
 }
@@ -71,11 +77,24 @@ pub async fn run(
     let mut timer = LineTimer::default();
     let mut backoff = REOPEN_BACKOFF.0;
     let mut last_error: Option<String> = None;
+    let mut resolved: Option<PathBuf> = None;
     loop {
-        let port = match open(&config) {
-            Ok(port) => port,
-            Err(e) => {
-                let reason = format!("cannot open {}: {e}", config.path.display());
+        let opened = match locate(&config.port, &config.sysfs_root) {
+            Ok(path) => {
+                if let (PortSpec::Usb(id), true) = (&config.port, resolved.as_ref() != Some(&path))
+                {
+                    info!(port = %id, device = %path.display(), "controller port {id} is {}", path.display());
+                }
+                resolved = Some(path.clone());
+                open(&path, config.baud)
+                    .map(|port| (port, path.clone()))
+                    .map_err(|e| format!("cannot open {}: {e}", path.display()))
+            }
+            Err(no_board) => Err(no_board.to_string()),
+        };
+        let (port, path) = match opened {
+            Ok(opened) => opened,
+            Err(reason) => {
                 if last_error.as_deref() != Some(reason.as_str()) {
                     warn!("{reason}; retrying");
                     last_error = Some(reason.clone());
@@ -95,7 +114,7 @@ pub async fn run(
                 continue;
             }
         };
-        info!(port = %config.path.display(), "controller port open");
+        info!(port = %path.display(), "controller port open");
         last_error = None;
         backoff = REOPEN_BACKOFF.0;
         while commands.try_recv().is_ok() {}
@@ -105,7 +124,7 @@ pub async fn run(
         match session(port, &mut commands, &events, &mut timer).await {
             Ended::CommandsClosed | Ended::EventsClosed => return,
             Ended::PortLost(e) => {
-                let reason = format!("lost {}: {e}", config.path.display());
+                let reason = format!("lost {}: {e}", path.display());
                 warn!("{reason}");
                 metrics::counter!(m::SERIAL_LINK_LOST).increment(1);
                 if events.send(LinkEvent::Down { reason }).await.is_err() {
@@ -117,8 +136,8 @@ pub async fn run(
     }
 }
 
-fn open(config: &LinkConfig) -> io::Result<tokio_serial::SerialStream> {
-    let port = tokio_serial::new(config.path.to_string_lossy(), config.baud)
+fn open(path: &Path, baud: u32) -> io::Result<tokio_serial::SerialStream> {
+    let port = tokio_serial::new(path.to_string_lossy(), baud)
         .data_bits(tokio_serial::DataBits::Eight)
         .parity(tokio_serial::Parity::None)
         .stop_bits(tokio_serial::StopBits::One)

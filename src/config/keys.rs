@@ -150,7 +150,7 @@ const TOPIC: Check = Check::Text {
 pub const KEYS: &[Key] = &[
     row("device.id", Check::Text { allowed: "1 to 64 letters, digits, _ or -", ok: is_id }, "", "it is an MQTT topic level and a Home Assistant node id"),
     row("device.name", not_blank("a non-empty name"), "", "Home Assistant shows it"),
-    row("serial.port", Check::Text { allowed: "a non-empty device path", ok: |port| !port.is_empty() }, "", "the controller's serial port"),
+    row("serial.port", Check::Text { allowed: "a device path, or usb:VID:PID[:SERIAL] with hex ids (the mbed LPC1768: usb:0d28:0204)", ok: |port| crate::port::PortSpec::parse(port).is_ok() }, "", "the controller's serial port; the USB form follows the board to a new device name"),
     row("serial.baud", range(1.0, f64::INFINITY), "Bd", "a line speed of 0 carries nothing; the controller runs at 115200"),
     row("serial.feed_interval_ms", range(50.0, 999.0), "ms", "the controller cuts the heater after 1000 ms without B+1; faster crowds its 16-byte input"),
     row("serial.poll_interval_ms", range(100.0, 4999.0), "ms", "the controller's watchdog reboots it after 5000 ms without a command, and slower polling would look stale"),
@@ -192,6 +192,10 @@ pub const KEYS: &[Key] = &[
     row("http.allowed_hosts", Check::Text { allowed: "host names separated by commas, e.g. coffee.example.org", ok: is_host_list }, "", "the public side answers only these names, its own address and localhost (DNS rebinding)"),
     row("http.max_streams", range(1.0, 10000.0), "", "each open /events stream holds a connection and a little memory"),
     row("http.max_connections_per_peer", range(1.0, 10000.0), "", "one client cannot take every connection slot; behind a proxy every viewer comes from the proxy's address"),
+    row("heater.watts", range(0.0, 5000.0), "W", "the plate's rated power, for the energy estimate; no coffee maker's plate draws 5 kW"),
+    row("maintenance.descale_every_brews", range(0.0, 100000.0), "brews", "descale reminders; 0 turns them off"),
+    row("counters.state_dir", ANY_TEXT, "", "counters.json lives there; empty keeps counters in memory only"),
+    row("counters.save_interval_s", range(1.0, 3600.0), "s", "fewer writes spare an SD card; a crash loses at most this much counting"),
 ];
 
 /// A check between keys. It runs only when its key and every key it `needs` passed their own

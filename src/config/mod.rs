@@ -57,6 +57,38 @@ pub struct Settings {
     pub water: Water,
     /// The read-only HTTP server.
     pub http: Http,
+    /// The heater itself.
+    pub heater: Heater,
+    /// Maintenance reminders.
+    pub maintenance: Maintenance,
+    /// The household counters' file.
+    pub counters: CountersFile,
+}
+
+/// `[heater]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Heater {
+    /// Rated power of the hot plate: relay-on time × watts estimates the energy used.
+    pub watts: f64,
+}
+
+/// `[maintenance]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Maintenance {
+    /// Descaling is due after this many brews; 0: never.
+    pub descale_every_brews: u64,
+}
+
+/// `[counters]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CountersFile {
+    /// Directory of `counters.json`; empty: counters are not kept across restarts.
+    pub state_dir: String,
+    /// Longest time between writes of the file while counters change.
+    pub save_interval_s: f64,
 }
 
 /// `[device]`
