@@ -21,6 +21,8 @@
 //! - [`daemon`]: wires the tasks together and drives the core.
 //! - [`mqtt`]: the task that owns the MQTT connection: state, events, commands, Home Assistant
 //!   discovery; [`mqtt::command::CommandName`] is the one list of commands.
+//! - [`schedule`]: the brew schedule (weekly entries, a coffee calendar): pure planning of
+//!   when brews start; a start enters the core as an ordinary request.
 //! - [`http`]: the read-only status page, `status.json`, metrics and health probes.
 //! - [`metrics`]: the Prometheus recorder, build info and the cross-task measurements.
 #![forbid(unsafe_code)]
@@ -32,6 +34,7 @@ pub mod http;
 pub mod metrics;
 pub mod mqtt;
 pub mod protocol;
+pub mod schedule;
 pub mod serial;
 pub mod sim;
 pub mod state;
