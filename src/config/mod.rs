@@ -57,6 +57,8 @@ pub struct Settings {
     pub water: Water,
     /// The read-only HTTP server.
     pub http: Http,
+    /// Brewing on schedule.
+    pub schedule: Schedule,
 }
 
 /// `[device]`
@@ -213,6 +215,39 @@ pub struct Water {
 pub struct Http {
     /// Listen address, e.g. `127.0.0.1:8080`; empty: no HTTP server.
     pub listen: String,
+}
+
+/// `[schedule]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// Whether scheduled brews start (the `schedule/set` command switches it until restart).
+    pub enabled: bool,
+    /// IANA zone of the weekly entries and floating calendar times; empty: the machine's.
+    pub timezone: String,
+    /// iCalendar source: a file path or an http(s) URL; empty for none.
+    pub calendar: String,
+    /// How often the calendar is read again.
+    pub calendar_refresh_s: f64,
+    /// A start missed by more than this is skipped.
+    pub max_late_s: f64,
+    /// Expected preheat before the pot has a history.
+    pub default_preheat_s: f64,
+    /// `[[schedule.brew]]`: weekly entries.
+    pub brew: Vec<WeeklyBrew>,
+}
+
+/// One `[[schedule.brew]]` entry.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WeeklyBrew {
+    /// Weekdays: `mon` … `sun`.
+    pub days: Vec<String>,
+    /// Local wall-clock time the coffee is ready, `HH:MM`.
+    pub ready_at: String,
+    /// Cups; `brew.default_cups` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cups: Option<u32>,
 }
 
 /// Serialises a password as [`REDACTED`] (or empty when there is none).

@@ -2,9 +2,11 @@
 //! planned brews, each with the instant it must be *ready* and the instant it must *start*.
 //!
 //! Pure, like the heater core: the planner never reads a clock and never does I/O. `from` is
-//! passed in; the calendar comes in as text ([`Calendar::parse`]); the expected preheat comes
-//! from [`PreheatHistory`], which the daemon feeds with what the pot did. The planner decides
-//! *when*; a start goes into the core as an ordinary `BrewStart` request, with every interlock.
+//! passed in; the calendar comes in as text ([`Calendar::parse`]; [`source`] is the one part
+//! that reads a file or a URL); the expected preheat comes from [`PreheatHistory`], which the
+//! daemon feeds with what the pot did. The planner decides *when*; [`runner`] says when a start
+//! is due, and the start goes into the core as an ordinary `BrewStart` request, with every
+//! interlock.
 //!
 //! Wall-clock rules, in the schedule's zone (or an event's own): a ready time that does not
 //! exist (spring forward) is the first instant after the gap; one that exists twice (fall back)
@@ -13,6 +15,8 @@
 #![deny(clippy::disallowed_methods)]
 
 pub mod calendar;
+pub mod runner;
+pub mod source;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -22,7 +26,12 @@ use chrono::{DateTime, Datelike, NaiveDateTime, NaiveTime, TimeZone, Utc, Weekda
 use chrono_tz::Tz;
 use serde::Serialize;
 
+use crate::config::Settings;
+
 pub use calendar::{Calendar, CalendarError};
+
+/// Longest wait for a calendar's server.
+pub const CALENDAR_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How far ahead the planner looks for brews.
 pub const HORIZON_DAYS: i64 = 400;
@@ -195,6 +204,32 @@ impl Planner {
             candidate.cups = candidate.cups.clamp(1, self.timing.max_cups.max(1));
         }
         merge(candidates, self.timing, preheat)
+    }
+}
+
+impl Planner {
+    /// The planner of validated settings, without a calendar yet.
+    pub fn from_settings(settings: &Settings) -> Planner {
+        let brew = &settings.brew;
+        Planner {
+            zone: zone(&settings.schedule.timezone).unwrap_or(Tz::UTC),
+            weekly: settings
+                .schedule
+                .brew
+                .iter()
+                .map(|entry| Weekly {
+                    days: entry.days.iter().filter_map(|d| weekday(d)).collect(),
+                    ready_at: time_of_day(&entry.ready_at).unwrap_or(NaiveTime::MIN),
+                    cups: entry.cups.unwrap_or(brew.default_cups),
+                })
+                .collect(),
+            calendar: None,
+            timing: BrewTiming {
+                seconds_per_cup: brew.seconds_per_cup,
+                max_cups: brew.max_cups,
+                default_cups: brew.default_cups,
+            },
+        }
     }
 }
 
