@@ -4,7 +4,8 @@
 # mosquitto-clients (mosquitto_pub/mosquitto_sub for manual checks), chromium (the
 # headless browser the status-page test drives; Debian's build, never a downloaded one) and
 # faketime (libfaketime: tests/faults.rs moves the bridge's wall clock to show its timers do
-# not follow it).
+# not follow it) and g++ (../shared/realfw/build.sh compiles the real firmware for
+# tests/sim_vs_realfw.rs).
 # Idempotent and non-interactive; runs apt-get as root, or through sudo when available.
 set -euo pipefail
 
@@ -14,6 +15,7 @@ declare -A PROVIDES=(
   [mosquitto-clients]=mosquitto_sub
   [chromium]=chromium
   [faketime]=faketime
+  [g++]=g++
 )
 
 have() {
@@ -23,7 +25,7 @@ have() {
 }
 
 missing=()
-for pkg in mosquitto mosquitto-clients chromium faketime; do
+for pkg in mosquitto mosquitto-clients chromium faketime g++; do
   if have "${PROVIDES[$pkg]}"; then
     echo "install-test-deps: $pkg already installed"
   else

@@ -42,12 +42,24 @@ enum Cmd {
         /// Run against a built-in simulated controller instead of `serial.port`.
         #[arg(long)]
         simulate: bool,
+        /// With --simulate: the simulated firmware build, 6105f59 (the real last build: one-line
+        /// replies, 1 s heater time-out) or 05a9a00 (three-line replies, no time-out).
+        #[arg(long, requires = "simulate", default_value = "6105f59", value_parser = parse_build)]
+        firmware: sim::Build,
     },
     /// Run a simulated controller on a pseudo-terminal; fault controls on stdin.
     Simulate {
         /// Where to put the stable link to the pseudo-terminal.
         #[arg(long, default_value = "/tmp/coffeebot-sim/tty")]
         link: PathBuf,
+        /// The firmware build: 6105f59 (the real last build: one-line replies, 1 s heater
+        /// time-out) or 05a9a00 (three-line replies, no time-out).
+        #[arg(long, default_value = "6105f59", value_parser = parse_build)]
+        firmware: sim::Build,
+        /// `RESET` reboots the board (a reset pin wired to nRESET); on the real board it only
+        /// feeds the watchdog.
+        #[arg(long)]
+        reset_pin_wired: bool,
     },
     /// Print the effective configuration (secrets redacted), or the first problem.
     CheckConfig,
@@ -64,6 +76,10 @@ enum Cmd {
     /// Print the Home Assistant discovery messages the bridge would publish, one per line:
     /// `topic payload` (an empty payload removes an entity). The firmware is unknown here.
     Discovery,
+}
+
+fn parse_build(s: &str) -> Result<sim::Build, String> {
+    s.parse()
 }
 
 fn main() -> ExitCode {
@@ -91,16 +107,27 @@ fn main() -> ExitCode {
             Ok(settings) => print_schedule(&settings, from.as_deref(), count),
             Err(code) => code,
         },
-        Cmd::Run { simulate } => {
+        Cmd::Run { simulate, firmware } => {
             let settings = match load(cli.config.as_deref()) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            report(runtime().and_then(|rt| rt.block_on(run(settings, simulate))))
+            report(
+                runtime().and_then(|rt| rt.block_on(run(settings, simulate.then_some(firmware)))),
+            )
         }
-        Cmd::Simulate { link } => report(
-            runtime().and_then(|rt| rt.block_on(sim::run_cli(link, sim::SimConfig::default()))),
-        ),
+        Cmd::Simulate {
+            link,
+            firmware,
+            reset_pin_wired,
+        } => {
+            let cfg = sim::SimConfig {
+                firmware,
+                reset_pin_wired,
+                ..sim::SimConfig::default()
+            };
+            report(runtime().and_then(|rt| rt.block_on(sim::run_cli(link, cfg))))
+        }
     }
 }
 
@@ -204,17 +231,22 @@ fn print_schedule(settings: &Settings, from: Option<&str>, count: usize) -> Exit
     ExitCode::SUCCESS
 }
 
-async fn run(mut settings: Settings, simulate: bool) -> anyhow::Result<()> {
+/// Runs the bridge; `simulate` names the firmware build of a built-in simulated controller.
+async fn run(mut settings: Settings, simulate: Option<sim::Build>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
-    let _sim = if simulate {
+    let _sim = if let Some(firmware) = simulate {
         let link = std::env::temp_dir().join(format!("coffeebot-sim-{}", std::process::id()));
         std::fs::create_dir_all(&link).context("cannot create the simulator's directory")?;
         let link = link.join("tty");
-        let handle = sim::Simulator::start(sim::SimConfig::default(), link.clone())
+        let cfg = sim::SimConfig {
+            firmware,
+            ..sim::SimConfig::default()
+        };
+        let handle = sim::Simulator::start(cfg, link.clone())
             .await
             .context("cannot start the simulated controller")?;
-        info!(port = %link.display(), "simulated controller started");
+        info!(port = %link.display(), %firmware, "simulated controller started");
         settings.serial.port = link.to_string_lossy().into_owned();
         Some(handle)
     } else {

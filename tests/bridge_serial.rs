@@ -7,7 +7,8 @@ use coffeebot::config::{self, Settings};
 use coffeebot::core::{Fault, Mode, Request};
 use coffeebot::daemon::{self, CommandIn, Outlets};
 use coffeebot::mqtt::command::CommandName;
-use coffeebot::sim::{SimConfig, SimHandle, Simulator};
+use coffeebot::protocol::ReplyFormat;
+use coffeebot::sim::{Build, SimConfig, SimHandle, Simulator};
 use coffeebot::state::{Link, OnOff, StateDoc};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -319,4 +320,49 @@ async fn stuck_relay_trips_heater_mismatch() {
     // It keeps telling the controller to switch off.
     assert!(commands.next_matching("B+0", WAIT).await.is_some());
     assert!(commands.next_matching("B+0", WAIT).await.is_some());
+}
+
+/// The older build, 05a9a00 (three-line replies, no 1 s heater time-out): the bridge reads it,
+/// says which format it speaks, and heats with it only when the owner opted in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_older_three_line_build_heats_only_when_allowed() {
+    let older = || SimConfig {
+        firmware: Build::B05a9a00,
+        ..SimConfig::default()
+    };
+    let mut bridge = Bridge::start_with(older(), &[]).await;
+    let state = bridge
+        .state_where("three-line replies", |s| {
+            s.reply_format == Some(ReplyFormat::ThreeLines)
+        })
+        .await;
+    assert!(state.temperature_c.is_some());
+    bridge.ask(Request::BrewStart { cups: Some(1) }).await;
+    let rejected = bridge.event("command_rejected").await;
+    let reason = rejected["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("serial.allow_firmware_without_heater_timeout"),
+        "{rejected}"
+    );
+    assert!(!bridge.sim.snapshot().await.unwrap().device.heater_on);
+    let log = bridge.sim.command_log().await.unwrap();
+    assert!(log.iter().all(|c| c.line != "B+1"), "{log:?}");
+
+    let mut bridge = Bridge::start_with(
+        older(),
+        &[(
+            "COFFEEBOT__SERIAL__ALLOW_FIRMWARE_WITHOUT_HEATER_TIMEOUT",
+            "true",
+        )],
+    )
+    .await;
+    let mut commands = bridge.sim.commands();
+    bridge.ask(Request::BrewStart { cups: Some(1) }).await;
+    assert_eq!(bridge.event("brew_started").await["cups"], 1);
+    assert!(commands.next_matching("B+1", WAIT).await.is_some());
+    bridge
+        .state_where("heating on the three-line build", |s| {
+            s.heater == Some(OnOff::On) && s.reply_format == Some(ReplyFormat::ThreeLines)
+        })
+        .await;
 }

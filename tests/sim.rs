@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use coffeebot::sim::{Fault, SimConfig, SimHandle, Simulator};
+use coffeebot::sim::{Build, Fault, SimConfig, SimHandle, Simulator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
@@ -70,24 +70,40 @@ impl Port {
         }
     }
 
-    /// Sends a command and returns its three reply lines, skipping banners.
+    /// Sends a command and returns its reply, skipping banners: one line (6105f59), or
+    /// `lines` lines (05a9a00: 3).
     async fn command(&mut self, line: &str) -> Vec<String> {
+        self.command_lines(line, 1).await
+    }
+
+    async fn command_lines(&mut self, line: &str, lines_per_reply: usize) -> Vec<String> {
         self.write(line.as_bytes()).await;
         let mut lines = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..lines_per_reply {
             lines.push(self.reply_line().await);
         }
         lines
     }
 }
 
+/// The fields of a one-line reply `W+…,T+…,B+…` (6105f59).
+fn fields(lines: &[String]) -> Vec<String> {
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    lines[0].split(',').map(str::to_owned).collect()
+}
+
+fn assert_reply_at(lines: &[String], heater: &str, plate_c: f64) {
+    let fields = fields(lines);
+    assert_eq!(fields.len(), 3, "{lines:?}");
+    assert!(fields[0].starts_with("W+"), "{lines:?}");
+    assert!(fields[1].starts_with("T+"), "{lines:?}");
+    let t: f64 = fields[1][2..].parse().expect("a temperature");
+    assert!((t - plate_c).abs() < 0.5, "{t}");
+    assert_eq!(fields[2], heater);
+}
+
 fn assert_reply(lines: &[String], heater: &str) {
-    assert_eq!(lines.len(), 3, "{lines:?}");
-    assert!(lines[0].starts_with("W+"), "{lines:?}");
-    assert!(lines[1].starts_with("T+"), "{lines:?}");
-    let t: f64 = lines[1][2..].parse().expect("a temperature");
-    assert!((t - 21.0).abs() < 0.5, "{t}");
-    assert_eq!(lines[2], heater);
+    assert_reply_at(lines, heater, 21.0);
 }
 
 #[tokio::test]
@@ -114,11 +130,43 @@ async fn heater_command_and_injected_sentinel_show_up() {
     let sim = start("heater").await;
     let mut port = Port::open(&sim);
     let lines = port.command("B+1\n").await;
-    assert_eq!(lines[2], "B+1");
+    assert_eq!(fields(&lines)[2], "B+1");
     assert!(sim.snapshot().await.unwrap().device.heater_on);
     sim.inject(Fault::CrcError(true)).await.unwrap();
+    // A reply carries the last temperature read (≤ 21 ms old): the sentinel shows from the
+    // next read on.
+    let mut polls = 0;
+    while fields(&port.command("S+?\n").await)[1] != "T+-1000.0" {
+        polls += 1;
+        assert!(polls < 5, "no CRC sentinel after {polls} polls");
+    }
     let lines = port.command("B+0\n").await;
-    assert_eq!(lines[1..], ["T+-1000.0", "B+0"]);
+    assert_eq!(fields(&lines)[1..], ["T+-1000.0", "B+0"]);
+    sim.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_older_build_answers_three_lines_and_keeps_the_heater_on() {
+    let sim = Simulator::start(
+        SimConfig {
+            firmware: Build::B05a9a00,
+            ..SimConfig::default()
+        },
+        link_path("three-lines"),
+    )
+    .await
+    .expect("simulator starts");
+    let mut port = Port::open(&sim);
+    let lines = port.command_lines("B+1\n", 3).await;
+    assert!(
+        lines[0].starts_with("W+") && lines[1].starts_with("T+"),
+        "{lines:?}"
+    );
+    assert_eq!(lines[2], "B+1");
+    // No 1 s time-out on this build: still on 1.5 s later.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(port.command_lines("S+?\n", 3).await[2], "B+1");
+    assert!(sim.snapshot().await.unwrap().device.heater_on);
     sim.shutdown().await.unwrap();
 }
 
@@ -152,8 +200,14 @@ async fn unplug_breaks_the_reader_and_replug_brings_a_new_device_behind_the_same
     assert_eq!(std::fs::read_link(sim.path()).unwrap(), second);
     assert_ne!(first, second, "a new pty");
     drop(port);
+    // What arrives while the board boots is lost: wait until it runs its loop.
+    timeout(WAIT, sim.watch().wait_for(|s| s.device.running))
+        .await
+        .expect("boots")
+        .unwrap();
     let mut port = Port::open(&sim);
-    assert_reply(&port.command("S+?\n").await, "B+0");
+    // Plugged in again, the DS18B20 has just powered on: 85.0 until its first conversion.
+    assert_reply_at(&port.command("S+?\n").await, "B+0", 85.0);
     assert_eq!(sim.snapshot().await.unwrap().device.boots, 2);
     sim.shutdown().await.unwrap();
 }
@@ -184,9 +238,8 @@ async fn a_reboot_mid_reply_glues_the_banner_to_the_cut_line() {
     assert_reply(&port.command("S+?\n").await, "B+0");
     sim.reboot(true).await.unwrap();
     port.write(b"S+?\n").await;
-    let w = port.reply_line().await;
-    assert!(w.starts_with("W+"), "{w}");
-    assert_eq!(port.line().await, "T+2MrCoffeeBot v2.0 Booted.");
+    // As on the real firmware: two bytes, the third with its unsent bits as 1s, the banner.
+    assert_eq!(port.line().await, "W+\u{fffd}MrCoffeeBot v2.0 Booted.");
     sim.shutdown().await.unwrap();
 }
 

@@ -7,7 +7,7 @@
 //! whose master this process reads and writes as soon as the kernel says it can. It stamps
 //! every line when it crosses (the bridge's write, the controller's reply) and forwards it
 //! unchanged, so the bridge's share of a latency can be told from the controller's: the
-//! simulated firmware only reads its UART in a 4 ms window every 20 ms, and the simulator polls
+//! simulated firmware only reads its UART in a ~4 ms window every ~21 ms, and the simulator polls
 //! its pty every 2 ms, which is the device's time, not the bridge's.
 //!
 //! Measured: command latency (MQTT `heater/set` → the controller handles `B+1`/`B+0`),

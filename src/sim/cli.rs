@@ -27,7 +27,7 @@ pub enum ControlLine {
 
 /// The control lines, for `help` and for error messages.
 pub const CONTROL_HELP: &str = "mute | unmute | hang [on|off] | reboot [mid] | crc on|off | \
-temp <c> | water <in> | stuck on|off | delay <ms> | temp85 on|off | ttext <text>|off | \
+probe absent|ok | temp <c> | water <in> | stuck on|off | delay <ms> | temp85 on|off | ttext <text>|off | \
 wtext <text>|off | garbage <text> (\\n \\r \\\\ escapes) | unplug | replug | status | help";
 
 /// Parses one control line; `Ok(None)` for a blank line. The error is one line for a person.
@@ -60,6 +60,11 @@ pub fn parse_control_line(line: &str) -> Result<Option<ControlLine>, String> {
             _ => Err("`reboot` takes nothing or `mid`".to_owned()),
         },
         "crc" => inject(Fault::CrcError(on_off(word, arg)?)),
+        "probe" => match arg {
+            "absent" => inject(Fault::ProbeMissing(true)),
+            "ok" => inject(Fault::ProbeMissing(false)),
+            _ => Err("`probe` takes `absent` or `ok`".to_owned()),
+        },
         "stuck" => inject(Fault::StuckHeater(on_off(word, arg)?)),
         "temp85" => inject(Fault::PowerOnReading85(on_off(word, arg)?)),
         "temp" => inject(Fault::SetTemperature(number(word, arg, "°C")?)),
@@ -154,14 +159,16 @@ pub fn status_line(snapshot: &SimSnapshot) -> String {
         (d.hung, "hang"),
         (d.crc_error, "crc"),
         (d.stuck_heater, "stuck"),
+        (d.halted, "halted"),
     ] {
         if on {
             faults.push(name);
         }
     }
     format!(
-        "status: link={link} heater={} plate={:.1}°C water={:.2}in boots={} commands={} \
+        "status: firmware={} link={link} heater={} plate={:.1}°C water={:.2}in boots={} commands={} \
          dropped_bytes={} faults=[{}]",
+        d.firmware,
         if d.heater_on { "ON" } else { "OFF" },
         d.plate_c,
         d.water_distance_in,
@@ -264,6 +271,10 @@ mod tests {
             ControlLine::Inject(Fault::Reboot { mid_reply: true })
         );
         assert_eq!(parse("CRC on"), ControlLine::Inject(Fault::CrcError(true)));
+        assert_eq!(
+            parse("probe absent"),
+            ControlLine::Inject(Fault::ProbeMissing(true))
+        );
         assert_eq!(
             parse("temp 92.5"),
             ControlLine::Inject(Fault::SetTemperature(92.5))

@@ -11,5 +11,5 @@ pub mod device;
 pub mod pty;
 
 pub use cli::{parse_control_line, run_cli, ControlLine};
-pub use device::{CommandEvent, Device, DeviceSnapshot, Fault, SimConfig};
+pub use device::{Build, CommandEvent, Device, DeviceSnapshot, Fault, SimConfig};
 pub use pty::{CommandStream, SimHandle, SimSnapshot, Simulator};

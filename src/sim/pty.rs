@@ -84,6 +84,9 @@ struct Port {
 impl Simulator {
     /// Creates a pty, points a symlink at `link_path` to its slave and runs the simulated
     /// controller on it until every [`SimHandle`] is dropped or [`SimHandle::shutdown`].
+    /// Returns once the board runs its loop and its DS18B20 has finished a first conversion
+    /// (~0.8 s), as a board plugged in before the bridge starts: what the real firmware receives
+    /// while it boots is lost, and its sensor reads 85.0 until that conversion.
     /// An existing symlink at `link_path` is replaced; any other file there is an error.
     pub async fn start(cfg: SimConfig, link_path: PathBuf) -> io::Result<SimHandle> {
         let port = open_port(&link_path)?;
@@ -106,6 +109,15 @@ impl Simulator {
             pending: Vec::new(),
         };
         tokio::spawn(shell.run());
+        let mut ready = state.clone();
+        // ~0.8 s of the simulator's clock; a paused test clock advances to it.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            ready.wait_for(|s| s.device.running && s.device.sensor_converted),
+        )
+        .await
+        .map_err(|_| io::Error::other("the simulated controller did not boot"))?
+        .map_err(|_| stopped())?;
         Ok(SimHandle {
             path: link_path,
             control,
@@ -131,7 +143,8 @@ impl SimHandle {
         self.inject(Fault::Mute(on)).await
     }
 
-    /// Firmware stuck on a dead ultrasonic sensor: a banner every 5 s and never a reply.
+    /// Dead ultrasonic ranger: the loop hangs at its next water read, a banner every 5 s and
+    /// never a reply; off, the board answers again after its next reboot.
     pub async fn hang(&self, on: bool) -> io::Result<()> {
         self.inject(Fault::Hang(on)).await
     }
