@@ -14,6 +14,8 @@ use crate::config::Settings;
 use crate::core::{Core, Limits, Output, Request};
 use crate::mqtt::command::CommandName;
 use crate::protocol::{Command, Frame, ReplyFormat};
+use crate::schedule::runner::{Due, SkipReason};
+use crate::schedule::shell::Shell;
 use crate::serial::{self, LinkConfig, LinkEvent};
 use crate::state::{Clock, Deadbands, EventDoc, OnOff, StateDoc};
 use std::path::PathBuf;
@@ -120,6 +122,7 @@ pub async fn run(settings: &Settings, inlets: Inlets, shutdown: CancellationToke
         state_interval: Duration::from_secs_f64(settings.mqtt.state_interval_s),
         published: None,
         published_at: Instant::now(),
+        schedule: Shell::start(settings, shutdown.clone()),
     };
     driver.run(link_events_rx, shutdown).await;
     // The command sender is gone: the link writes what is queued (B+0 last) and ends.
@@ -137,6 +140,8 @@ struct Driver {
     state_interval: Duration,
     published: Option<StateDoc>,
     published_at: Instant,
+    /// Scheduled brews: when one is due, it enters the core as a `BrewStart` request.
+    schedule: Shell,
 }
 
 impl Driver {
@@ -181,9 +186,15 @@ impl Driver {
                         self.on_command(command);
                     }
                 }
+                () = self.schedule.calendar_changed(), if stop_by.is_none() => {
+                    self.schedule.take_calendar();
+                }
                 () = sleep_until(wake) => {
                     self.core.handle_timeout(Instant::now().into_std());
                 }
+            }
+            if stop_by.is_none() {
+                self.run_schedule();
             }
         }
         self.flush(Instant::now());
@@ -224,6 +235,37 @@ impl Driver {
         }
     }
 
+    /// Starts a scheduled brew that is due, as an ordinary start request (same interlocks,
+    /// same events); one that cannot start is skipped with `brew_skipped`, never queued.
+    fn run_schedule(&mut self) {
+        let wall = chrono::Utc::now();
+        let now = Instant::now().into_std();
+        let mode = self.core.status(now).mode;
+        self.schedule.observe(wall, mode);
+        while let Some(due) = self.schedule.poll(wall, mode) {
+            let (brew, reason) = match due {
+                Due::Start(brew) => {
+                    let request = Request::BrewStart {
+                        cups: Some(brew.cups),
+                    };
+                    match self.core.handle_request(now, request) {
+                        Ok(()) => {
+                            info!(cups = brew.cups, ready_at = %brew.ready_at, "scheduled brew started");
+                            continue;
+                        }
+                        Err(rejection) => (brew, SkipReason::Rejected(rejection.reason)),
+                    }
+                }
+                Due::Skip(brew, reason) => (brew, reason),
+            };
+            let doc = self.schedule.doc(&brew);
+            let reason = reason.text();
+            info!(ready_at = %doc.ready_at, %reason, "scheduled brew skipped");
+            metrics::counter!("coffeebot_scheduled_brews_skipped_total").increment(1);
+            self.send_event(EventDoc::brew_skipped(&doc, &reason, &clock()));
+        }
+    }
+
     /// Carries out every output of the core, then publishes the state if it changed.
     fn flush(&mut self, now: Instant) {
         while let Some(output) = self.core.poll_output() {
@@ -248,7 +290,11 @@ impl Driver {
             now: now.into_std(),
             wall: SystemTime::now(),
         };
-        let doc = StateDoc::new(&self.core.status(clock.now), &clock);
+        let mut doc = StateDoc::new(&self.core.status(clock.now), &clock);
+        let (next_brew, enabled, calendar_read_at) = self.schedule.state(chrono::Utc::now());
+        doc.next_brew = next_brew;
+        doc.schedule = enabled.into();
+        doc.calendar_read_at = calendar_read_at;
         let due = now >= self.published_at + self.state_interval;
         let changed = self
             .published

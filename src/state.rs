@@ -6,6 +6,7 @@
 
 use crate::core::{Event, Fault, FaultSet, Mode, Status, TripReason};
 use crate::protocol::ReplyFormat;
+use crate::schedule::PlannedBrewDoc;
 use serde::{Serialize, Serializer};
 use serde_json::{json, Map, Value};
 use std::time::{Instant, SystemTime};
@@ -44,6 +45,13 @@ pub struct StateDoc {
     pub reply_format: Option<ReplyFormat>,
     /// When the controller last answered.
     pub updated_at: Option<String>,
+    /// The next planned brew that will start, `null` for none or while the schedule is off.
+    pub next_brew: Option<PlannedBrewDoc>,
+    /// `ON` while scheduled brews start.
+    pub schedule: OnOff,
+    /// When the calendar was last read successfully (how old the plan's calendar is); `null`
+    /// without a calendar or before the first good read.
+    pub calendar_read_at: Option<String>,
 }
 
 /// `last_fault` of the state.
@@ -191,6 +199,10 @@ impl StateDoc {
             firmware: status.firmware.clone(),
             reply_format: status.reply_format,
             updated_at: status.updated_at.map(|at| clock.rfc3339(at)),
+            // The driver fills in the schedule.
+            next_brew: None,
+            schedule: OnOff::Off,
+            calendar_read_at: None,
         }
     }
 
@@ -260,6 +272,20 @@ impl EventDoc {
         Self::with(
             "command_rejected",
             json!({ "command": command, "payload": text, "reason": reason }),
+            clock,
+        )
+    }
+
+    /// A `brew_skipped` event: a planned brew that did not start, and why.
+    pub fn brew_skipped(brew: &PlannedBrewDoc, reason: &str, clock: &Clock) -> Self {
+        Self::with(
+            "brew_skipped",
+            json!({
+                "reason": reason,
+                "ready_at": brew.ready_at,
+                "cups": brew.cups,
+                "source": brew.source,
+            }),
             clock,
         )
     }

@@ -16,6 +16,7 @@
 
 pub mod calendar;
 pub mod runner;
+pub mod shell;
 pub mod source;
 
 use std::collections::VecDeque;
