@@ -256,16 +256,28 @@ async fn run(mut settings: Settings, simulate: Option<sim::Build>) -> anyhow::Re
     // Before the driver starts, so that no count is lost.
     coffeebot::metrics::install();
     let (inlets, outlets) = daemon::channels();
-    let http_task = match settings.http.listen_addr() {
-        Some(addr) => {
+    let http_task = {
+        let mut listeners = http::Listeners::default();
+        if let Some(addr) = settings.http.listen_addr() {
             let listener = http::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} (http.listen)"))?;
             info!(%addr, "status page on http://{addr}/");
-            let deps = http::HttpDeps::new(&outlets, &settings.device.name);
-            Some(tokio::spawn(http::serve(listener, deps, shutdown.clone())))
+            listeners.public = Some(listener);
         }
-        None => None,
+        if let Some(addr) = settings.http.ops_listen_addr() {
+            let listener = http::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (http.ops_listen)"))?;
+            info!(%addr, "metrics on http://{addr}/metrics");
+            listeners.ops = Some(listener);
+        }
+        let any = listeners.public.is_some() || listeners.ops.is_some();
+        any.then(|| {
+            let deps = http::HttpDeps::new(&outlets, &settings.device.name);
+            let options = http::Options::from_settings(&settings);
+            tokio::spawn(http::serve(listeners, deps, options, shutdown.clone()))
+        })
     };
     let mqtt_task = tokio::spawn(mqtt::run(
         settings.clone(),

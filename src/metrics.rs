@@ -218,6 +218,12 @@ pub fn line_written(command: Command) {
     }
 }
 
+// The stamps below are 64-bit atomics: native on x86_64, aarch64 and armv7 (ldrexd/strexd),
+// the targets coffeebot ships for; a 32-bit target without them is told so here rather than
+// by an unresolved import.
+#[cfg(not(target_has_atomic = "64"))]
+compile_error!("coffeebot's metrics need 64-bit atomics (AtomicU64), which this target lacks");
+
 /// When an accepted command last came in and has not yet queued a relay line (0: none).
 static COMMAND_AT: AtomicU64 = AtomicU64::new(0);
 /// When the command whose relay line is queued came in (0: none).

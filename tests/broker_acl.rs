@@ -117,7 +117,7 @@ const BRIDGE_ROWS: &[(&str, [Access; 7])] = &[
 const HOME_ASSISTANT_ROWS: &[(&str, [Access; 7])] = &[
     ("homeassistant/status",               [PubSub, PubSub, No,     No, No, No,  No]),
     ("homeassistant/switch/coffeebot_coffeepot/heater/config",
-                                           [Pub,    PubSub, No,     No, No, No,  No]),
+                                           [PubSub, PubSub, No,     No, No, No,  No]),
 ];
 
 /// Who may do what with `B/D/<command>/set`: the bridge reads, the LAN users send (and see).

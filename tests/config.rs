@@ -340,6 +340,20 @@ fn out_of_range_values_name_the_key_and_the_allowed_range() {
         ("WATER__EMPTY_DISTANCE_IN", "1", "water.empty_distance_in"),
         ("WATER__EMPTY_DISTANCE_IN", "161", "water.empty_distance_in"),
         ("HTTP__LISTEN", "localhost", "http.listen"),
+        ("HTTP__OPS_LISTEN", "127.0.0.1:8080", "http.ops_listen"),
+        ("HTTP__OPS_LISTEN", "0.0.0.0:8080", "http.ops_listen"),
+        ("HTTP__OPS_LISTEN", "9090", "http.ops_listen"),
+        (
+            "HTTP__ALLOWED_HOSTS",
+            "a.example, <script>",
+            "http.allowed_hosts",
+        ),
+        ("HTTP__MAX_STREAMS", "0", "http.max_streams"),
+        (
+            "HTTP__MAX_CONNECTIONS_PER_PEER",
+            "0",
+            "http.max_connections_per_peer",
+        ),
     ];
     for (name, value, key) in cases {
         let name = format!("COFFEEBOT__{name}");

@@ -245,14 +245,14 @@ async fn brew_cups_keep_warm_and_reset_commands() {
         s["controller_reboots"] == 1 && s["firmware"] == "MrCoffeeBot v2.0"
     })
     .await;
-    // The banner's firmware goes into the device block of every config.
+    // The banner's firmware is the device's software in every config.
     message_since(
         &mut rig.watcher,
         before_reset,
         "discovery with the firmware",
         |m| {
             m.topic == "homeassistant/sensor/coffeebot_coffeepot/temperature/config"
-                && json(m)["device"]["hw_version"] == "MrCoffeeBot v2.0"
+                && json(m)["device"]["sw_version"] == "MrCoffeeBot v2.0"
         },
     )
     .await;

@@ -2,11 +2,11 @@
 //! Assistant requires for its platform, points at topics the bridge serves, and reads fields
 //! the state JSON has.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use coffeebot::config::{load_with, Settings};
 use coffeebot::core::{FaultSet, Mode};
-use coffeebot::mqtt::discovery::{self, EVENT_TYPES};
+use coffeebot::mqtt::discovery::{self, Cleanup, EVENT_TYPES};
 use coffeebot::mqtt::topics::{filter_matches, Topics};
 use coffeebot::state::{Link, OnOff, StateDoc};
 use serde_json::Value;
@@ -58,11 +58,11 @@ fn template_fields(template: &str) -> Vec<String> {
         .collect()
 }
 
-/// `(topic, config)` of every non-empty components-mode message.
+/// `(topic, config)` of every components-mode entity config (device triggers left out).
 fn configs(s: &Settings) -> Vec<(String, Value)> {
     discovery::messages(s, Some("MrCoffeeBot v2.0"), Some("kitchen"))
         .into_iter()
-        .filter(|(_, p)| !p.is_empty())
+        .filter(|(t, p)| !p.is_empty() && !t.contains("/device_automation/"))
         .map(|(t, p)| (t, serde_json::from_str(&p).expect("config parses")))
         .collect()
 }
@@ -173,8 +173,10 @@ fn components_mode_has_every_entity_of_the_spec() {
         let device = &config["device"];
         assert_eq!(device["identifiers"][0], "coffeebot_coffeepot");
         assert_eq!(device["name"], "Coffee Pot");
-        assert_eq!(device["sw_version"], env!("CARGO_PKG_VERSION"));
-        assert_eq!(device["hw_version"], "MrCoffeeBot v2.0");
+        // The device's software is the controller's firmware; the bridge is the origin.
+        assert_eq!(device["sw_version"], "MrCoffeeBot v2.0");
+        assert!(device.get("hw_version").is_none());
+        assert_eq!(config["origin"]["sw_version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(device["configuration_url"], "http://127.0.0.1:8080/");
         for key in ["name", "sw_version", "support_url"] {
             assert!(config["origin"][key].is_string(), "origin.{key}");
@@ -241,33 +243,79 @@ fn components_mode_has_every_entity_of_the_spec() {
 fn device_mode_is_one_message_with_every_component() {
     let s = settings(&[("HOMEASSISTANT__DISCOVERY", "device")]);
     let messages = discovery::messages(&s, None, None);
+    assert_eq!(
+        messages.len(),
+        1,
+        "removals are cleanup's, from what is retained"
+    );
     let (topic, payload) = messages.last().unwrap();
     assert_eq!(topic, "homeassistant/device/coffeebot_coffeepot/config");
-    // Everything else removes what `components` mode may have left.
-    assert!(messages[..messages.len() - 1]
-        .iter()
-        .all(|(_, p)| p.is_empty()));
     let config: Value = serde_json::from_str(payload).unwrap();
     assert!(config["origin"]["name"].is_string());
     assert_eq!(config["device"]["identifiers"][0], "coffeebot_coffeepot");
     let cmps = config["cmps"].as_object().unwrap();
-    assert_eq!(cmps.len(), 17);
+    assert_eq!(cmps.len(), 17 + discovery::TRIGGERS.len());
     for component in cmps.values() {
-        check_entity(&s, component["p"].as_str().unwrap(), component);
+        let platform = component["p"].as_str().unwrap();
+        if platform != "device_automation" {
+            check_entity(&s, platform, component);
+        }
     }
 }
 
 #[test]
-fn water_off_removes_the_water_entities() {
+fn device_triggers_fire_on_the_events_people_automate_on() {
+    for mode in ["components", "device"] {
+        let s = settings(&[("HOMEASSISTANT__DISCOVERY", mode)]);
+        let messages = discovery::messages(&s, None, None);
+        let mut triggers: Vec<Value> = Vec::new();
+        for (topic, payload) in &messages {
+            let config: Value = serde_json::from_str(payload).unwrap();
+            if topic.contains("/device_automation/") {
+                assert!(config["device"]["identifiers"].is_array());
+                triggers.push(config);
+            } else if let Some(cmps) = config["cmps"].as_object() {
+                triggers.extend(
+                    cmps.values()
+                        .filter(|c| c["p"] == "device_automation")
+                        .cloned(),
+                );
+            }
+        }
+        let mut types: Vec<&str> = triggers
+            .iter()
+            .map(|t| t["type"].as_str().unwrap())
+            .collect();
+        types.sort_unstable();
+        let mut expected = discovery::TRIGGERS.to_vec();
+        expected.sort_unstable();
+        assert_eq!(types, expected, "{mode}");
+        for t in &triggers {
+            assert_eq!(t["automation_type"], "trigger");
+            assert_eq!(t["topic"], "coffeebot/coffeepot/event");
+            assert_eq!(t["payload"], t["type"]);
+            assert_eq!(t["value_template"], "{{ value_json.event_type }}");
+            assert!(EVENT_TYPES.contains(&t["type"].as_str().unwrap()));
+        }
+    }
+}
+
+#[test]
+fn water_off_removes_the_water_entities_only_where_retained() {
     let s = settings(&[("WATER__ENABLED", "false")]);
     let messages = discovery::messages(&s, None, None);
-    for key in ["water_level", "water_distance"] {
-        let (_, payload) = messages
-            .iter()
-            .find(|(t, _)| t == &format!("homeassistant/sensor/coffeebot_coffeepot/{key}/config"))
-            .unwrap();
-        assert!(payload.is_empty(), "{key} not removed");
-    }
+    let water = |key: &str| format!("homeassistant/sensor/coffeebot_coffeepot/{key}/config");
+    assert_eq!(messages.len(), 15 + discovery::TRIGGERS.len());
+    assert!(messages
+        .iter()
+        .all(|(t, p)| !p.is_empty() && !t.contains("water")));
+    // Nothing retained: nothing to remove (an empty config for nothing makes HA warn).
+    assert_eq!(discovery::cleanup(&s, &BTreeSet::new()), Cleanup::default());
+    let retained: BTreeSet<String> = [water("water_level"), water("temperature")].into();
+    assert_eq!(
+        discovery::cleanup(&s, &retained).before,
+        vec![(water("water_level"), String::new())]
+    );
     let s = settings(&[
         ("WATER__ENABLED", "false"),
         ("HOMEASSISTANT__DISCOVERY", "device"),
@@ -278,6 +326,69 @@ fn water_off_removes_the_water_entities() {
         config["cmps"]["water_level"],
         serde_json::json!({"p": "sensor"})
     );
+}
+
+#[test]
+fn switching_modes_migrates_what_is_retained_the_way_home_assistant_documents() {
+    let components = settings(&[]);
+    let device = settings(&[("HOMEASSISTANT__DISCOVERY", "device")]);
+    let off = settings(&[("HOMEASSISTANT__DISCOVERY", "off")]);
+    let device_topic = "homeassistant/device/coffeebot_coffeepot/config".to_owned();
+    let component_topics: BTreeSet<String> = discovery::messages(&components, None, None)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    let migrate = discovery::MIGRATE.to_owned();
+
+    // components -> device: every retained component config is migrated, then cleared.
+    let plan = discovery::cleanup(&device, &component_topics).before;
+    assert_eq!(plan.len(), 2 * component_topics.len());
+    for topic in &component_topics {
+        let own: Vec<&String> = plan
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(own, [&migrate, &String::new()], "{topic}");
+    }
+    // Its own mode's configs are left alone.
+    assert!(discovery::cleanup(&components, &component_topics)
+        .before
+        .is_empty());
+
+    // device -> components: the device config is migrated, then replaced by one that holds
+    // no component (an empty one makes HA warn once the migration unloaded them).
+    let retained: BTreeSet<String> = [device_topic.clone()].into();
+    let plan = discovery::cleanup(&components, &retained).before;
+    assert_eq!(plan.len(), 2);
+    assert_eq!(plan[0], (device_topic.clone(), migrate.clone()));
+    assert_eq!(plan[1].0, device_topic);
+    assert!(discovery::holds_nothing(plan[1].1.as_bytes()));
+    let cleared: Value = serde_json::from_str(&plan[1].1).unwrap();
+    assert_eq!(
+        cleared["cmps"].as_object().unwrap().len(),
+        17 + discovery::TRIGGERS.len()
+    );
+    assert!(cleared["device"]["identifiers"].is_array());
+    assert!(discovery::cleanup(&device, &retained).before.is_empty());
+
+    // off: what is retained is removed, without a migration.
+    let plan = discovery::cleanup(&off, &retained).before;
+    assert_eq!(plan, vec![(device_topic, String::new())]);
+}
+
+#[test]
+fn payloads_that_hold_no_entity_are_recognised() {
+    assert!(discovery::holds_nothing(b""));
+    assert!(discovery::holds_nothing(discovery::MIGRATE.as_bytes()));
+    assert!(discovery::holds_nothing(
+        br#"{"device":{},"cmps":{"a":{"p":"sensor"}}}"#
+    ));
+    assert!(!discovery::holds_nothing(
+        br#"{"device":{},"cmps":{"a":{"p":"sensor","name":"A"}}}"#
+    ));
+    assert!(!discovery::holds_nothing(br#"{"name":"Temperature"}"#));
+    assert!(!discovery::holds_nothing(b"not json"));
 }
 
 #[test]

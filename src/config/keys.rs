@@ -209,7 +209,11 @@ pub const KEYS: &[Key] = &[
     row("water.enabled", Check::Flag, "", "whether the reservoir sensor is fitted and checked"),
     row("water.empty_distance_in", above(0.0, 160.0), "in", "the empty surface is farther from the sensor than the full one; the HC-SR04 ranges up to 4 m"),
     row("water.full_distance_in", above(0.0, 160.0), "in", "the HC-SR04 ranges up to 4 m (157 in)"),
-    row("http.listen", Check::Text { allowed: "empty (no HTTP server) or an address like 127.0.0.1:8080", ok: is_listen }, "", "the status page listens there"),
+    row("http.listen", Check::Text { allowed: "empty (no public HTTP server) or an address like 127.0.0.1:8080", ok: is_listen }, "", "the public status page listens there"),
+    row("http.ops_listen", Check::Text { allowed: "empty (no operator HTTP server) or an address like 127.0.0.1:9090", ok: is_listen }, "", "metrics and the probes listen there, apart from the public page so that its clients cannot starve them"),
+    row("http.allowed_hosts", Check::Text { allowed: "host names separated by commas, e.g. coffee.example.org", ok: is_host_list }, "", "the public side answers only these names, its own address and localhost (DNS rebinding)"),
+    row("http.max_streams", range(1.0, 10000.0), "", "each open /events stream holds a connection and a little memory"),
+    row("http.max_connections_per_peer", range(1.0, 10000.0), "", "one client cannot take every connection slot; behind a proxy every viewer comes from the proxy's address"),
     row("schedule.enabled", Check::Flag, "", "scheduled brews start only while it is on"),
     row("schedule.timezone", Check::Text { allowed: "empty (the machine's zone) or an IANA zone like Europe/Berlin", ok: is_zone }, "", "ready times are wall-clock times in it"),
     row("schedule.calendar", Check::Text { allowed: "empty, a file path, or an http://, https:// or webcal:// URL", ok: is_calendar }, "", "an iCalendar file or address whose timed events are brews"),
@@ -335,6 +339,25 @@ pub const RELATIONS: &[Relation] = &[
         },
     },
     Relation {
+        key: "http.ops_listen",
+        needs: &["http.listen"],
+        check: |s| {
+            let public = s.http.listen_addr();
+            let clash = match (public, s.http.ops_listen_addr()) {
+                (Some(public), Some(ops)) => {
+                    public.port() == ops.port()
+                        && (public.ip() == ops.ip()
+                            || public.ip().is_unspecified()
+                            || ops.ip().is_unspecified())
+                }
+                _ => false,
+            };
+            unless(!clash, || {
+                format!("an address apart from http.listen ({})", s.http.listen)
+            })
+        },
+    },
+    Relation {
         key: "water.empty_distance_in",
         needs: &["water.full_distance_in"],
         check: |s| {
@@ -376,6 +399,16 @@ fn is_calendar(source: &str) -> bool {
         }
         None => source.is_empty() || !source.trim().is_empty(),
     }
+}
+
+/// Host names separated by commas: letters, digits, `-`, `.` (and `:`, `[`, `]` for IPv6).
+fn is_host_list(list: &str) -> bool {
+    list.split(',').map(str::trim).all(|name| {
+        name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+    })
 }
 
 /// Empty, or a socket address.

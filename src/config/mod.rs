@@ -213,8 +213,18 @@ pub struct Water {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Http {
-    /// Listen address, e.g. `127.0.0.1:8080`; empty: no HTTP server.
+    /// Public listen address (page, `status.json`, `/events`), e.g. `127.0.0.1:8080`; empty:
+    /// no public server.
     pub listen: String,
+    /// Operator listen address (`/metrics`, `/healthz`, `/readyz`); empty: none.
+    pub ops_listen: String,
+    /// Host names the public side answers besides its own address and `localhost`,
+    /// separated by commas.
+    pub allowed_hosts: String,
+    /// Most `/events` streams open at once.
+    pub max_streams: u32,
+    /// Most connections at once from one address on the public side.
+    pub max_connections_per_peer: u32,
 }
 
 /// `[schedule]`
@@ -346,6 +356,20 @@ impl Http {
     /// invalid, which [`Settings::validate`] refuses).
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.listen.parse().ok()
+    }
+
+    /// The operator address, or `None` when it is off (or invalid, which validation refuses).
+    pub fn ops_listen_addr(&self) -> Option<SocketAddr> {
+        self.ops_listen.parse().ok()
+    }
+
+    /// The names of `allowed_hosts`, trimmed, lower case, empty ones left out.
+    pub fn allowed_host_names(&self) -> Vec<String> {
+        self.allowed_hosts
+            .split(',')
+            .map(|name| name.trim().to_ascii_lowercase())
+            .filter(|name| !name.is_empty())
+            .collect()
     }
 }
 

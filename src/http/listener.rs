@@ -1,18 +1,21 @@
-//! A TCP listener that bounds what clients can hold: how many connections at once, how long a
-//! connection may sit without a byte moving, and how long it may live at all.
+//! A TCP listener that bounds what clients can hold: how many connections at once (in all and
+//! from one address), how long a connection may sit without a byte moving, and how long it may
+//! live at all.
 //!
 //! axum's `serve` sets no header-read timeout and no connection limit, so they are enforced
 //! here, under hyper, on the socket: a slow or hostile client can hold at most
 //! [`Limits::connections`] sockets, each for at most [`Limits::lifetime`], and a socket that
 //! moves no byte for [`Limits::idle`] is closed. When every slot is taken, new connections
-//! wait in the kernel's backlog.
+//! wait in the kernel's backlog; a connection beyond [`Limits::per_peer`] from one address is
+//! closed at once, so that one client cannot take every slot.
 
 use axum::serve::Listener;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -26,6 +29,8 @@ use tracing::debug;
 pub struct Limits {
     /// Connections served at once.
     pub connections: usize,
+    /// Connections served at once from one IP address; more are closed when accepted.
+    pub per_peer: usize,
     /// A connection that moves no byte for this long is closed (also bounds reading headers).
     pub idle: Duration,
     /// A connection is closed after this long, at its next read.
@@ -37,7 +42,47 @@ pub struct Limits {
 pub struct GuardedListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,
+    peers: Peers,
     limits: Limits,
+}
+
+/// Open connections by client address; an address leaves the map with its last connection.
+#[derive(Clone, Debug, Default)]
+struct Peers(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+impl Peers {
+    /// Counts a connection from `ip`, unless it already has `most`.
+    fn enter(&self, ip: IpAddr, most: usize) -> Option<PeerSlot> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = map.entry(ip).or_insert(0);
+        if *count >= most {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection counted for its address until dropped.
+#[derive(Debug)]
+struct PeerSlot {
+    peers: Peers,
+    ip: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.peers.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl GuardedListener {
@@ -46,6 +91,7 @@ impl GuardedListener {
         Self {
             inner,
             slots: Arc::new(Semaphore::new(limits.connections)),
+            peers: Peers::default(),
             limits,
         }
     }
@@ -65,8 +111,13 @@ impl Listener for GuardedListener {
         loop {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
+                    let Some(peer) = self.peers.enter(addr.ip(), self.limits.per_peer) else {
+                        // Dropped: closed at once, and the slot waits for another client.
+                        debug!(%addr, "too many connections from one address");
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    return (Guarded::new(stream, permit, self.limits), addr);
+                    return (Guarded::new(stream, permit, peer, self.limits), addr);
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -87,17 +138,19 @@ impl Listener for GuardedListener {
 pub struct Guarded {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    _peer: PeerSlot,
     idle_after: Duration,
     idle: Pin<Box<Sleep>>,
     expires: Instant,
 }
 
 impl Guarded {
-    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, limits: Limits) -> Self {
+    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, peer: PeerSlot, limits: Limits) -> Self {
         let now = Instant::now();
         Self {
             stream,
             _slot: slot,
+            _peer: peer,
             idle_after: limits.idle,
             idle: Box::pin(tokio::time::sleep_until(now + limits.idle)),
             expires: now + limits.lifetime,

@@ -1,20 +1,28 @@
-//! Read-only HTTP (SPEC §6): the live status page, `status.json`, Prometheus metrics, and the
-//! liveness and readiness probes Kubernetes watches.
+//! Read-only HTTP (SPEC §6) on two listeners. The public one ([`public`]) serves the live
+//! status page, its assets, `status.json` and the `/events` stream, to anyone a proxy lets in;
+//! the operator one serves Prometheus metrics and the liveness and readiness probes Kubernetes
+//! watches, on a loopback (or cluster-internal) address. Neither serves the other's paths, and
+//! each has its own connection slots, so public viewers can never starve the probes.
 //!
 //! It holds only `watch` receivers ([`HttpDeps`]): nothing here can send a command, and every
 //! route answers `GET` (and `HEAD`) alone — other methods get 405 with `Allow`, other paths
 //! 404. Requests are bounded so a slow or hostile client cannot exhaust the bridge: a tiny
-//! body limit, a per-request timeout, and at the socket ([`listener`]) a cap on connections,
-//! an idle timeout (which also bounds reading the headers) and a connection lifetime.
+//! body limit, a per-request timeout, and at the socket ([`listener`]) a cap on connections
+//! (in all and per client address), an idle timeout (which also bounds reading the headers)
+//! and a connection lifetime.
 
+pub mod feed;
 pub mod history;
 pub mod listener;
 pub mod page;
+pub mod public;
 
+use crate::config::Settings;
 use crate::daemon::Outlets;
 use crate::state::StateDoc;
-use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -25,7 +33,7 @@ use std::future::IntoFuture;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -34,13 +42,22 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tracing::info;
 
-/// What one client may hold at the socket.
-pub const LIMITS: Limits = Limits {
-    connections: 64,
+/// What public clients may hold at the socket: room for [`Options::max_streams`] viewers
+/// and as many short requests, a few of them from any one address.
+pub const PUBLIC_LIMITS: Limits = Limits {
+    connections: 512,
+    per_peer: 64,
     idle: Duration::from_secs(10),
     lifetime: Duration::from_secs(300),
 };
-/// Longest time a request may take.
+/// What operator clients (the kubelet, Prometheus) may hold at the socket.
+pub const OPS_LIMITS: Limits = Limits {
+    connections: 16,
+    per_peer: 16,
+    idle: Duration::from_secs(10),
+    lifetime: Duration::from_secs(300),
+};
+/// Longest time a request may take (an `/events` stream only needs to start within it).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest request body accepted (no route reads one).
 pub const BODY_LIMIT_BYTES: usize = 1024;
@@ -76,31 +93,80 @@ impl HttpDeps {
     }
 }
 
-/// Binds the listening socket (port 0 picks a free one; see `local_addr`). Binding apart
+/// How the two listeners are bounded and whom the public one answers.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Socket limits of the public listener.
+    pub public_limits: Limits,
+    /// Socket limits of the operator listener.
+    pub ops_limits: Limits,
+    /// Most `/events` streams at once; more get 503 with `Retry-After`.
+    pub max_streams: usize,
+    /// Host names the public side answers besides its own address and `localhost`.
+    pub allowed_hosts: Vec<String>,
+    /// How often an idle `/events` stream sends a comment (below the idle timeout, so that
+    /// a reading client is never cut off, and proxies keep the stream open).
+    pub keep_alive: Duration,
+    /// How long one `/events` stream lasts; the browser then reconnects with
+    /// `Last-Event-ID`, so no connection lives for ever.
+    pub stream_lifetime: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            public_limits: PUBLIC_LIMITS,
+            ops_limits: OPS_LIMITS,
+            max_streams: 256,
+            allowed_hosts: Vec::new(),
+            keep_alive: Duration::from_secs(5),
+            stream_lifetime: Duration::from_secs(240),
+        }
+    }
+}
+
+impl Options {
+    /// The options `[http]` sets, the rest as [`Options::default`].
+    pub fn from_settings(settings: &Settings) -> Self {
+        let http = &settings.http;
+        let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        Self {
+            public_limits: Limits {
+                per_peer: count(http.max_connections_per_peer),
+                ..PUBLIC_LIMITS
+            },
+            max_streams: count(http.max_streams),
+            allowed_hosts: http.allowed_host_names(),
+            ..Self::default()
+        }
+    }
+}
+
+/// The bound sockets; either may be absent (turned off in the configuration).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// `http.listen`: the page, `status.json`, `/events`.
+    pub public: Option<TcpListener>,
+    /// `http.ops_listen`: metrics and probes.
+    pub ops: Option<TcpListener>,
+}
+
+/// Binds a listening socket (port 0 picks a free one; see `local_addr`). Binding apart
 /// from [`serve`] lets start-up fail early and tests learn the port.
 pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves until `shutdown` is cancelled; open requests then get [`SHUTDOWN_GRACE`]. Installs
-/// the metrics recorder if nobody has (see [`crate::metrics::install`]).
+/// Serves both listeners until `shutdown` is cancelled; open requests then get
+/// [`SHUTDOWN_GRACE`]. Installs the metrics recorder if nobody has (see
+/// [`crate::metrics::install`]).
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     deps: HttpDeps,
+    options: Options,
     shutdown: CancellationToken,
-) -> io::Result<()> {
-    serve_with(listener, deps, shutdown, LIMITS).await
-}
-
-/// [`serve`] with other socket [`Limits`] (tests use short ones).
-pub async fn serve_with(
-    listener: TcpListener,
-    deps: HttpDeps,
-    shutdown: CancellationToken,
-    limits: Limits,
 ) -> io::Result<()> {
     let metrics = crate::metrics::install();
-    let addr = listener.local_addr()?;
     let tasks = CancellationToken::new();
     let _stop_tasks = tasks.clone().drop_guard();
     tokio::spawn(
@@ -114,6 +180,8 @@ pub async fn serve_with(
             .clone()
             .run_until_cancelled_owned(history.clone().follow(deps.state.clone())),
     );
+    let (feed, fill) = feed::follow(deps.state.clone());
+    tokio::spawn(tasks.clone().run_until_cancelled_owned(fill));
     let upkeep = metrics.clone();
     tokio::spawn(tasks.run_until_cancelled_owned(async move {
         let mut every = tokio::time::interval(METRICS_UPKEEP);
@@ -123,14 +191,34 @@ pub async fn serve_with(
         }
     }));
 
-    info!(%addr, "HTTP status page, metrics and health listening");
-    let server = axum::serve(
-        GuardedListener::new(listener, limits),
-        router(deps, metrics, history),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // Dropped when this returns: both servers stop, and with the feed the open streams end.
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some(listener) = listeners.public {
+        let addr = listener.local_addr()?;
+        info!(%addr, "HTTP status page listening");
+        let app = public::router(public::Public::new(
+            deps.clone(),
+            history,
+            feed,
+            &options,
+            addr,
+        ));
+        servers.spawn(run(listener, options.public_limits, app, &shutdown));
+    }
+    if let Some(listener) = listeners.ops {
+        let addr = listener.local_addr()?;
+        info!(%addr, "HTTP metrics and probes listening");
+        let app = ops_router(deps, metrics, &options);
+        servers.spawn(run(listener, options.ops_limits, app, &shutdown));
+    }
+    let all = async {
+        while let Some(done) = servers.join_next().await {
+            done.map_err(io::Error::other)??;
+        }
+        Ok(())
+    };
     tokio::select! {
-        result = server.into_future() => result,
+        result = all => result,
         () = async {
             shutdown.cancelled().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -138,90 +226,82 @@ pub async fn serve_with(
     }
 }
 
-/// The routes, with their bounds. Public so that tests can serve it on their own listener.
-pub fn router(deps: HttpDeps, metrics: PrometheusHandle, history: History) -> Router {
-    let app = Arc::new(App {
-        deps,
-        metrics,
-        history,
-    });
-    Router::new()
-        .route("/", get(status_page))
-        .route("/status.json", get(status_json))
-        .route("/metrics", get(prometheus))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .fallback(not_found)
-        .with_state(app)
+/// One listener served, with graceful shutdown.
+fn run(
+    listener: TcpListener,
+    limits: Limits,
+    app: Router,
+    shutdown: &CancellationToken,
+) -> impl std::future::Future<Output = io::Result<()>> + Send + 'static {
+    axum::serve(GuardedListener::new(listener, limits), app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future()
+}
+
+/// The bounds every route shares: body limit and request timeout.
+fn bounded(router: Router) -> Router {
+    router
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT_BYTES))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .layer(axum::middleware::map_response(common_headers))
 }
 
-struct App {
+/// The operator's routes: metrics and probes, nothing else. Public so that tests can serve it
+/// on their own listener.
+pub fn ops_router(deps: HttpDeps, metrics: PrometheusHandle, options: &Options) -> Router {
+    let app = Arc::new(Ops { deps, metrics });
+    let hosts = Arc::new(options.allowed_hosts.clone());
+    bounded(
+        Router::new()
+            .route("/metrics", get(prometheus))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .fallback(not_found)
+            .with_state(app),
+    )
+    .layer(axum::middleware::from_fn_with_state(hosts, ops_host))
+    .layer(axum::middleware::map_response(ops_headers))
+}
+
+struct Ops {
     deps: HttpDeps,
     metrics: PrometheusHandle,
-    history: History,
 }
 
-type Shared = State<Arc<App>>;
+type OpsState = State<Arc<Ops>>;
 
-async fn common_headers(mut response: Response) -> Response {
+async fn ops_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
+        header::HeaderValue::from_static("nosniff"),
     );
     headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
     );
-    headers
-        .entry(header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
     response
 }
 
-/// The page may run its own inline script and style and fetch from its own origin, nothing else.
-const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
-    style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
-    form-action 'none'; frame-ancestors 'none'";
-
-async fn status_page(State(app): Shared) -> Response {
-    let state = app.deps.state.borrow().clone();
-    let html = page::render(
-        &app.deps.title,
-        state.as_ref(),
-        &app.history.to_json(),
-        SystemTime::now(),
-    );
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
-        ],
-        html,
-    )
-        .into_response()
-}
-
-async fn status_json(State(app): Shared) -> Response {
-    let json = app.deps.state.borrow().as_ref().map(StateDoc::to_json);
-    match json {
-        Some(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::CONTENT_TYPE, "application/json")],
-            r#"{"error":"no state yet: the bridge has not heard from the controller"}"#,
-        )
-            .into_response(),
+/// The operator side is reached by address (the kubelet, Prometheus) or as `localhost`: a
+/// name that resolves to it is DNS rebinding unless configured.
+async fn ops_host(State(hosts): State<Arc<Vec<String>>>, request: Request, next: Next) -> Response {
+    match public::host_of(&request) {
+        Some(host)
+            if host.parse::<std::net::IpAddr>().is_ok()
+                || host == "localhost"
+                || hosts.contains(&host) =>
+        {
+            next.run(request).await
+        }
+        Some(_) => plain(StatusCode::MISDIRECTED_REQUEST, "unknown host\n".into()),
+        None => plain(StatusCode::BAD_REQUEST, "no host\n".into()),
     }
 }
 
-async fn prometheus(State(app): Shared) -> Response {
+async fn prometheus(State(app): OpsState) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -232,15 +312,15 @@ async fn prometheus(State(app): Shared) -> Response {
         .into_response()
 }
 
-async fn healthz(State(app): Shared) -> Response {
+async fn healthz(State(app): OpsState) -> Response {
     probe(liveness(&app.deps, Instant::now()))
 }
 
-async fn readyz(State(app): Shared) -> Response {
+async fn readyz(State(app): OpsState) -> Response {
     probe(readiness(&app.deps))
 }
 
-async fn not_found() -> Response {
+pub(crate) async fn not_found() -> Response {
     plain(StatusCode::NOT_FOUND, "not found\n".into())
 }
 
@@ -279,7 +359,7 @@ fn probe(problem: Option<String>) -> Response {
     }
 }
 
-fn plain(status: StatusCode, body: String) -> Response {
+pub(crate) fn plain(status: StatusCode, body: String) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

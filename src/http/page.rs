@@ -1,8 +1,9 @@
-//! The status page: one self-contained HTML document (inline CSS and JS, nothing fetched but
-//! `status.json`), rendered with the current values so that it reads right without JS too.
+//! The status page: an HTML document rendered with the current values, so that it reads right
+//! without JavaScript too, plus one style sheet and one script served as files (the CSP allows
+//! no inline script or style).
 //!
-//! Pure: the state and the wall-clock time go in, HTML comes out. The script in the page
-//! formats values the same way as [`render`] and then polls `status.json` every second.
+//! Pure: the state and the wall-clock time go in, HTML comes out. The script formats values the
+//! same way as [`render`], follows `/events` and falls back to polling `status.json`.
 
 use crate::core::{Mode, TripReason};
 use crate::protocol::ReplyFormat;
@@ -13,13 +14,35 @@ use std::sync::OnceLock;
 use std::time::SystemTime;
 
 const TEMPLATE: &str = include_str!("page.html");
+/// The page's style sheet.
+pub const STYLE: &str = include_str!("page.css");
+/// The page's script.
+pub const SCRIPT: &str = include_str!("page.js");
+/// Where [`STYLE`] is served (the page links it relative, so it works under a path prefix).
+pub const STYLE_PATH: &str = "/assets/page.css";
+/// Where [`SCRIPT`] is served.
+pub const SCRIPT_PATH: &str = "/assets/page.js";
+
+/// A hash of the assets, in their URLs: a new build's files are never taken from a cache.
+fn asset_tag() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        // FNV-1a: stable across builds and platforms, unlike `DefaultHasher`.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in STYLE.bytes().chain(SCRIPT.bytes()) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{:012x}", hash & 0xffff_ffff_ffff)
+    })
+}
 
 /// The page for `state` (`None`: no state yet) with the temperature `history` (JSON
 /// `[[unix ms, °C], …]`) as of wall-clock `now`.
 pub fn render(title: &str, state: Option<&StateDoc>, history: &str, now: SystemTime) -> String {
     let v = Values::new(state, now);
     let initial = state.map_or_else(|| "null".to_owned(), StateDoc::to_json);
-    let fields: [(&str, &str); 27] = [
+    let fields: [(&str, &str); 28] = [
+        ("asset_tag", asset_tag()),
         ("title", &escape(title)),
         ("conn_state", v.conn_state),
         ("conn_text", v.conn_text),
@@ -370,7 +393,7 @@ mod tests {
             r#"data-value="brewing" aria-live="polite">Brewing</span>"#,
             r#"data-value="ON">Heater on</span>"#,
             r#"id="water-level">61 %</p>"#,
-            r#"style="width: 61%""#,
+            r#"id="water-bar" width="61""#,
             r#"id="brew-remaining">1:58</p>"#,
             r#"id="cups">4 cups selected</p>"#,
             "<li>Reservoir empty</li>",
@@ -401,6 +424,26 @@ mod tests {
         assert!(!html.contains("{{"));
         assert!(html.contains("Waiting for the controller"));
         assert!(html.contains(r#"data-title="Coffee Pot">null</script>"#));
+    }
+
+    #[test]
+    fn nothing_inline_runs_or_styles() {
+        let html = render("Pot", Some(&doc()), "[]", SystemTime::UNIX_EPOCH);
+        // Every <script> is data or a file; no style element or attribute, no handler.
+        for (i, tag) in html.split("<script").skip(1).enumerate() {
+            let open = &tag[..tag.find('>').unwrap()];
+            assert!(
+                open.contains("type=\"application/json\"") || open.contains("src="),
+                "script {i}: {open}"
+            );
+        }
+        assert!(!html.contains("<style") && !html.contains("style=\""));
+        for handler in ["onload=", "onerror=", "onclick="] {
+            assert!(!html.contains(handler), "{handler}");
+        }
+        let tag = asset_tag();
+        assert!(html.contains(&format!("href=\"assets/page.css?v={tag}\"")));
+        assert!(html.contains(&format!("src=\"assets/page.js?v={tag}\"")));
     }
 
     #[test]

@@ -3,14 +3,16 @@
 //!
 //! Pure: [`messages`] turns the settings, the firmware from the boot banner and the host name
 //! into `(topic, payload)` pairs; the MQTT task publishes them retained, and `coffeebot
-//! discovery` prints them. An empty payload removes an entity: the water entities when
-//! `water.enabled` is off, and the other mode's topics, so that switching between
-//! `components` and `device` leaves no duplicates behind.
+//! discovery` prints them. [`cleanup`] turns what the broker holds retained under this
+//! bridge's topics of either mode into the removals and migrations to publish first, so that
+//! switching between `components` and `device` keeps entity ids and a user's settings and
+//! leaves nothing behind, and nothing is removed that is not there (Home Assistant warns
+//! about both).
 //!
 //! Choices Home Assistant leaves open:
-//! - the firmware of the controller goes into the device's `hw_version`: `sw_version` is the
-//!   bridge's own version (the software that speaks for the device), and the firmware names the
-//!   controller board's build, which is the hardware side of this device;
+//! - the device's `sw_version` is the controller's firmware (Home Assistant's convention: the
+//!   device's own software), known once a boot banner was seen; the bridge's version is the
+//!   `origin`'s `sw_version`;
 //! - `configuration_url` points at `http.listen`; when that is a wildcard address
 //!   (`0.0.0.0`, `[::]`) it uses the machine's host name, and without one it is left out.
 
@@ -19,6 +21,7 @@ use crate::core::Mode;
 use crate::mqtt::command::CommandName;
 use crate::mqtt::topics::Topics;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 /// Every `event_type` the bridge publishes on `B/D/event`.
@@ -33,6 +36,39 @@ pub const EVENT_TYPES: [&str; 9] = [
     "controller_rebooted",
     "command_rejected",
 ];
+
+/// The events a person automates on, offered as device triggers (`device_automation`), so
+/// that Home Assistant's automation editor lists e.g. "brew_finished" for the device.
+pub const TRIGGERS: [&str; 5] = [
+    "brew_finished",
+    "keep_warm_finished",
+    "fault",
+    "heater_auto_off",
+    "controller_rebooted",
+];
+
+/// The discovery object id of the trigger for `event` (`on_<event>`: an entity has the key
+/// `fault` already, and a device config's components share one map).
+pub fn trigger_key(event: &str) -> String {
+    format!("on_{event}")
+}
+
+/// The device trigger of `event`: fires when `B/D/event` carries that `event_type`.
+fn trigger(settings: &Settings, t: &Topics, event: &str) -> Map<String, Value> {
+    let config = json!({
+        "automation_type": "trigger",
+        "topic": t.event(),
+        "type": event,
+        "subtype": settings.device.name,
+        "value_template": "{{ value_json.event_type }}",
+        "payload": event,
+        "qos": 1,
+    });
+    match config {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
 
 /// One entity of the device.
 #[derive(Clone, Debug, PartialEq)]
@@ -221,7 +257,9 @@ pub fn entities(settings: &Settings) -> Vec<Entity> {
     all
 }
 
-/// The discovery messages to publish (retained), in order; an empty payload removes an entity.
+/// The discovery configs to publish (retained), in order: every entity the settings want,
+/// under the configured mode's topics. Nothing is removed here: what is left over under other
+/// topics is [`cleanup`]'s, which needs to know what the broker holds.
 ///
 /// `firmware` is the boot banner's (e.g. `MrCoffeeBot v2.0`) when known; `host` is this
 /// machine's name, used for `configuration_url` when `http.listen` is a wildcard address.
@@ -231,69 +269,195 @@ pub fn messages(
     firmware: Option<&str>,
     host: Option<&str>,
 ) -> Vec<(String, String)> {
-    let mode = settings.homeassistant.discovery;
-    if mode == Discovery::Off {
-        return Vec::new();
-    }
     let t = Topics::new(settings);
-    let node = node_id(settings);
     let device = device_block(settings, firmware, host);
     let origin = origin_block();
-    let device_topic = format!("{}/device/{node}/config", t.discovery_prefix);
-    let component_topic = |e: &Entity| {
-        format!(
-            "{}/{}/{node}/{}/config",
-            t.discovery_prefix, e.platform, e.key
-        )
-    };
     let all = entities(settings);
     let wanted = |e: &Entity| settings.water.enabled || !e.water;
-    let mut out = Vec::new();
-    match mode {
+    match settings.homeassistant.discovery {
+        Discovery::Off => Vec::new(),
         Discovery::Components => {
-            // Left over from `device` mode.
-            out.push((device_topic, String::new()));
-            for e in &all {
-                let payload = if wanted(e) {
-                    let mut config = component(settings, &t, e);
-                    config.insert("device".into(), device.clone());
-                    config.insert("origin".into(), origin.clone());
-                    Value::Object(config).to_string()
-                } else {
-                    String::new()
-                };
-                out.push((component_topic(e), payload));
-            }
+            let with_device = |mut config: Map<String, Value>| {
+                config.insert("device".into(), device.clone());
+                config.insert("origin".into(), origin.clone());
+                Value::Object(config).to_string()
+            };
+            let mut out: Vec<(String, String)> = all
+                .iter()
+                .filter(|e| wanted(e))
+                .map(|e| {
+                    let config = with_device(component(settings, &t, e));
+                    (component_topic(settings, e), config)
+                })
+                .collect();
+            out.extend(TRIGGERS.iter().map(|event| {
+                let config = with_device(trigger(settings, &t, event));
+                (trigger_topic(settings, event), config)
+            }));
+            out
         }
         Discovery::Device => {
-            // Left over from `components` mode; removed before the device message re-adds them.
-            for e in &all {
-                out.push((component_topic(e), String::new()));
-            }
-            let cmps: Map<String, Value> = all
+            let mut cmps: Map<String, Value> = all
                 .iter()
                 .map(|e| {
                     let mut config = if wanted(e) {
                         component(settings, &t, e)
                     } else {
-                        // A component with only its platform is removed (HA 2024.11+).
+                        // A component with only its platform is removed (HA 2024.11+); HA
+                        // ignores it when there is nothing to remove.
                         Map::new()
                     };
                     config.insert("p".into(), e.platform.into());
                     (e.key.to_owned(), Value::Object(config))
                 })
                 .collect();
+            for event in TRIGGERS {
+                let mut config = trigger(settings, &t, event);
+                config.insert("p".into(), "device_automation".into());
+                cmps.insert(trigger_key(event), Value::Object(config));
+            }
             let payload = json!({
                 "device": device,
                 "origin": origin,
                 "cmps": cmps,
                 "qos": 1,
             });
-            out.push((device_topic, payload.to_string()));
+            vec![(device_topic(settings), payload.to_string())]
         }
-        Discovery::Off => {}
+    }
+}
+
+/// The topic filters under which this bridge's configs of either mode can be retained: the
+/// bridge reads them once after connecting (see [`cleanup`]).
+pub fn probe_filters(settings: &Settings) -> [String; 2] {
+    let prefix = &settings.homeassistant.discovery_prefix;
+    let node = node_id(settings);
+    [
+        format!("{prefix}/+/{node}/+/config"),
+        format!("{prefix}/device/{node}/config"),
+    ]
+}
+
+/// The payload that asks Home Assistant to unload an entity but keep its registry entry
+/// (entity id, name, area a user set), so that the same `unique_id` can come back under the
+/// other discovery mode's topic: HA's documented migration between single-component and
+/// device-based discovery (and the rollback).
+pub const MIGRATE: &str = r#"{"migrate_discovery":true}"#;
+
+/// What to publish around [`messages`] so that nothing is left over under other topics,
+/// given the topics where the broker holds a (non-empty) retained config of this bridge.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Cleanup {
+    /// Before the configs, for each retained config that the configs do not publish:
+    /// [`MIGRATE`] when the configs bring its entities back under another topic, then what
+    /// clears it (an empty payload; for the device config, one that removes every component).
+    pub before: Vec<(String, String)>,
+}
+
+/// The [`Cleanup`] for the topics `retained` (those found under [`probe_filters`]). Only
+/// topics that are there get a message: an empty config where nothing is retained makes Home
+/// Assistant log a warning, and one for an entity that lives under the other mode's topic a
+/// conflict warning.
+pub fn cleanup(settings: &Settings, retained: &BTreeSet<String>) -> Cleanup {
+    let published: BTreeSet<String> = messages(settings, None, None)
+        .into_iter()
+        .map(|(topic, _)| topic)
+        .collect();
+    let all = entities(settings);
+    let wanted = |e: &Entity| settings.water.enabled || !e.water;
+    let device = device_topic(settings);
+    let stale: Vec<&String> = retained
+        .iter()
+        .filter(|t| !published.contains(*t))
+        .collect();
+    // A stale topic migrates when the configs bring its entities back elsewhere.
+    let migrates = |topic: &str| match settings.homeassistant.discovery {
+        Discovery::Off => false,
+        Discovery::Components => topic == device,
+        Discovery::Device => {
+            all.iter()
+                .any(|e| wanted(e) && component_topic(settings, e) == topic)
+                || TRIGGERS.iter().any(|e| trigger_topic(settings, e) == topic)
+        }
+    };
+    let mut out = Cleanup::default();
+    for topic in &stale {
+        if migrates(topic) {
+            out.before.push(((*topic).clone(), MIGRATE.to_owned()));
+        }
+        let clear = if *topic == &device && migrates(topic) {
+            // An empty device config after a rollback makes HA warn ("no device components
+            // to cleanup": the migration unloaded them); a device config whose components
+            // are all removed replaces it silently, here and at every HA start.
+            empty_device(settings)
+        } else {
+            String::new()
+        };
+        out.before.push(((*topic).clone(), clear));
     }
     out
+}
+
+/// A device config that removes all its components: what the device topic holds after a
+/// rollback to `components`.
+fn empty_device(settings: &Settings) -> String {
+    let mut cmps: Map<String, Value> = entities(settings)
+        .iter()
+        .map(|e| (e.key.to_owned(), json!({"p": e.platform})))
+        .collect();
+    for event in TRIGGERS {
+        cmps.insert(trigger_key(event), json!({"p": "device_automation"}));
+    }
+    json!({"device": device_block(settings, None, None), "origin": origin_block(), "cmps": cmps})
+        .to_string()
+}
+
+/// Whether a retained payload under this bridge's topics holds no entity: empty, a pending
+/// [`MIGRATE`], or a device config whose components are all removed.
+pub fn holds_nothing(payload: &[u8]) -> bool {
+    if payload.is_empty() {
+        return true;
+    }
+    let Ok(Value::Object(config)) = serde_json::from_slice::<Value>(payload) else {
+        return false;
+    };
+    if config.get("migrate_discovery") == Some(&Value::Bool(true)) {
+        return true;
+    }
+    match config.get("cmps").or_else(|| config.get("components")) {
+        Some(Value::Object(cmps)) => cmps.values().all(|c| {
+            c.as_object()
+                .is_some_and(|c| c.keys().all(|k| k == "p" || k == "platform"))
+        }),
+        _ => false,
+    }
+}
+
+fn device_topic(settings: &Settings) -> String {
+    format!(
+        "{}/device/{}/config",
+        settings.homeassistant.discovery_prefix,
+        node_id(settings)
+    )
+}
+
+fn trigger_topic(settings: &Settings, event: &str) -> String {
+    format!(
+        "{}/device_automation/{}/{}/config",
+        settings.homeassistant.discovery_prefix,
+        node_id(settings),
+        trigger_key(event)
+    )
+}
+
+fn component_topic(settings: &Settings, e: &Entity) -> String {
+    format!(
+        "{}/{}/{}/{}/config",
+        settings.homeassistant.discovery_prefix,
+        e.platform,
+        node_id(settings),
+        e.key
+    )
 }
 
 /// `coffeebot_<D>`: the device identifier and the discovery node id.
@@ -340,10 +504,9 @@ fn device_block(settings: &Settings, firmware: Option<&str>, host: Option<&str>)
         "name": settings.device.name,
         "manufacturer": "coffeebot",
         "model": "Drip coffee maker with MrCoffeeBot heater controller",
-        "sw_version": env!("CARGO_PKG_VERSION"),
     });
     if let Some(firmware) = firmware {
-        device["hw_version"] = firmware.into();
+        device["sw_version"] = firmware.into();
     }
     if let Some(url) = configuration_url(&settings.http.listen, host) {
         device["configuration_url"] = url.into();

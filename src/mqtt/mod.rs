@@ -10,6 +10,13 @@
 //!   away, and on every ConnAck it re-subscribes and re-publishes availability, the current
 //!   state and discovery.
 //!
+//! Discovery after a ConnAck waits for one look at what the broker holds retained under this
+//! bridge's discovery topics of either mode ([`discovery::probe_filters`]): the bridge
+//! subscribes to them with the command subscription and unsubscribes at once; the broker
+//! sends the retained messages of a new subscription before it answers the next packet, so
+//! when both UNSUBACKs are in, every retained config has arrived. Then it publishes the
+//! migrations and removals [`discovery::cleanup`] derives from them, and the configs.
+//!
 //! The heater core never waits on any of this: commands go to the driver with `try_send` and
 //! a full queue is a rejection ("bridge busy"), never a wait.
 //!
@@ -32,11 +39,12 @@ use crate::daemon::CommandIn;
 use crate::state::{Clock, EventDoc, StateDoc};
 use command::CommandName;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode, LastWill, Packet, PubAckReason, SubscribeReasonCode,
+    ConnectReturnCode, Filter, LastWill, Packet, PubAckReason, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{Outgoing, TlsConfiguration, Transport};
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
@@ -167,6 +175,7 @@ pub async fn run(settings: Settings, options: MqttOptions, io: Io) {
         announced_online: None,
         firmware: None,
         discovery_due: None,
+        probe: None,
         last_error: None,
         queue_full_logged: false,
         refused_publish_logged: false,
@@ -203,6 +212,7 @@ async fn poll(mut eventloop: EventLoop, tx: mpsc::Sender<Polled>) {
                     Event::Incoming(
                         Packet::Publish(_)
                         | Packet::SubAck(_)
+                        | Packet::UnsubAck(_)
                         | Packet::PubAck(_)
                         | Packet::Disconnect(_),
                     ) => true,
@@ -247,10 +257,20 @@ struct Bridge {
     firmware: Option<String>,
     /// When to re-publish discovery after Home Assistant's `online`.
     discovery_due: Option<Instant>,
+    /// While the look at the retained discovery topics after a ConnAck runs.
+    probe: Option<Probe>,
     /// The last connection error logged, so a refusal is one line, not one per retry.
     last_error: Option<String>,
     queue_full_logged: bool,
     refused_publish_logged: bool,
+}
+
+/// The look at the retained discovery configs after a ConnAck.
+struct Probe {
+    /// UNSUBACKs still to come; at zero every retained config has arrived.
+    unsubacks_left: usize,
+    /// Topics holding a non-empty retained config.
+    retained: BTreeSet<String>,
 }
 
 impl Bridge {
@@ -328,6 +348,14 @@ impl Bridge {
                 let topic = String::from_utf8_lossy(&p.topic).into_owned();
                 self.on_message(&topic, &p.payload, p.retain);
             }
+            Event::Incoming(Packet::UnsubAck(_)) => {
+                if let Some(probe) = self.probe.as_mut() {
+                    probe.unsubacks_left = probe.unsubacks_left.saturating_sub(1);
+                    if probe.unsubacks_left == 0 {
+                        self.finish_probe();
+                    }
+                }
+            }
             Event::Incoming(Packet::SubAck(ack)) => {
                 for (filter, code) in self.topics.subscriptions().iter().zip(&ack.return_codes) {
                     if !matches!(code, SubscribeReasonCode::Success(_)) {
@@ -373,18 +401,50 @@ impl Bridge {
         self.refused_publish_logged = false;
         self.set_connected(true);
         self.announced_online = None;
-        let filters = self.topics.subscriptions().map(|path| {
-            let mut filter = rumqttc::v5::mqttbytes::v5::Filter::new(path, QoS::AtLeastOnce);
-            // Keep the retain flag of live messages, so a retained command is always seen as one.
-            filter.preserve_retain = true;
-            filter
-        });
+        let mut filters: Vec<Filter> = self
+            .topics
+            .subscriptions()
+            .into_iter()
+            .map(|path| {
+                let mut filter = Filter::new(path, QoS::AtLeastOnce);
+                // Keep the retain flag of live messages, so a retained command is always seen
+                // as one.
+                filter.preserve_retain = true;
+                filter
+            })
+            .collect();
+        let probe = self.settings.homeassistant.discovery != Discovery::Off;
+        let probe_filters = discovery::probe_filters(&self.settings);
+        if probe {
+            // After the command subscription, so that its SUBACK codes come first.
+            filters.extend(
+                probe_filters
+                    .iter()
+                    .map(|path| Filter::new(path.clone(), QoS::AtMostOnce)),
+            );
+        }
         if let Err(e) = self.client.try_subscribe_many(filters) {
             warn!("MQTT: cannot queue the subscription: {e}");
         }
         self.publish(&self.topics.bridge_availability(), "online", true);
         self.firmware = self.current().and_then(|s| s.firmware);
-        self.publish_discovery();
+        self.probe = None;
+        if probe {
+            let queued = probe_filters
+                .iter()
+                .filter(|f| self.client.try_unsubscribe(f.as_str()).is_ok())
+                .count();
+            self.probe = Some(Probe {
+                unsubacks_left: queued,
+                retained: BTreeSet::new(),
+            });
+            if queued < probe_filters.len() {
+                warn!("MQTT: cannot queue the unsubscription of the discovery probe");
+            }
+            if queued == 0 {
+                self.finish_probe();
+            }
+        }
         self.publish_current_state();
     }
 
@@ -455,7 +515,30 @@ impl Bridge {
         }
     }
 
+    /// Every retained config has arrived: migrations and removals, then the configs.
+    fn finish_probe(&mut self) {
+        let Some(probe) = self.probe.take() else {
+            return;
+        };
+        let cleanup = discovery::cleanup(&self.settings, &probe.retained);
+        if !cleanup.before.is_empty() {
+            info!(
+                retained = probe.retained.len(),
+                messages = cleanup.before.len(),
+                "clearing discovery left under other topics"
+            );
+        }
+        for (topic, payload) in cleanup.before {
+            self.publish(&topic, payload, true);
+        }
+        self.publish_discovery();
+    }
+
     fn publish_discovery(&mut self) {
+        if self.probe.is_some() {
+            // The probe's end publishes discovery, after the migrations.
+            return;
+        }
         let messages = discovery::messages(
             &self.settings,
             self.firmware.as_deref(),
@@ -489,6 +572,15 @@ impl Bridge {
     }
 
     fn on_message(&mut self, topic: &str, payload: &[u8], retain: bool) {
+        if let Some(probe) = self.probe.as_mut() {
+            let filters = discovery::probe_filters(&self.settings);
+            if filters.iter().any(|f| topics::filter_matches(f, topic)) {
+                if retain && !discovery::holds_nothing(payload) {
+                    probe.retained.insert(topic.to_owned());
+                }
+                return;
+            }
+        }
         if topic == self.topics.ha_status() {
             let online = payload.trim_ascii().eq_ignore_ascii_case(b"online");
             if online && self.settings.homeassistant.discovery != Discovery::Off {

@@ -2,13 +2,14 @@
 //! pseudo-terminal, the real serial link and driver (`daemon::run`), and the HTTP server on
 //! 127.0.0.1 port 0. The MQTT task is not started: tests set `broker_connected` themselves
 //! through the watch sender the MQTT task would hold (MQTT is tested on its own, against a real
-//! mosquitto). Every wait is bounded and waits for something observable.
+//! mosquitto). The public and the operator listener are both on 127.0.0.1 port 0. Every wait
+//! is bounded and waits for something observable.
 
 #![allow(dead_code, reason = "each test binary uses part of the harness")]
 
 use coffeebot::config;
 use coffeebot::daemon::{self, CommandIn, Outlets};
-use coffeebot::http::{self, listener::Limits, HttpDeps};
+use coffeebot::http::{self, HttpDeps, Listeners, Options};
 use coffeebot::sim::{SimConfig, SimHandle, Simulator};
 use coffeebot::state::StateDoc;
 use std::net::SocketAddr;
@@ -28,8 +29,10 @@ pub struct Bridge {
     pub sim: SimHandle,
     /// The driver's outlets, as `main` would hold them.
     pub outlets: Outlets,
-    /// Where the HTTP server listens.
+    /// Where the public HTTP server listens.
     pub addr: SocketAddr,
+    /// Where the operator HTTP server (metrics, probes) listens.
+    pub ops: SocketAddr,
     shutdown: CancellationToken,
     daemon: JoinHandle<()>,
     http: JoinHandle<std::io::Result<()>>,
@@ -45,13 +48,13 @@ pub const FAST: &[(&str, &str)] = &[
 ];
 
 impl Bridge {
-    /// Starts everything with [`FAST`] settings, `env` on top, and the default HTTP limits.
+    /// Starts everything with [`FAST`] settings, `env` on top, and the default HTTP options.
     pub async fn start(name: &str, env: &[(&str, &str)]) -> Bridge {
-        Self::start_with(name, env, http::LIMITS).await
+        Self::start_with(name, env, Options::default()).await
     }
 
-    /// [`Bridge::start`] with other HTTP socket limits.
-    pub async fn start_with(name: &str, env: &[(&str, &str)], limits: Limits) -> Bridge {
+    /// [`Bridge::start`] with other HTTP options (limits, streams).
+    pub async fn start_with(name: &str, env: &[(&str, &str)], options: Options) -> Bridge {
         // Before the driver runs, so that no count is lost.
         coffeebot::metrics::install();
         let link = std::env::temp_dir()
@@ -77,14 +80,14 @@ impl Bridge {
             let shutdown = shutdown.clone();
             async move { daemon::run(&settings, inlets, shutdown).await }
         });
-        let listener = http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listeners, addr, ops) = loopback_listeners().await;
         let deps = HttpDeps::new(&outlets, "Coffee Pot");
-        let http = tokio::spawn(http::serve_with(listener, deps, shutdown.clone(), limits));
+        let http = tokio::spawn(http::serve(listeners, deps, options, shutdown.clone()));
         Bridge {
             sim,
             outlets,
             addr,
+            ops,
             shutdown,
             daemon,
             http,
@@ -142,9 +145,14 @@ impl Bridge {
         .unwrap_or_else(|_| panic!("no {event_type} event within {WAIT:?}"))
     }
 
-    /// `GET path`.
+    /// `GET path` on the public listener.
     pub async fn get(&self, path: &str) -> Reply {
         request(self.addr, "GET", path, b"").await
+    }
+
+    /// `GET path` on the operator listener.
+    pub async fn ops_get(&self, path: &str) -> Reply {
+        request(self.ops, "GET", path, b"").await
     }
 
     /// Stops the bridge: the driver writes `B+0` and ends, the server stops.
@@ -161,6 +169,18 @@ impl Bridge {
             .unwrap();
         let _ = self.sim.shutdown().await;
     }
+}
+
+/// Both listeners bound on 127.0.0.1 port 0, and their addresses (public, operator).
+pub async fn loopback_listeners() -> (Listeners, SocketAddr, SocketAddr) {
+    let public = http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let ops = http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (public_addr, ops_addr) = (public.local_addr().unwrap(), ops.local_addr().unwrap());
+    let listeners = Listeners {
+        public: Some(public),
+        ops: Some(ops),
+    };
+    (listeners, public_addr, ops_addr)
 }
 
 /// An HTTP response as the tests look at it.
@@ -184,11 +204,47 @@ impl Reply {
     }
 }
 
+/// A connection to `addr` from the loopback address `from` (any of 127.0.0.0/8), so that
+/// tests can be several clients as the per-address limit sees them.
+pub async fn connect_from(from: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from.parse().expect("an IPv4 address"), 0))?;
+    socket.connect(addr).await
+}
+
+/// `GET path` from the loopback address `from`.
+pub async fn request_from(from: &str, addr: SocketAddr, path: &str) -> Reply {
+    let mut stream = connect_from(from, addr).await.expect("connect");
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .unwrap_or_else(|_| panic!("GET {path}: no complete response within {WAIT:?}"))
+        .expect("read");
+    parse(&raw).unwrap_or_else(|| panic!("GET {path}: not HTTP: {raw:?}"))
+}
+
 /// One HTTP/1.1 request on its own connection (`Connection: close`), read to the end.
 pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Reply {
+    request_with(addr, method, path, &[("Host", &addr.to_string())], body).await
+}
+
+/// [`request`] with these header lines (`Host` among them, or not).
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\n{extra}Connection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );

@@ -1,9 +1,22 @@
 //! The bridge as a real process: `coffeebot run` configured through `COFFEEBOT__…`
 //! environment variables, its stdout captured line by line so tests can wait for a log line,
 //! and signals to stop it. Killed on drop.
+//!
+//! The binary is this build's, unless the environment names another one, so the same tests
+//! prove a cross-compiled binary under emulation (scripts/test.sh does, for each Raspberry Pi
+//! target):
+//!
+//! - `COFFEEBOT_TEST_BIN`: the `coffeebot` binary to run instead of this build's;
+//! - `COFFEEBOT_TEST_WRAPPER`: a program and its arguments, separated by spaces, that runs it
+//!   (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`); a test's own wrapper goes before it.
+//!
+//! Under a wrapper such as qemu-user the process the test sees (its pid, its signals, its
+//! `/proc` status) is the emulator running the bridge, which is what a signal or a kill on the
+//! target would reach too.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -20,7 +33,24 @@ pub const FAST: &[(&str, &str)] = &[
     ("BREW__PREHEAT_TIMEOUT_S", "30"),
     ("KEEP_WARM__AFTER_BREW", "false"),
     ("HTTP__LISTEN", ""),
+    ("HTTP__OPS_LISTEN", ""),
 ];
+
+/// The `coffeebot` binary the tests run: `COFFEEBOT_TEST_BIN`, or this build's.
+pub fn binary_under_test() -> PathBuf {
+    match std::env::var_os("COFFEEBOT_TEST_BIN") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_coffeebot")),
+    }
+}
+
+/// The program and arguments that run [`binary_under_test`]: `COFFEEBOT_TEST_WRAPPER` split at
+/// whitespace; empty when unset.
+pub fn wrapper_under_test() -> Vec<String> {
+    std::env::var("COFFEEBOT_TEST_WRAPPER")
+        .map(|w| w.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
 
 /// A running `coffeebot run`.
 pub struct Bridge {
@@ -56,7 +86,8 @@ impl Bridge {
 
     /// [`Bridge::start_logging`], with the binary run through `wrapper` (a program and its
     /// arguments, e.g. `["setpriv", "--bounding-set=-sys_admin", "--"]`; empty: none) and
-    /// `env` (full variable names, e.g. `LD_PRELOAD`) added to its environment.
+    /// `env` (full variable names, e.g. `LD_PRELOAD`) added to its environment. The binary is
+    /// [`binary_under_test`], run through `wrapper`, then [`wrapper_under_test`].
     pub fn start_via(
         wrapper: &[&str],
         env: &[(&str, &str)],
@@ -72,15 +103,16 @@ impl Bridge {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let binary = env!("CARGO_BIN_EXE_coffeebot");
-        let mut cmd = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut cmd = Command::new(program);
-                cmd.args(args).arg(binary);
-                cmd
-            }
-            None => Command::new(binary),
-        };
+        let binary = binary_under_test();
+        let outer = wrapper_under_test();
+        let mut program = wrapper
+            .iter()
+            .map(|s| s.to_string())
+            .chain(outer)
+            .map(OsString::from)
+            .chain([binary.into_os_string()]);
+        let mut cmd = Command::new(program.next().expect("a program to run"));
+        cmd.args(program);
         cmd.envs(env.iter().copied());
         cmd.arg("run")
             .env_remove("COFFEEBOT_CONFIG")
