@@ -81,7 +81,11 @@ async fn every_endpoint_answers_as_documented() {
     );
     let doc: serde_json::Value = serde_json::from_str(&status.body).unwrap();
     assert_eq!(doc["link"], "up");
-    assert_eq!(doc.as_object().unwrap().len(), 15);
+    assert_eq!(
+        doc.as_object().unwrap().len(),
+        18,
+        "SPEC keys plus next_brew, schedule, calendar_read_at"
+    );
 
     let metrics = bridge.ops_get("/metrics").await;
     assert_eq!(metrics.status, 200);
