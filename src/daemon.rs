@@ -13,13 +13,15 @@
 //! sender so the link writes what is queued — `B+0` last — and ends.
 
 use crate::config::Settings;
-use crate::core::{Core, Limits, Output};
+use crate::core::{Core, Limits, Output, Request};
 use crate::counters::{Store, Tally};
 use crate::metrics as m;
 use crate::mqtt::CommandIn;
 use crate::notify::Notifier;
 use crate::port::PortSpec;
 use crate::protocol::{Command, Frame, ReplyFormat};
+use crate::schedule::runner::{Due, SkipReason};
+use crate::schedule::shell::Shell;
 use crate::serial::{self, LinkConfig, LinkEvent, Outgoing};
 use crate::state::{Clock, Deadbands, EventDoc, OnOff, StateDoc};
 use std::path::PathBuf;
@@ -93,6 +95,7 @@ pub async fn run(settings: &Settings, io: Io, shutdown: CancellationToken) {
         tally: Tally::new(store.load(), settings.heater.watts),
         store,
         descale_every: settings.maintenance.descale_every_brews,
+        schedule: Shell::start(settings, shutdown.clone()),
     };
     driver.run(link_events_rx, shutdown).await;
     // The command sender is gone: the link writes what is queued (B+0 last) and ends.
@@ -121,6 +124,8 @@ struct Driver {
     store: Store,
     /// Brews between descalings (`maintenance.descale_every_brews`).
     descale_every: u64,
+    /// Scheduled brews: when one is due, it enters the core as a `BrewStart` request.
+    schedule: Shell,
 }
 
 /// What woke the driver.
@@ -128,6 +133,7 @@ enum Woke {
     Shutdown,
     Link(Option<LinkEvent>),
     Command(Option<CommandIn>),
+    Calendar,
     Timer,
 }
 
@@ -164,6 +170,7 @@ impl Driver {
                 () = shutdown.cancelled(), if stop_by.is_none() => Woke::Shutdown,
                 event = link.recv() => Woke::Link(event),
                 command = self.io.commands.recv(), if stop_by.is_none() => Woke::Command(command),
+                () = self.schedule.calendar_changed(), if stop_by.is_none() => Woke::Calendar,
                 () = sleep_until(wake) => Woke::Timer,
             };
             // The one reading of the clock for this wake.
@@ -180,7 +187,11 @@ impl Driver {
                 Woke::Link(Some(event)) => self.on_link(core_now, event),
                 Woke::Command(Some(command)) => self.on_command(&now.clock, command),
                 Woke::Command(None) => {}
+                Woke::Calendar => self.schedule.take_calendar(),
                 Woke::Timer => self.core.handle_timeout(core_now),
+            }
+            if stop_by.is_none() {
+                self.run_schedule(&now);
             }
         }
         self.flush(&now);
@@ -223,6 +234,38 @@ impl Driver {
         }
     }
 
+    /// Starts a scheduled brew that is due, as an ordinary start request (same interlocks,
+    /// same events); one that cannot start is skipped with `brew_skipped`, never queued.
+    fn run_schedule(&mut self, now: &Now) {
+        let wall = chrono::DateTime::<chrono::Utc>::from(now.clock.wall);
+        let clock = now.clock;
+        let now = now.clock.now;
+        let mode = self.core.status(now).mode;
+        self.schedule.observe(wall, mode);
+        while let Some(due) = self.schedule.poll(wall, mode) {
+            let (brew, reason) = match due {
+                Due::Start(brew) => {
+                    let request = Request::BrewStart {
+                        cups: Some(brew.cups),
+                    };
+                    match self.core.handle_request(now, request) {
+                        Ok(()) => {
+                            info!(cups = brew.cups, ready_at = %brew.ready_at, "scheduled brew started");
+                            continue;
+                        }
+                        Err(rejection) => (brew, SkipReason::Rejected(rejection.reason)),
+                    }
+                }
+                Due::Skip(brew, reason) => (brew, reason),
+            };
+            let doc = self.schedule.doc(&brew);
+            let reason = reason.text();
+            info!(ready_at = %doc.ready_at, %reason, "scheduled brew skipped");
+            metrics::counter!("coffeebot_scheduled_brews_skipped_total").increment(1);
+            self.send_event(EventDoc::brew_skipped(&doc, &reason, &clock));
+        }
+    }
+
     /// Carries out every output of the core, then publishes the state if it changed.
     fn flush(&mut self, now: &Now) {
         while let Some(output) = self.core.poll_output() {
@@ -253,7 +296,7 @@ impl Driver {
         }
         // A command that queued no relay line switched nothing and is not measured.
         self.command_at = None;
-        let doc = StateDoc::new(&self.core.status(now.clock.now), &now.clock);
+        let mut doc = StateDoc::new(&self.core.status(now.clock.now), &now.clock);
         let due = now.instant >= self.published_at + self.state_interval;
         self.tally
             .on_heater(now.instant, doc.heater.is_some_and(OnOff::is_on));
@@ -263,6 +306,12 @@ impl Driver {
         }
         self.store
             .maybe_save(now.instant, self.tally.counters(), counted, false);
+        let (next_brew, enabled, calendar_read_at) =
+            self.schedule
+                .state(chrono::DateTime::<chrono::Utc>::from(now.clock.wall));
+        doc.next_brew = next_brew;
+        doc.schedule = enabled.into();
+        doc.calendar_read_at = calendar_read_at;
         let changed = self
             .published
             .as_ref()

@@ -31,6 +31,8 @@
 //! - [`counters`]: household counters (cups, brews, heater time, energy, descale due) kept in
 //!   a file across restarts, counted outside the core from its events.
 //! - [`notify`]: systemd's READY/WATCHDOG/STATUS/STOPPING notifications, sent from the driver.
+//! - [`schedule`]: the brew schedule (weekly entries, a coffee calendar): pure planning of
+//!   when brews start; a start enters the core as an ordinary request.
 //! - [`http`]: the read-only status page, `status.json`, metrics and health probes.
 //! - [`metrics`]: every metric's name and help, declared once; the recorder; the serial task's
 //!   line timings.
@@ -47,6 +49,7 @@ pub mod mqtt;
 pub mod notify;
 pub mod port;
 pub mod protocol;
+pub mod schedule;
 pub mod serial;
 pub mod sim;
 pub mod state;

@@ -1,4 +1,4 @@
-//! The `coffeebot` command line: `run`, `simulate`, `check-config`, `discovery`.
+//! The `coffeebot` command line: `run`, `simulate`, `check-config`, `schedule`, `discovery`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -60,6 +60,16 @@ enum Cmd {
     },
     /// Print the effective configuration (secrets redacted), or the first problem.
     CheckConfig,
+    /// Print the next planned brews as JSON lines, sorted by `ready_at`, as the daemon plans
+    /// them (touching neither the controller nor the broker).
+    Schedule {
+        /// Plan from this instant (RFC 3339); default now.
+        #[arg(long)]
+        from: Option<String>,
+        /// How many brews to print.
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+    },
     /// Print the Home Assistant discovery messages the bridge would publish, one per line:
     /// `topic payload` (an empty payload removes an entity). The firmware is unknown here.
     Discovery,
@@ -88,6 +98,10 @@ fn main() -> ExitCode {
                 }
                 ExitCode::SUCCESS
             }
+            Err(code) => code,
+        },
+        Cmd::Schedule { from, count } => match load(cli.config.as_deref()) {
+            Ok(settings) => print_schedule(&settings, from.as_deref(), count),
             Err(code) => code,
         },
         Cmd::Run { simulate, firmware } => {
@@ -175,6 +189,50 @@ fn check_config(file: Option<&Path>) -> ExitCode {
         }
         Err(code) => code,
     }
+}
+
+/// `coffeebot schedule`: the plan as JSON lines. Exit 64 for a bad `--from`, 1 when the
+/// calendar cannot be read.
+fn print_schedule(settings: &Settings, from: Option<&str>, count: usize) -> ExitCode {
+    use coffeebot::schedule::{self, source};
+    use std::io::Write;
+    let from = match from {
+        None => chrono::Utc::now(),
+        Some(text) => match chrono::DateTime::parse_from_rfc3339(text) {
+            Ok(at) => at.with_timezone(&chrono::Utc),
+            Err(e) => {
+                eprintln!("coffeebot: --from {text:?} is not an RFC 3339 time: {e}");
+                return ExitCode::from(64);
+            }
+        },
+    };
+    let mut planner = schedule::Planner::from_settings(settings);
+    let calendar = &settings.schedule.calendar;
+    if !calendar.is_empty() {
+        match source::load(calendar, schedule::CALENDAR_TIMEOUT) {
+            Ok(parsed) => {
+                for note in &parsed.notes {
+                    eprintln!("coffeebot: schedule.calendar: {note}");
+                }
+                planner.calendar = Some(parsed);
+            }
+            Err(e) => {
+                eprintln!("coffeebot: schedule.calendar: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if !settings.schedule.enabled {
+        eprintln!("coffeebot: schedule.enabled is false: these brews would not start");
+    }
+    let preheat = std::time::Duration::from_secs_f64(settings.schedule.default_preheat_s);
+    let mut out = std::io::stdout().lock();
+    for brew in planner.plan(from, count, preheat) {
+        if writeln!(out, "{}", brew.doc(planner.zone)).is_err() {
+            break;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// Runs the bridge; `simulate` names the firmware build of a built-in simulated controller.

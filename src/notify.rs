@@ -208,6 +208,9 @@ mod tests {
             firmware: None,
             reply_format: None,
             updated_at: None,
+            next_brew: None,
+            schedule: crate::state::OnOff::Off,
+            calendar_read_at: None,
         }
     }
 

@@ -6,6 +6,7 @@
 
 use crate::core::{Event, Fault, FaultSet, Mode, Status, TripReason};
 use crate::protocol::ReplyFormat;
+use crate::schedule::PlannedBrewDoc;
 use serde::{Serialize, Serializer};
 use serde_json::{json, Map, Value};
 use std::time::{Instant, SystemTime};
@@ -44,6 +45,13 @@ pub struct StateDoc {
     pub reply_format: Option<ReplyFormat>,
     /// When the controller last answered.
     pub updated_at: Option<String>,
+    /// The next planned brew that will start, `null` for none or while the schedule is off.
+    pub next_brew: Option<PlannedBrewDoc>,
+    /// `ON` while scheduled brews start.
+    pub schedule: OnOff,
+    /// When the calendar was last read successfully (how old the plan's calendar is); `null`
+    /// without a calendar or before the first good read.
+    pub calendar_read_at: Option<String>,
 }
 
 /// `last_fault` of the state.
@@ -191,6 +199,10 @@ impl StateDoc {
             firmware: status.firmware.clone(),
             reply_format: status.reply_format,
             updated_at: status.updated_at.map(|at| clock.rfc3339(at)),
+            // The driver fills in the schedule.
+            next_brew: None,
+            schedule: OnOff::Off,
+            calendar_read_at: None,
         }
     }
 
@@ -260,6 +272,20 @@ impl EventDoc {
         Self::with(
             "command_rejected",
             json!({ "command": command, "payload": text, "reason": reason }),
+            clock,
+        )
+    }
+
+    /// A `brew_skipped` event: a planned brew that did not start, and why.
+    pub fn brew_skipped(brew: &PlannedBrewDoc, reason: &str, clock: &Clock) -> Self {
+        Self::with(
+            "brew_skipped",
+            json!({
+                "reason": reason,
+                "ready_at": brew.ready_at,
+                "cups": brew.cups,
+                "source": brew.source,
+            }),
             clock,
         )
     }
@@ -349,10 +375,13 @@ mod tests {
             "firmware",
             "reply_format",
             "updated_at",
+            "next_brew",
+            "schedule",
+            "calendar_read_at",
         ] {
             assert!(keys.contains(&key), "{key} missing from {v}");
         }
-        assert_eq!(keys.len(), 15);
+        assert_eq!(keys.len(), 18);
         assert_eq!(v["reply_format"], "one_line");
         assert_eq!(v["temperature_c"], 92.4);
         assert_eq!(v["water_distance_in"], 3.52);
@@ -392,11 +421,11 @@ mod tests {
         let json = |s: &Status| StateDoc::new(s, &clock).to_json();
         assert_eq!(
             json(&unknown()),
-            r#"{"mode":"off","heater":null,"temperature_c":null,"water_distance_in":null,"water_level_pct":null,"cups":4,"brew_remaining_s":null,"keep_warm":"OFF","faults":[],"last_fault":null,"link":"down","controller_reboots":0,"firmware":null,"reply_format":null,"updated_at":null}"#
+            r#"{"mode":"off","heater":null,"temperature_c":null,"water_distance_in":null,"water_level_pct":null,"cups":4,"brew_remaining_s":null,"keep_warm":"OFF","faults":[],"last_fault":null,"link":"down","controller_reboots":0,"firmware":null,"reply_format":null,"updated_at":null,"next_brew":null,"schedule":"OFF","calendar_read_at":null}"#
         );
         assert_eq!(
             json(&status(now)),
-            r#"{"mode":"brewing","heater":"ON","temperature_c":92.4,"water_distance_in":3.52,"water_level_pct":61,"cups":4,"brew_remaining_s":118,"keep_warm":"OFF","faults":[],"last_fault":null,"link":"up","controller_reboots":0,"firmware":"MrCoffeeBot v2.0","reply_format":"one_line","updated_at":"2026-11-18T11:06:39.500Z"}"#
+            r#"{"mode":"brewing","heater":"ON","temperature_c":92.4,"water_distance_in":3.52,"water_level_pct":61,"cups":4,"brew_remaining_s":118,"keep_warm":"OFF","faults":[],"last_fault":null,"link":"up","controller_reboots":0,"firmware":"MrCoffeeBot v2.0","reply_format":"one_line","updated_at":"2026-11-18T11:06:39.500Z","next_brew":null,"schedule":"OFF","calendar_read_at":null}"#
         );
         let modes: Vec<String> = Mode::ALL
             .iter()
@@ -444,7 +473,7 @@ mod tests {
         };
         assert_eq!(
             json(&tripped),
-            r#"{"mode":"off","heater":"OFF","temperature_c":-127.0,"water_distance_in":0.0,"water_level_pct":0,"cups":12,"brew_remaining_s":118,"keep_warm":"OFF","faults":["link_down","stale_telemetry","sensor_error","overtemp","dry_boil","heater_mismatch","no_water"],"last_fault":{"reason":"overtemp","at":"2026-11-18T11:05:39.000Z"},"link":"down","controller_reboots":3,"firmware":"MrCoffeeBot \"v2\" <b>","reply_format":"three_lines","updated_at":"2026-11-18T11:06:39.500Z"}"#
+            r#"{"mode":"off","heater":"OFF","temperature_c":-127.0,"water_distance_in":0.0,"water_level_pct":0,"cups":12,"brew_remaining_s":118,"keep_warm":"OFF","faults":["link_down","stale_telemetry","sensor_error","overtemp","dry_boil","heater_mismatch","no_water"],"last_fault":{"reason":"overtemp","at":"2026-11-18T11:05:39.000Z"},"link":"down","controller_reboots":3,"firmware":"MrCoffeeBot \"v2\" <b>","reply_format":"three_lines","updated_at":"2026-11-18T11:06:39.500Z","next_brew":null,"schedule":"OFF","calendar_read_at":null}"#
         );
         let last_fault = |reason| {
             let s = Status {

@@ -596,3 +596,56 @@ fn integers_beyond_the_signed_range_are_still_checked() {
     assert_eq!(error.key(), Some("mqtt.keep_alive_s"), "{error}");
     assert!(error.to_string().contains("allowed 5..=3600"), "{error}");
 }
+
+#[test]
+fn schedule_entries_are_checked_one_line_per_problem_naming_the_entry() {
+    let path = file(
+        "schedule",
+        "c.toml",
+        r#"
+[schedule]
+timezone = "Mars/Base"
+
+[[schedule.brew]]
+days = ["mon", "tue"]
+ready_at = "06:45"
+
+[[schedule.brew]]
+days = ["mon", "funday", "mon"]
+ready_at = "25:00"
+cups = 13
+
+[[schedule.brew]]
+days = []
+ready_at = "07:00"
+"#,
+    );
+    let error = load_with(Some(&path), &[]).unwrap_err();
+    let lines: Vec<String> = error.problems().iter().map(|p| p.to_string()).collect();
+    let keys: Vec<Option<&str>> = error.problems().iter().map(|p| p.key()).collect();
+    assert_eq!(
+        keys,
+        [
+            Some("schedule.timezone"),
+            Some("schedule.brew[1].days"),
+            Some("schedule.brew[1].ready_at"),
+            Some("schedule.brew[1].cups"),
+            Some("schedule.brew[2].days"),
+        ],
+        "{lines:#?}"
+    );
+    assert!(
+        lines[3].contains("at most brew.max_cups (12)"),
+        "{}",
+        lines[3]
+    );
+    let good = file(
+        "schedule-good",
+        "c.toml",
+        "[schedule]\ntimezone = \"America/New_York\"\n[[schedule.brew]]\ndays = [\"sat\"]\nready_at = \"09:30\"\ncups = 2\n",
+    );
+    let settings = load_with(Some(&good), &[]).unwrap();
+    assert_eq!(settings.schedule.brew.len(), 1);
+    assert_eq!(settings.schedule.brew[0].cups, Some(2));
+    assert!(settings.to_toml_string().contains("[[schedule.brew]]"));
+}

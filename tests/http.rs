@@ -82,7 +82,11 @@ async fn every_endpoint_answers_as_documented() {
     );
     let doc: serde_json::Value = serde_json::from_str(&status.body).unwrap();
     assert_eq!(doc["link"], "up");
-    assert_eq!(doc.as_object().unwrap().len(), 15);
+    assert_eq!(
+        doc.as_object().unwrap().len(),
+        18,
+        "SPEC keys plus next_brew, schedule, calendar_read_at"
+    );
 
     let metrics = bridge.ops_get("/metrics").await;
     assert_eq!(metrics.status, 200);
@@ -694,6 +698,9 @@ fn doc(temperature_c: f64) -> coffeebot::state::StateDoc {
         firmware: None,
         reply_format: None,
         updated_at: Some("2026-11-24T07:30:00.123Z".into()),
+        next_brew: None,
+        schedule: coffeebot::state::OnOff::Off,
+        calendar_read_at: None,
     }
 }
 

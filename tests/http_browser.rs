@@ -271,6 +271,9 @@ async fn the_script_words_values_as_the_server_does() {
         firmware: Some("MrCoffeeBot v2.0".into()),
         reply_format: Some(ReplyFormat::ThreeLines),
         updated_at: Some("2026-11-24T07:30:00.123Z".into()),
+        next_brew: None,
+        schedule: coffeebot::state::OnOff::Off,
+        calendar_read_at: None,
     };
     let now = SystemTime::now();
     let server = page::render("Pot", Some(&doc), "[]", now);

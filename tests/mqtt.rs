@@ -23,7 +23,7 @@ const D: &str = "coffeebot/coffeepot";
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Every key of the state JSON (SPEC §4).
-const STATE_KEYS: [&str; 15] = [
+const STATE_KEYS: [&str; 18] = [
     "mode",
     "heater",
     "temperature_c",
@@ -39,6 +39,9 @@ const STATE_KEYS: [&str; 15] = [
     "firmware",
     "reply_format",
     "updated_at",
+    "next_brew",
+    "schedule",
+    "calendar_read_at",
 ];
 
 async fn simulator(name: &str, cfg: SimConfig) -> SimHandle {

@@ -37,6 +37,9 @@ fn state_keys() -> HashSet<String> {
         firmware: None,
         reply_format: None,
         updated_at: None,
+        next_brew: None,
+        schedule: coffeebot::state::OnOff::Off,
+        calendar_read_at: None,
     };
     let v: Value = serde_json::from_str(&doc.to_json()).unwrap();
     v.as_object().unwrap().keys().cloned().collect()

@@ -51,6 +51,10 @@ pub enum Check {
     },
     /// One of these words.
     OneOf(&'static [&'static str]),
+    /// A non-empty list of these words, none twice.
+    Words(&'static [&'static str]),
+    /// A list of tables (`[[section.key]]`), each checked by these rows (names inside it).
+    Entries(&'static [Key]),
 }
 
 impl Check {
@@ -60,7 +64,11 @@ impl Check {
         match *self {
             Check::Range { min, max } => value >= min && value <= max,
             Check::Above { min, max } => value > min && value <= max,
-            Check::Flag | Check::Text { .. } | Check::OneOf(_) => true,
+            Check::Flag
+            | Check::Text { .. }
+            | Check::OneOf(_)
+            | Check::Words(_)
+            | Check::Entries(_) => true,
         }
     }
 
@@ -69,7 +77,11 @@ impl Check {
         match *self {
             Check::Text { ok, .. } => ok(value),
             Check::OneOf(words) => words.contains(&value),
-            Check::Flag | Check::Range { .. } | Check::Above { .. } => true,
+            Check::Flag
+            | Check::Range { .. }
+            | Check::Above { .. }
+            | Check::Words(_)
+            | Check::Entries(_) => true,
         }
     }
 }
@@ -85,12 +97,22 @@ impl Key {
                 format!("more than {}, up to {}", number(min), number(max))
             }
             Check::Text { allowed, .. } => allowed.to_owned(),
-            Check::OneOf(words) => match words.split_last() {
-                Some((last, [])) => (*last).to_owned(),
-                Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
-                None => "nothing".to_owned(),
-            },
+            Check::OneOf(words) => one_of(words),
+            Check::Words(words) => format!("a non-empty list of {}, none twice", one_of(words)),
+            Check::Entries(rows) => {
+                let names: Vec<&str> = rows.iter().map(|row| row.name).collect();
+                format!("tables with {}", names.join(", "))
+            }
         }
+    }
+}
+
+/// `a, b or c`.
+fn one_of(words: &[&str]) -> String {
+    match words.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => "nothing".to_owned(),
     }
 }
 
@@ -196,6 +218,21 @@ pub const KEYS: &[Key] = &[
     row("maintenance.descale_every_brews", range(0.0, 100000.0), "brews", "descale reminders; 0 turns them off"),
     row("counters.state_dir", ANY_TEXT, "", "counters.json lives there; empty keeps counters in memory only"),
     row("counters.save_interval_s", range(1.0, 3600.0), "s", "fewer writes spare an SD card; a crash loses at most this much counting"),
+    row("schedule.enabled", Check::Flag, "", "scheduled brews start only while it is on"),
+    row("schedule.timezone", Check::Text { allowed: "empty (the machine's zone) or an IANA zone like Europe/Berlin", ok: is_zone }, "", "ready times are wall-clock times in it"),
+    row("schedule.calendar", Check::Text { allowed: "empty, a file path, or an http://, https:// or webcal:// URL", ok: is_calendar }, "", "an iCalendar file or address whose timed events are brews"),
+    row("schedule.calendar_refresh_s", range(10.0, 86400.0), "s", "more often than every 10 s loads the calendar's server; less than daily misses changes"),
+    row("schedule.max_late_s", range(0.0, 86400.0), "s", "coffee brewed much later than wanted is not wanted"),
+    row("schedule.default_preheat_s", range(0.0, 3600.0), "s", "a plate that does not heat within an hour is broken"),
+    row("schedule.brew", Check::Entries(WEEKLY_ROWS), "", "weekly brews ready at a local time"),
+];
+
+/// The rows of one `[[schedule.brew]]` entry; `cups` must also be at most `brew.max_cups`.
+#[rustfmt::skip]
+pub const WEEKLY_ROWS: &[Key] = &[
+    row("days", Check::Words(&["mon", "tue", "wed", "thu", "fri", "sat", "sun"]), "", "the weekdays it brews on"),
+    row("ready_at", Check::Text { allowed: "a 24-hour time HH:MM", ok: |t| crate::schedule::time_of_day(t).is_some() }, "", "the local time the coffee is ready"),
+    row("cups", range(1.0, 24.0), "cups", "it must be a brew that can be started"),
 ];
 
 /// A check between keys. It runs only when its key and every key it `needs` passed their own
@@ -350,6 +387,22 @@ fn is_topic_prefix(topic: &str) -> bool {
         && !topic.contains(['+', '#', '\0'])
         && !topic.starts_with('/')
         && !topic.ends_with('/')
+}
+
+/// Empty, or an IANA time zone.
+fn is_zone(name: &str) -> bool {
+    name.is_empty() || name.parse::<chrono_tz::Tz>().is_ok()
+}
+
+/// Empty, a path, or an http(s)/webcal URL (no other scheme).
+fn is_calendar(source: &str) -> bool {
+    match source.split_once("://") {
+        Some((scheme, rest)) => {
+            ["http", "https", "webcal"].contains(&scheme.to_ascii_lowercase().as_str())
+                && !rest.is_empty()
+        }
+        None => source.is_empty() || !source.trim().is_empty(),
+    }
 }
 
 /// Host names separated by commas: letters, digits, `-`, `.` (and `:`, `[`, `]` for IPv6).

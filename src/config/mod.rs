@@ -63,6 +63,8 @@ pub struct Settings {
     pub maintenance: Maintenance,
     /// The household counters' file.
     pub counters: CountersFile,
+    /// Brewing on schedule.
+    pub schedule: Schedule,
 }
 
 /// `[heater]`
@@ -255,6 +257,39 @@ pub struct Http {
     pub max_streams: u32,
     /// Most connections at once from one address on the public side.
     pub max_connections_per_peer: u32,
+}
+
+/// `[schedule]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// Whether scheduled brews start (the `schedule/set` command switches it until restart).
+    pub enabled: bool,
+    /// IANA zone of the weekly entries and floating calendar times; empty: the machine's.
+    pub timezone: String,
+    /// iCalendar source: a file path or an http(s) URL; empty for none.
+    pub calendar: String,
+    /// How often the calendar is read again.
+    pub calendar_refresh_s: f64,
+    /// A start missed by more than this is skipped.
+    pub max_late_s: f64,
+    /// Expected preheat before the pot has a history.
+    pub default_preheat_s: f64,
+    /// `[[schedule.brew]]`: weekly entries.
+    pub brew: Vec<WeeklyBrew>,
+}
+
+/// One `[[schedule.brew]]` entry.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WeeklyBrew {
+    /// Weekdays: `mon` … `sun`.
+    pub days: Vec<String>,
+    /// Local wall-clock time the coffee is ready, `HH:MM`.
+    pub ready_at: String,
+    /// Cups; `brew.default_cups` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cups: Option<u32>,
 }
 
 /// Serialises a password as [`REDACTED`] (or empty when there is none).

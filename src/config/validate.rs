@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use config::{Config, ValueKind};
 
-use super::keys::{Key, KEYS, RELATIONS};
+use super::keys::{Check, Key, KEYS, RELATIONS};
 use super::{ConfigError, Settings};
 
 /// A value as [`Settings::validate`] sees it.
@@ -15,6 +15,8 @@ enum Value {
     Number(f64, String),
     /// A text.
     Text(String),
+    /// A list of texts (`None` for an item that is no text).
+    List(Vec<Option<String>>),
     /// Anything else (a flag, a table).
     Other(String),
 }
@@ -25,6 +27,13 @@ impl Value {
         match self {
             Value::Number(_, text) | Value::Other(text) => text.clone(),
             Value::Text(text) => format!("{text:?}"),
+            Value::List(items) => {
+                let items: Vec<String> = items
+                    .iter()
+                    .map(|item| item.as_ref().map_or("?".to_owned(), |t| format!("{t:?}")))
+                    .collect();
+                format!("[{}]", items.join(", "))
+            }
         }
     }
 }
@@ -43,22 +52,122 @@ impl Tree {
             };
             node = table.get(part)?;
         }
-        Some(match &node.kind {
-            ValueKind::I64(n) => Value::Number(*n as f64, n.to_string()),
-            ValueKind::I128(n) => Value::Number(*n as f64, n.to_string()),
-            ValueKind::U64(n) => Value::Number(*n as f64, n.to_string()),
-            ValueKind::U128(n) => Value::Number(*n as f64, n.to_string()),
-            ValueKind::Float(n) => Value::Number(*n, n.to_string()),
-            ValueKind::String(text) => Value::Text(text.clone()),
-            other => Value::Other(other.to_string()),
-        })
+        Some(value_of(node))
     }
+
+    /// The tables of the list at a dotted key (`[[section.key]]`), empty if it has none.
+    fn entries(&self, name: &str) -> Vec<config::Map<String, config::Value>> {
+        let mut node = &self.0.cache;
+        for part in name.split('.') {
+            let ValueKind::Table(table) = &node.kind else {
+                return Vec::new();
+            };
+            let Some(child) = table.get(part) else {
+                return Vec::new();
+            };
+            node = child;
+        }
+        let ValueKind::Array(items) = &node.kind else {
+            return Vec::new();
+        };
+        items
+            .iter()
+            .filter_map(|item| match &item.kind {
+                ValueKind::Table(table) => Some(table.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A value of the tree as validation sees it.
+fn value_of(node: &config::Value) -> Value {
+    match &node.kind {
+        ValueKind::I64(n) => Value::Number(*n as f64, n.to_string()),
+        ValueKind::I128(n) => Value::Number(*n as f64, n.to_string()),
+        ValueKind::U64(n) => Value::Number(*n as f64, n.to_string()),
+        ValueKind::U128(n) => Value::Number(*n as f64, n.to_string()),
+        ValueKind::Float(n) => Value::Number(*n, n.to_string()),
+        ValueKind::String(text) => Value::Text(text.clone()),
+        ValueKind::Array(items) if items.iter().all(|i| !matches!(i.kind, ValueKind::Table(_))) => {
+            Value::List(
+                items
+                    .iter()
+                    .map(|item| match &item.kind {
+                        ValueKind::String(text) => Some(text.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            )
+        }
+        other => Value::Other(other.to_string()),
+    }
+}
+
+/// Whether `value` passes `check` on its own.
+fn passes(check: Check, value: &Value) -> bool {
+    match (check, value) {
+        (_, Value::Number(n, _)) => check.contains(*n),
+        (_, Value::Text(text)) => check.accepts(text),
+        (Check::Words(words), Value::List(items)) => {
+            !items.is_empty()
+                && items.iter().enumerate().all(|(i, item)| {
+                    item.as_deref().is_some_and(|w| {
+                        words.contains(&w) && !items[..i].iter().any(|x| x.as_deref() == Some(w))
+                    })
+                })
+        }
+        _ => true,
+    }
+}
+
+/// Every problem of the entries of a `[[…]]` key, named `key[i].field`; `cups` is also
+/// checked against `brew.max_cups`.
+fn entry_problems(tree: &Tree, key: &Key, rows: &[Key], settings: &Settings) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for (index, table) in tree.entries(key.name).iter().enumerate() {
+        for row in rows {
+            // An empty list may not reach the tree at all.
+            let value = match (table.get(row.name), row.check) {
+                (Some(value), _) => value_of(value),
+                (None, Check::Words(_)) => Value::List(Vec::new()),
+                (None, _) => continue,
+            };
+            let named = Key { name: "", ..*row };
+            let name = format!("{}[{index}].{}", key.name, row.name);
+            let mut allowed = None;
+            if !passes(row.check, &value) {
+                allowed = Some(row.allowed());
+            } else if row.name == "cups" {
+                let max = settings.brew.max_cups;
+                if let Value::Number(n, _) = value {
+                    if n > f64::from(max) {
+                        allowed = Some(format!(
+                            "{} and at most brew.max_cups ({max})",
+                            row.allowed()
+                        ));
+                    }
+                }
+            }
+            if let Some(allowed) = allowed {
+                let mut error = refused(&named, &value, allowed);
+                match &mut error {
+                    ConfigError::Invalid { key, .. } | ConfigError::OutOfRange { key, .. } => {
+                        *key = name;
+                    }
+                    _ => {}
+                }
+                errors.push(error);
+            }
+        }
+    }
+    errors
 }
 
 /// The error for `value` of `key`, which is not `allowed`.
 fn refused(key: &Key, value: &Value, allowed: String) -> ConfigError {
     match value {
-        Value::Text(_) => ConfigError::Invalid {
+        Value::Text(_) | Value::List(_) => ConfigError::Invalid {
             key: key.name.to_owned(),
             value: value.shown(),
             allowed,
@@ -110,6 +219,17 @@ impl Settings {
                 }
             }
         }
+        for (key, value) in &values {
+            if let Value::List(_) = value {
+                if !passes(key.check, value) {
+                    errors.push(refused(key, value, key.allowed()));
+                    bad.insert(key.name);
+                }
+            }
+            if let Check::Entries(rows) = key.check {
+                errors.extend(entry_problems(&tree, key, rows, self));
+            }
+        }
         for relation in RELATIONS {
             let ready = !bad.contains(relation.key)
                 && relation.needs.iter().all(|need| !bad.contains(need));
@@ -121,7 +241,7 @@ impl Settings {
                 // A number's own bounds still hold; say both.
                 let allowed = match value {
                     Value::Number(..) => format!("{} and {allowed}", key.allowed()),
-                    Value::Text(_) | Value::Other(_) => allowed,
+                    Value::Text(_) | Value::List(_) | Value::Other(_) => allowed,
                 };
                 errors.push(refused(key, value, allowed));
                 bad.insert(key.name);
@@ -137,7 +257,6 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
-    use super::super::keys::Check;
     use super::*;
 
     /// The dotted names of every leaf of a tree.
@@ -196,6 +315,8 @@ mod tests {
                 (Check::Range { .. } | Check::Above { .. }, Some(Value::Number(..))) => true,
                 (Check::Text { .. } | Check::OneOf(_), Some(Value::Text(_))) => true,
                 (Check::Flag, Some(Value::Other(text))) => text == "true" || text == "false",
+                (Check::Entries(_), Some(Value::List(items))) => items.is_empty(),
+                (Check::Entries(rows), None) => !rows.is_empty(),
                 _ => false,
             };
             assert!(fits, "{}: {:?} does not fit its value", key.name, key.check);

@@ -369,6 +369,9 @@ mod tests {
             firmware: Some("Mr<Coffee>Bot \"v2\" </script>".into()),
             reply_format: Some(ReplyFormat::OneLine),
             updated_at: Some("2026-11-24T07:30:00.123Z".into()),
+            next_brew: None,
+            schedule: crate::state::OnOff::Off,
+            calendar_read_at: None,
         }
     }
 
