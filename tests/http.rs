@@ -4,7 +4,7 @@
 //! product (the MQTT task itself is tested against a real mosquitto elsewhere). Waits are for
 //! observable events (state documents, events, bytes on a socket) under a timeout.
 
-mod http_support;
+mod support;
 
 use coffeebot::bridge;
 use coffeebot::core::Mode;
@@ -12,7 +12,7 @@ use coffeebot::http;
 use coffeebot::http::listener::Limits;
 use coffeebot::http::Options;
 use coffeebot::state::OnOff;
-use http_support::{
+use support::http::{
     brew, connect_from, loopback_listeners, metric, request, request_from, request_with, Bridge,
     WAIT,
 };
@@ -707,8 +707,8 @@ fn doc(temperature_c: f64) -> coffeebot::state::StateDoc {
 /// `GET /status.json` until `done` says so (the feed follows the state on its own task).
 async fn wait_status(
     addr: std::net::SocketAddr,
-    done: impl Fn(&http_support::Reply) -> bool,
-) -> http_support::Reply {
+    done: impl Fn(&support::http::Reply) -> bool,
+) -> support::http::Reply {
     let deadline = Instant::now() + WAIT;
     loop {
         let reply = request(addr, "GET", "/status.json", b"").await;

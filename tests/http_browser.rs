@@ -9,13 +9,13 @@
 //!
 //! Without Chromium the test fails when `CI=true` and is skipped with a notice otherwise.
 
-mod http_support;
+mod support;
 
 use coffeebot::core::{Cutoff, Fault, Mode};
 use coffeebot::http::page;
 use coffeebot::protocol::ReplyFormat;
 use coffeebot::state::{LastFault, Link, OnOff, StateDoc};
-use http_support::{brew, Bridge};
+use support::http::{brew, Bridge};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};

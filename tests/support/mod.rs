@@ -3,5 +3,6 @@
 #![allow(dead_code)]
 
 pub mod bridge;
+pub mod http;
 pub mod mosquitto;
 pub mod realfw;

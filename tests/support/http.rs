@@ -5,8 +5,6 @@
 //! mosquitto). The public and the operator listener are both on 127.0.0.1 port 0. Every wait
 //! is bounded and waits for something observable.
 
-#![allow(dead_code, reason = "each test binary uses part of the harness")]
-
 use coffeebot::config;
 use coffeebot::http::{self, Listeners, Options};
 use coffeebot::mqtt::{self, CommandIn};
