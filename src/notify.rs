@@ -194,23 +194,9 @@ mod tests {
     fn doc(link: Link) -> StateDoc {
         StateDoc {
             mode: Mode::Brewing,
-            heater: None,
-            temperature_c: None,
-            water_distance_in: None,
-            water_level_pct: None,
-            cups: 4,
-            brew_remaining_s: None,
-            keep_warm: crate::state::OnOff::Off,
             faults: FaultSet::only(Fault::Overtemp),
-            last_fault: None,
             link,
-            controller_reboots: 0,
-            firmware: None,
-            reply_format: None,
-            updated_at: None,
-            next_brew: None,
-            schedule: crate::state::OnOff::Off,
-            calendar_read_at: None,
+            ..StateDoc::example()
         }
     }
 

@@ -174,6 +174,55 @@ impl Clock {
 }
 
 impl StateDoc {
+    /// Every key of the document, in order (SPEC §4): what MQTT retains and `/status.json`
+    /// serves.
+    pub const KEYS: [&'static str; 18] = [
+        "mode",
+        "heater",
+        "temperature_c",
+        "water_distance_in",
+        "water_level_pct",
+        "cups",
+        "brew_remaining_s",
+        "keep_warm",
+        "faults",
+        "last_fault",
+        "link",
+        "controller_reboots",
+        "firmware",
+        "reply_format",
+        "updated_at",
+        "next_brew",
+        "schedule",
+        "calendar_read_at",
+    ];
+
+    /// A document for tests and examples: idle with the link up, four cups, nothing measured
+    /// yet. Tests change the keys they are about with `StateDoc { key, ..StateDoc::example() }`.
+    #[doc(hidden)]
+    pub fn example() -> StateDoc {
+        StateDoc {
+            mode: Mode::Off,
+            heater: None,
+            temperature_c: None,
+            water_distance_in: None,
+            water_level_pct: None,
+            cups: 4,
+            brew_remaining_s: None,
+            keep_warm: OnOff::Off,
+            faults: FaultSet::default(),
+            last_fault: None,
+            link: Link::Up,
+            controller_reboots: 0,
+            firmware: None,
+            reply_format: None,
+            updated_at: None,
+            next_brew: None,
+            schedule: OnOff::Off,
+            calendar_read_at: None,
+        }
+    }
+
     /// The document for a status.
     pub fn new(status: &Status, clock: &Clock) -> StateDoc {
         StateDoc {
@@ -359,26 +408,7 @@ mod tests {
         let doc = StateDoc::new(&status(now), &clock(now));
         let v: Value = serde_json::from_str(&doc.to_json()).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        for key in [
-            "mode",
-            "heater",
-            "temperature_c",
-            "water_distance_in",
-            "water_level_pct",
-            "cups",
-            "brew_remaining_s",
-            "keep_warm",
-            "faults",
-            "last_fault",
-            "link",
-            "controller_reboots",
-            "firmware",
-            "reply_format",
-            "updated_at",
-            "next_brew",
-            "schedule",
-            "calendar_read_at",
-        ] {
+        for key in StateDoc::KEYS {
             assert!(keys.contains(&key), "{key} missing from {v}");
         }
         assert_eq!(keys.len(), 18);

@@ -12,11 +12,11 @@ use coffeebot::http;
 use coffeebot::http::listener::Limits;
 use coffeebot::http::Options;
 use coffeebot::state::OnOff;
+use std::time::Duration;
 use support::http::{
     brew, connect_from, loopback_listeners, metric, request, request_from, request_with, Bridge,
     WAIT,
 };
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
@@ -683,24 +683,11 @@ fn fake_driver() -> (
 /// A state document with this temperature.
 fn doc(temperature_c: f64) -> coffeebot::state::StateDoc {
     coffeebot::state::StateDoc {
-        mode: Mode::Off,
         heater: Some(OnOff::Off),
         temperature_c: Some(temperature_c),
-        water_distance_in: None,
-        water_level_pct: None,
         cups: 2,
-        brew_remaining_s: None,
-        keep_warm: OnOff::Off,
-        faults: coffeebot::core::FaultSet::default(),
-        last_fault: None,
-        link: coffeebot::state::Link::Up,
-        controller_reboots: 0,
-        firmware: None,
-        reply_format: None,
         updated_at: Some("2026-11-24T07:30:00.123Z".into()),
-        next_brew: None,
-        schedule: coffeebot::state::OnOff::Off,
-        calendar_read_at: None,
+        ..coffeebot::state::StateDoc::example()
     }
 }
 

@@ -15,10 +15,10 @@ use coffeebot::core::{Cutoff, Fault, Mode};
 use coffeebot::http::page;
 use coffeebot::protocol::ReplyFormat;
 use coffeebot::state::{LastFault, Link, OnOff, StateDoc};
-use support::http::{brew, Bridge};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
+use support::http::{brew, Bridge};
 
 /// Longest a Chromium run may take (enforced with coreutils' `timeout`).
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(90);
@@ -254,10 +254,7 @@ async fn the_script_words_values_as_the_server_does() {
         mode: Mode::KeepWarm,
         heater: Some(OnOff::Off),
         temperature_c: Some(71.5),
-        water_distance_in: None,
-        water_level_pct: None,
         cups: 1,
-        brew_remaining_s: None,
         keep_warm: OnOff::On,
         faults: [Fault::HeaterMismatch, Fault::NoWater]
             .into_iter()
@@ -271,9 +268,7 @@ async fn the_script_words_values_as_the_server_does() {
         firmware: Some("MrCoffeeBot v2.0".into()),
         reply_format: Some(ReplyFormat::ThreeLines),
         updated_at: Some("2026-11-24T07:30:00.123Z".into()),
-        next_brew: None,
-        schedule: coffeebot::state::OnOff::Off,
-        calendar_read_at: None,
+        ..StateDoc::example()
     };
     let now = SystemTime::now();
     let server = page::render("Pot", Some(&doc), "[]", now);

@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use coffeebot::sim::{SimConfig, SimHandle, Simulator};
+use coffeebot::state::StateDoc;
 use serde_json::Value;
 use support::bridge::Bridge;
 use support::mosquitto::{
@@ -21,28 +22,6 @@ use support::mosquitto::{
 const B: &str = "coffeebot";
 const D: &str = "coffeebot/coffeepot";
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Every key of the state JSON (SPEC §4).
-const STATE_KEYS: [&str; 18] = [
-    "mode",
-    "heater",
-    "temperature_c",
-    "water_distance_in",
-    "water_level_pct",
-    "cups",
-    "brew_remaining_s",
-    "keep_warm",
-    "faults",
-    "last_fault",
-    "link",
-    "controller_reboots",
-    "firmware",
-    "reply_format",
-    "updated_at",
-    "next_brew",
-    "schedule",
-    "calendar_read_at",
-];
 
 async fn simulator(name: &str, cfg: SimConfig) -> SimHandle {
     let dir = std::env::temp_dir().join(format!("coffeebot-mqtt-{}-{name}", std::process::id()));
@@ -149,10 +128,10 @@ async fn every_topic_and_state_key_and_discovery_on_start() {
         .keys()
         .map(String::as_str)
         .collect();
-    for key in STATE_KEYS {
+    for key in StateDoc::KEYS {
         assert!(keys.contains(&key), "{key} missing from {state}");
     }
-    assert_eq!(keys.len(), STATE_KEYS.len(), "{state}");
+    assert_eq!(keys.len(), StateDoc::KEYS.len(), "{state}");
     assert_eq!(state["mode"], "off");
     assert_eq!(state["heater"], "OFF");
     assert_eq!(state["cups"], 4);

@@ -5,10 +5,9 @@
 use std::collections::{BTreeSet, HashSet};
 
 use coffeebot::config::{load_with, Settings};
-use coffeebot::core::{FaultSet, Mode};
 use coffeebot::mqtt::discovery::{self, Cleanup, EVENT_TYPES};
 use coffeebot::mqtt::topics::{filter_matches, Topics};
-use coffeebot::state::{Link, OnOff, StateDoc};
+use coffeebot::state::StateDoc;
 use serde_json::Value;
 
 fn settings(env: &[(&str, &str)]) -> Settings {
@@ -21,26 +20,7 @@ fn settings(env: &[(&str, &str)]) -> Settings {
 
 /// The state JSON with every key, as the bridge publishes it.
 fn state_keys() -> HashSet<String> {
-    let doc = StateDoc {
-        mode: Mode::Off,
-        heater: None,
-        temperature_c: None,
-        water_distance_in: None,
-        water_level_pct: None,
-        cups: 4,
-        brew_remaining_s: None,
-        keep_warm: OnOff::Off,
-        faults: FaultSet::default(),
-        last_fault: None,
-        link: Link::Up,
-        controller_reboots: 0,
-        firmware: None,
-        reply_format: None,
-        updated_at: None,
-        next_brew: None,
-        schedule: coffeebot::state::OnOff::Off,
-        calendar_read_at: None,
-    };
+    let doc = StateDoc::example();
     let v: Value = serde_json::from_str(&doc.to_json()).unwrap();
     v.as_object().unwrap().keys().cloned().collect()
 }

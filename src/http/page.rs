@@ -356,22 +356,17 @@ mod tests {
             temperature_c: Some(92.4),
             water_distance_in: Some(3.52),
             water_level_pct: Some(61),
-            cups: 4,
             brew_remaining_s: Some(118),
-            keep_warm: OnOff::Off,
             faults: FaultSet::only(Fault::NoWater),
             last_fault: Some(LastFault {
                 reason: Fault::Overtemp.into(),
                 at: "2026-11-24T07:29:00.000Z".into(),
             }),
-            link: Link::Up,
             controller_reboots: 1,
             firmware: Some("Mr<Coffee>Bot \"v2\" </script>".into()),
             reply_format: Some(ReplyFormat::OneLine),
             updated_at: Some("2026-11-24T07:30:00.123Z".into()),
-            next_brew: None,
-            schedule: crate::state::OnOff::Off,
-            calendar_read_at: None,
+            ..StateDoc::example()
         }
     }
 
