@@ -18,13 +18,14 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use coffeebot::sim::{SimConfig, SimHandle, Simulator};
+use coffeebot::sim::{SimConfig, SimHandle};
 use serde_json::Value;
 use support::bridge::Bridge;
 use support::mosquitto::{
-    lan_command, next_message, next_state, Broker, Listener, Login, Protocol, TestClient, User,
+    lan_command, next_event, next_message, next_state, Broker, TestClient, User,
 };
 use support::realfw::{self, Event, Realfw};
+use support::sim::simulator;
 
 const B: &str = "coffeebot";
 const D: &str = "coffeebot/coffeepot";
@@ -52,15 +53,7 @@ enum Controller {
 
 impl Controller {
     async fn simulator(name: &str) -> Controller {
-        let dir = std::env::temp_dir().join(format!(
-            "coffeebot-essentials-{}-{name}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("sim dir");
-        let sim = Simulator::start(SimConfig::default(), dir.join("tty"))
-            .await
-            .expect("simulator starts");
-        Controller::Sim(sim)
+        Controller::Sim(simulator("essentials", name, SimConfig::default()).await)
     }
 
     fn path(&self) -> &Path {
@@ -172,23 +165,14 @@ impl Rig {
             On::Real => Controller::Real(Realfw::start(&realfw::available(name)?, &[])),
         };
         let broker = Broker::start();
-        let mut watcher = broker
-            .connect(
-                Protocol::V311,
-                Listener::Lan,
-                Login::User(User::HomeAssistant),
-            )
-            .await
-            .expect("test client connects");
-        assert!(watcher
-            .subscribe_many(&[
+        let watcher = broker
+            .watcher(&[
                 &format!("{D}/state"),
                 &format!("{D}/event"),
                 &format!("{D}/availability"),
                 &format!("{B}/bridge/availability"),
             ])
-            .await
-            .unwrap());
+            .await;
         // The simulator answers in the three-line form (that of MrCoffeeBot 05a9a00) while it
         // models the 1 s heater time-out of 6105f59, which these checks rely on; the bridge
         // heats a three-line controller only when told to.
@@ -228,13 +212,7 @@ impl Rig {
     }
 
     async fn event(&mut self, event_type: &str) -> Value {
-        let m = next_message(&mut self.watcher, event_type, |m| {
-            m.topic == format!("{D}/event")
-                && serde_json::from_slice::<Value>(&m.payload)
-                    .is_ok_and(|e| e["event_type"] == event_type)
-        })
-        .await;
-        serde_json::from_slice(&m.payload).expect("event JSON")
+        next_event(&mut self.watcher, event_type, |_| true).await
     }
 }
 

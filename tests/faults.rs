@@ -17,13 +17,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use coffeebot::sim::device::WATCHDOG_TIMEOUT;
-use coffeebot::sim::{CommandEvent, Fault, SimConfig, SimHandle, Simulator};
+use coffeebot::sim::{CommandEvent, Fault, SimConfig, SimHandle};
 use serde_json::Value;
 use support::bridge::Bridge;
 use support::mosquitto::{
-    json, lan_command, next_message, next_state, Broker, Listener, Login, Protocol, Setup,
-    TestClient, User,
+    json, lan_command, next_event, next_message, next_state, Broker, Login, Setup, TestClient, User,
 };
+use support::sim::simulator;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,18 +35,6 @@ const WAIT: Duration = Duration::from_secs(10);
 const SLOW_BREW: (&str, &str) = ("BREW__SECONDS_PER_CUP", "10");
 
 // ----- the rig ------------------------------------------------------------------------------
-
-fn sim_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("coffeebot-faults-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("sim dir");
-    dir.join("tty")
-}
-
-async fn simulator(name: &str, cfg: SimConfig) -> SimHandle {
-    Simulator::start(cfg, sim_path(name))
-        .await
-        .expect("simulator starts")
-}
 
 /// A broker, the simulator, a watching client (subscribed to `B/#` before the bridge starts)
 /// and the bridge.
@@ -73,11 +61,10 @@ impl Rig {
 
     async fn start_with(name: &str, extra: &[(&str, &str)], launch: Launch<'_>) -> Rig {
         let broker = Broker::start_with_extra(Setup::Shipped, launch.broker_conf);
-        let sim = simulator(name, SimConfig::default()).await;
-        let mut watcher = connect(&broker, Login::User(User::HomeAssistant)).await;
+        let sim = simulator("faults", name, SimConfig::default()).await;
         // Not `B/#`: the test clients' packet size limit would drop the connection over a
         // megabyte command.
-        assert!(watcher.subscribe_many(&watched()).await.unwrap());
+        let watcher = broker.watcher(&watched()).await;
         let bridge = Bridge::start_via(
             launch.wrapper,
             launch.env,
@@ -112,11 +99,7 @@ impl Rig {
 
     /// The first event (from now on) of this type for which `pred` holds.
     async fn event_where(&mut self, event_type: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let m = next_message(&mut self.watcher, event_type, |m| {
-            m.topic == format!("{D}/event") && json(m)["event_type"] == event_type && pred(&json(m))
-        })
-        .await;
-        json(&m)
+        next_event(&mut self.watcher, event_type, pred).await
     }
 
     async fn event(&mut self, event_type: &str) -> Value {
@@ -185,13 +168,6 @@ async fn polls(sim: &SimHandle, n: usize) {
     }
 }
 
-async fn connect(broker: &Broker, login: Login) -> TestClient {
-    broker
-        .connect(Protocol::V311, Listener::Lan, login)
-        .await
-        .expect("test client connects")
-}
-
 fn has_fault(state: &Value, fault: &str) -> bool {
     state["faults"]
         .as_array()
@@ -223,7 +199,7 @@ fn discovery_topics() -> Vec<String> {
 /// After an outage: availability, the current state and every discovery config, as a client
 /// that connects now sees them (retained). Returns the state.
 async fn everything_back(broker: &Broker, state: impl Fn(&Value) -> bool) -> Value {
-    let mut w = connect(broker, Login::User(User::HomeAssistant)).await;
+    let mut w = broker.lan_client(Login::User(User::HomeAssistant)).await;
     w.subscribe_many(&[&format!("{B}/#"), "homeassistant/#"])
         .await
         .unwrap();
@@ -287,7 +263,7 @@ async fn broker_killed_mid_brew_comes_back_within_10_s_and_replays_nothing() {
     // brew_started.
     polls(&rig.sim, 3).await;
     assert!(rig.feeds_after(restarted).await.is_empty());
-    let mut late = connect(&rig.broker, Login::User(User::Lan)).await;
+    let mut late = rig.broker.lan_client(Login::User(User::Lan)).await;
     let marker = "a marker after the reconnect";
     late.subscribe(&format!("{D}/#")).await.unwrap();
     late.publish(&format!("{D}/cups/set"), "7", false)
@@ -367,9 +343,9 @@ impl Relay {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_sent_while_the_bridge_is_cut_off_are_never_replayed() {
     let broker = Broker::start();
-    let sim = simulator("partition", SimConfig::default()).await;
+    let sim = simulator("faults", "partition", SimConfig::default()).await;
     let relay = Relay::start(broker.lan_port()).await;
-    let mut watcher = connect(&broker, Login::User(User::HomeAssistant)).await;
+    let mut watcher = broker.lan_client(Login::User(User::HomeAssistant)).await;
     watcher.subscribe(&format!("{B}/#")).await.unwrap();
     let relay_port = relay.port.to_string();
     let bridge = Bridge::start(
@@ -390,7 +366,7 @@ async fn commands_sent_while_the_bridge_is_cut_off_are_never_replayed() {
     })
     .await;
     assert!(bridge.wait_for_log("lost the MQTT broker", WAIT).is_some());
-    let mut lan = connect(&broker, Login::User(User::Lan)).await;
+    let mut lan = broker.lan_client(Login::User(User::Lan)).await;
     for (command, payload) in [("heater", "ON"), ("brew", "START"), ("keep_warm", "ON")] {
         lan.publish(&format!("{D}/{command}/set"), payload, false)
             .await
@@ -429,7 +405,7 @@ async fn commands_sent_while_the_bridge_is_cut_off_are_never_replayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_unreachable_at_start_up_polls_safely_then_connects() {
     let mut broker = Broker::reserve(Setup::Shipped);
-    let sim = simulator("no-broker", SimConfig::default()).await;
+    let sim = simulator("faults", "no-broker", SimConfig::default()).await;
     let mut commands = sim.commands();
     let bridge = Bridge::start(
         sim.path(),
@@ -472,11 +448,11 @@ async fn broker_unreachable_at_start_up_polls_safely_then_connects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_held_by_another_process_is_a_clear_error_and_retried() {
     let broker = Broker::start();
-    let sim = simulator("held", SimConfig::default()).await;
+    let sim = simulator("faults", "held", SimConfig::default()).await;
     let holder =
         tokio_serial::SerialStream::open(&tokio_serial::new(sim.path().to_string_lossy(), 115_200))
             .expect("the test holds the port");
-    let mut watcher = connect(&broker, Login::User(User::HomeAssistant)).await;
+    let mut watcher = broker.lan_client(Login::User(User::HomeAssistant)).await;
     watcher.subscribe(&format!("{D}/state")).await.unwrap();
     let bridge = Bridge::start_via(
         &["setpriv", "--bounding-set=-sys_admin", "--"],
@@ -769,7 +745,10 @@ async fn signal_mid_brew_exits_cleanly(name: &str, signal: &str) {
     assert!(!rig.sim.snapshot().await.unwrap().device.heater_on);
     // What a client connecting now is told: both availabilities are retained `offline`. (The
     // bridge published them before its clean DISCONNECT, so no last will was involved.)
-    let mut fresh = connect(&rig.broker, Login::User(User::HomeAssistant)).await;
+    let mut fresh = rig
+        .broker
+        .lan_client(Login::User(User::HomeAssistant))
+        .await;
     for topic in [
         format!("{D}/availability"),
         format!("{B}/bridge/availability"),
@@ -895,7 +874,7 @@ async fn a_flood_of_10000_commands_keeps_the_feed_and_memory_bounded() {
     rig.command("heater", "ON").await;
     rig.state_where("heater ON", |s| s["heater"] == "ON").await;
     let rss_before = rig.bridge.proc_status_kb("VmRSS").unwrap();
-    let mut events = connect(&rig.broker, Login::User(User::Lan)).await;
+    let mut events = rig.broker.lan_client(Login::User(User::Lan)).await;
     events.subscribe(&format!("{D}/event")).await.unwrap();
     // Three of four are invalid (out of range, not a number, unknown topic's payload), one of
     // four valid; all on the cups topic so the heater keeps running.

@@ -10,26 +10,19 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use coffeebot::sim::{SimConfig, SimHandle, Simulator};
+use coffeebot::sim::{SimConfig, SimHandle};
 use coffeebot::state::StateDoc;
 use serde_json::Value;
 use support::bridge::Bridge;
 use support::mosquitto::{
-    json, lan_command, message_since, next_message, next_state, Broker, Listener, Login, Protocol,
+    json, lan_command, message_since, next_event, next_message, next_state, Broker, Login,
     TestClient, User,
 };
+use support::sim::simulator;
 
 const B: &str = "coffeebot";
 const D: &str = "coffeebot/coffeepot";
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn simulator(name: &str, cfg: SimConfig) -> SimHandle {
-    let dir = std::env::temp_dir().join(format!("coffeebot-mqtt-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("sim dir");
-    Simulator::start(cfg, dir.join("tty"))
-        .await
-        .expect("simulator starts")
-}
 
 /// A broker, the simulator, a watching client (subscribed to everything before the bridge
 /// starts) and the bridge.
@@ -49,12 +42,10 @@ impl Rig {
     /// [`Rig::start`] with a simulator configured by `sim`.
     async fn start_with(name: &str, sim: SimConfig, extra: &[(&str, &str)]) -> Rig {
         let broker = Broker::start();
-        let sim = simulator(name, sim).await;
-        let mut watcher = connect(&broker, Login::User(User::HomeAssistant)).await;
-        assert!(watcher
-            .subscribe_many(&[&format!("{B}/#"), "homeassistant/#"])
-            .await
-            .unwrap());
+        let sim = simulator("mqtt", name, sim).await;
+        let watcher = broker
+            .watcher(&[&format!("{B}/#"), "homeassistant/#"])
+            .await;
         let bridge = Bridge::start(
             sim.path(),
             &broker,
@@ -84,19 +75,8 @@ impl Rig {
 
     /// The first event (from now on) of this type.
     async fn event(&mut self, event_type: &str) -> Value {
-        let m = next_message(&mut self.watcher, event_type, |m| {
-            m.topic == format!("{D}/event") && json(m)["event_type"] == event_type
-        })
-        .await;
-        json(&m)
+        next_event(&mut self.watcher, event_type, |_| true).await
     }
-}
-
-async fn connect(broker: &Broker, login: Login) -> TestClient {
-    broker
-        .connect(Protocol::V311, Listener::Lan, login)
-        .await
-        .expect("test client connects")
 }
 
 /// Waits until the simulator has accepted `line` `times` times in a row of waits, each within
@@ -154,7 +134,7 @@ async fn every_topic_and_state_key_and_discovery_on_start() {
         );
     }
     // The retained messages are there for a client that comes later.
-    let mut late = connect(&rig.broker, Login::User(User::Lan)).await;
+    let mut late = rig.broker.lan_client(Login::User(User::Lan)).await;
     let got = late
         .subscribe_and_collect(&format!("{B}/#"), 3, WAIT)
         .await
@@ -244,8 +224,8 @@ async fn brew_cups_keep_warm_and_reset_commands() {
 async fn bad_payloads_are_rejected_and_the_bridge_keeps_serving() {
     // The shipped ACL keeps unknown topics from the bridge; an anonymous broker does not.
     let broker = Broker::start_anonymous();
-    let sim = simulator("bad", SimConfig::default()).await;
-    let mut w = connect(&broker, Login::Anonymous).await;
+    let sim = simulator("mqtt", "bad", SimConfig::default()).await;
+    let mut w = broker.lan_client(Login::Anonymous).await;
     // Not the command topics: this client would drop its connection over the megabyte too.
     w.subscribe_many(&[&format!("{D}/state"), &format!("{D}/event")])
         .await
@@ -331,8 +311,8 @@ async fn bad_payloads_are_rejected_and_the_bridge_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retained_on_never_switches_the_heater_on() {
     let broker = Broker::start();
-    let sim = simulator("retained", SimConfig::default()).await;
-    let mut lan = connect(&broker, Login::User(User::Lan)).await;
+    let sim = simulator("mqtt", "retained", SimConfig::default()).await;
+    let mut lan = broker.lan_client(Login::User(User::Lan)).await;
     lan.publish(&format!("{D}/heater/set"), "ON", true)
         .await
         .unwrap();
@@ -396,7 +376,10 @@ async fn broker_restart_brings_everything_back_and_the_brew_keeps_its_limits() {
     assert!(heating < Duration::from_secs(8), "heated {heating:?}");
     assert!(off.at >= last_on);
     rig.broker.restart();
-    let mut w = connect(&rig.broker, Login::User(User::HomeAssistant)).await;
+    let mut w = rig
+        .broker
+        .lan_client(Login::User(User::HomeAssistant))
+        .await;
     w.subscribe_many(&[&format!("{B}/#"), "homeassistant/#"])
         .await
         .unwrap();
@@ -431,7 +414,10 @@ async fn broker_restart_brings_everything_back_and_the_brew_keeps_its_limits() {
 async fn home_assistant_online_republishes_every_discovery_config() {
     let mut rig = Rig::start("ha-status", &[]).await;
     let entities = coffeebot::mqtt::discovery::entities(&settings());
-    let mut ha = connect(&rig.broker, Login::User(User::HomeAssistant)).await;
+    let mut ha = rig
+        .broker
+        .lan_client(Login::User(User::HomeAssistant))
+        .await;
     ha.subscribe("homeassistant/+/coffeebot_coffeepot/+/config")
         .await
         .unwrap();

@@ -6,3 +6,4 @@ pub mod bridge;
 pub mod http;
 pub mod mosquitto;
 pub mod realfw;
+pub mod sim;

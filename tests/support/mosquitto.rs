@@ -364,6 +364,24 @@ impl Broker {
     ) -> Result<TestClient, ConnectError> {
         TestClient::connect(self, protocol, listener, login).await
     }
+
+    /// A client on the LAN listener over MQTT 3.1.1 as `login`, connected or the test fails.
+    pub async fn lan_client(&self, login: Login) -> TestClient {
+        self.connect(Protocol::V311, Listener::Lan, login)
+            .await
+            .expect("test client connects")
+    }
+
+    /// Home Assistant's client subscribed to `topics` (SUBACK awaited): what a test watches
+    /// the bridge with, started before the bridge so that nothing it publishes is missed.
+    pub async fn watcher(&self, topics: &[&str]) -> TestClient {
+        let mut watcher = self.lan_client(Login::User(User::HomeAssistant)).await;
+        assert!(
+            watcher.subscribe_many(topics).await.unwrap(),
+            "the watcher subscribes to {topics:?}"
+        );
+        watcher
+    }
 }
 
 impl Drop for Broker {
@@ -1230,6 +1248,20 @@ pub async fn next_state(
 ) -> serde_json::Value {
     let topic = format!("{DEVICE_TOPIC}/state");
     json(&next_message(client, what, |m| m.topic == topic && pred(&json(m))).await)
+}
+
+/// The first event (from now on) of this type on the default device for which `pred` holds.
+pub async fn next_event(
+    client: &mut TestClient,
+    event_type: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let topic = format!("{DEVICE_TOPIC}/event");
+    let m = next_message(client, event_type, |m| {
+        m.topic == topic && json(m)["event_type"] == event_type && pred(&json(m))
+    })
+    .await;
+    json(&m)
 }
 
 /// Publishes a command to the default device as `lan` (a fresh connection over MQTT 3.1.1,
