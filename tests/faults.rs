@@ -20,9 +20,8 @@ use coffeebot::sim::device::WATCHDOG_TIMEOUT;
 use coffeebot::sim::{CommandEvent, Fault, SimConfig, SimHandle};
 use serde_json::Value;
 use support::bridge::Bridge;
-use support::mosquitto::{
-    json, lan_command, next_event, next_message, next_state, Broker, Login, Setup, TestClient, User,
-};
+use support::mosquitto::{json, next_message, Broker, Login, Setup, User};
+use support::rig::Rig;
 use support::sim::simulator;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -35,15 +34,6 @@ const WAIT: Duration = Duration::from_secs(10);
 const SLOW_BREW: (&str, &str) = ("BREW__SECONDS_PER_CUP", "10");
 
 // ----- the rig ------------------------------------------------------------------------------
-
-/// A broker, the simulator, a watching client (subscribed to `B/#` before the bridge starts)
-/// and the bridge.
-struct Rig {
-    broker: Broker,
-    sim: SimHandle,
-    watcher: TestClient,
-    bridge: Bridge,
-}
 
 /// How to start the bridge process: a wrapper program and extra environment variables; extra
 /// broker configuration lines.
@@ -74,36 +64,21 @@ impl Rig {
             extra,
             "info",
         );
-        let mut rig = Rig {
-            broker,
-            sim,
-            watcher,
-            bridge,
-        };
-        rig.state_where("the controller answering", |s| {
+        Rig::answering(broker, sim, watcher, bridge, |s| {
             s["link"] == "up" && s["temperature_c"].is_number()
         })
-        .await;
-        rig
+        .await
     }
 
-    /// Publishes a command as `lan` (a fresh connection, QoS 1, PUBACK awaited).
-    async fn command(&self, command: &str, payload: impl Into<Vec<u8>>) {
-        lan_command(&self.broker, command, payload).await;
-    }
-
-    /// The first state (from now on) for which `pred` holds.
-    async fn state_where(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        next_state(&mut self.watcher, what, pred).await
-    }
-
-    /// The first event (from now on) of this type for which `pred` holds.
-    async fn event_where(&mut self, event_type: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        next_event(&mut self.watcher, event_type, pred).await
-    }
-
-    async fn event(&mut self, event_type: &str) -> Value {
-        self.event_where(event_type, |_| true).await
+    /// `heater ON` is refused with a `command_rejected` event whose reason starts with
+    /// `reason` (the fault that holds).
+    async fn heater_on_refused(&mut self, reason: &str) {
+        self.command("heater", "ON").await;
+        let rejected = self.event("command_rejected").await;
+        assert!(
+            rejected["reason"].as_str().unwrap().starts_with(reason),
+            "{rejected}"
+        );
     }
 
     /// A brew of `cups` started and seen in the `brewing` mode; returns the first `B+1`.
@@ -612,15 +587,7 @@ async fn sensor_crc_errors_trip_sensor_error() {
         ms(off.duration_since(injected))
     );
     // A start is refused while it holds.
-    rig.command("heater", "ON").await;
-    let rejected = rig.event("command_rejected").await;
-    assert!(
-        rejected["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("sensor_error"),
-        "{rejected}"
-    );
+    rig.heater_on_refused("sensor_error").await;
     assert!(rig.feeds_after(off).await.is_empty());
 }
 
@@ -683,15 +650,7 @@ async fn a_stuck_heater_trips_heater_mismatch_and_off_keeps_being_sent() {
     }
     let first_off = lines_after(&rig.sim, "B+0", stopped).await[0].at;
     assert!(rig.feeds_after(first_off).await.is_empty());
-    rig.command("heater", "ON").await;
-    let rejected = rig.event("command_rejected").await;
-    assert!(
-        rejected["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("heater_mismatch"),
-        "{rejected}"
-    );
+    rig.heater_on_refused("heater_mismatch").await;
     println!(
         "FIGURE stuck relay: heater_mismatch published {} ms after STOP",
         ms(tripped)

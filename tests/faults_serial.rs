@@ -36,20 +36,12 @@ async fn serial_unplugged_mid_brew_and_replugged_recovers_without_a_restart() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("tty");
     let mut w = broker
-        .connect(
-            Protocol::V311,
-            Listener::Lan,
-            Login::User(User::HomeAssistant),
-        )
-        .await
-        .unwrap();
-    w.subscribe_many(&[
-        &format!("{D}/state"),
-        &format!("{D}/event"),
-        &format!("{D}/availability"),
-    ])
-    .await
-    .unwrap();
+        .watcher(&[
+            &format!("{D}/state"),
+            &format!("{D}/event"),
+            &format!("{D}/availability"),
+        ])
+        .await;
     let mut bridge = Bridge::start(
         &path,
         &broker,

@@ -14,24 +14,13 @@ use coffeebot::sim::{SimConfig, SimHandle};
 use coffeebot::state::StateDoc;
 use serde_json::Value;
 use support::bridge::Bridge;
-use support::mosquitto::{
-    json, lan_command, message_since, next_event, next_message, next_state, Broker, Login,
-    TestClient, User,
-};
+use support::mosquitto::{json, message_since, next_message, Broker, Login, User};
+use support::rig::Rig;
 use support::sim::simulator;
 
 const B: &str = "coffeebot";
 const D: &str = "coffeebot/coffeepot";
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A broker, the simulator, a watching client (subscribed to everything before the bridge
-/// starts) and the bridge.
-struct Rig {
-    broker: Broker,
-    sim: SimHandle,
-    watcher: TestClient,
-    bridge: Bridge,
-}
 
 impl Rig {
     /// The shipped broker configuration; the watcher is `homeassistant`.
@@ -52,30 +41,7 @@ impl Rig {
             &broker.credentials(User::Coffeebot),
             extra,
         );
-        let mut rig = Rig {
-            broker,
-            sim,
-            watcher,
-            bridge,
-        };
-        rig.state_where("the controller answering", |s| s["link"] == "up")
-            .await;
-        rig
-    }
-
-    /// Publishes a command as `lan` (a fresh connection, QoS 1, PUBACK awaited).
-    async fn command(&self, command: &str, payload: impl Into<Vec<u8>>) {
-        lan_command(&self.broker, command, payload).await;
-    }
-
-    /// The first state (from now on: earlier ones do not count) for which `pred` holds.
-    async fn state_where(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        next_state(&mut self.watcher, what, pred).await
-    }
-
-    /// The first event (from now on) of this type.
-    async fn event(&mut self, event_type: &str) -> Value {
-        next_event(&mut self.watcher, event_type, |_| true).await
+        Rig::answering(broker, sim, watcher, bridge, |s| s["link"] == "up").await
     }
 }
 

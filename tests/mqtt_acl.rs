@@ -6,19 +6,41 @@ mod support;
 
 use std::time::Duration;
 
-use coffeebot::sim::{SimConfig, SimHandle, Simulator};
+use coffeebot::sim::{SimConfig, SimHandle};
 use support::bridge::Bridge;
 use support::mosquitto::{Broker, Credentials, Listener, Login, Protocol, TestClient, User};
+use support::sim::simulator;
 
 const D: &str = "coffeebot/coffeepot";
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn simulator(name: &str) -> SimHandle {
-    let dir = std::env::temp_dir().join(format!("coffeebot-acl-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("sim dir");
-    Simulator::start(SimConfig::default(), dir.join("tty"))
-        .await
-        .expect("simulator starts")
+/// The shipped broker, the simulator, the bridge and a `lan` client watching the state.
+struct Rig {
+    broker: Broker,
+    sim: SimHandle,
+    bridge: Bridge,
+    watcher: TestClient,
+}
+
+impl Rig {
+    async fn start(name: &str) -> Rig {
+        let broker = Broker::start();
+        let sim = simulator("acl", name, SimConfig::default()).await;
+        let bridge = Bridge::start(
+            sim.path(),
+            &broker,
+            &broker.credentials(User::Coffeebot),
+            &[],
+        );
+        let mut watcher = lan(&broker, User::Lan).await;
+        watcher.subscribe(&format!("{D}/state")).await.unwrap();
+        Rig {
+            broker,
+            sim,
+            bridge,
+            watcher,
+        }
+    }
 }
 
 async fn lan(broker: &Broker, user: User) -> TestClient {
@@ -55,16 +77,12 @@ async fn wait_answering(client: &mut TestClient) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_listener_commands_never_reach_the_bridge() {
-    let broker = Broker::start();
-    let sim = simulator("public").await;
-    let bridge = Bridge::start(
-        sim.path(),
-        &broker,
-        &broker.credentials(User::Coffeebot),
-        &[],
-    );
-    let mut watcher = lan(&broker, User::Lan).await;
-    watcher.subscribe(&format!("{D}/state")).await.unwrap();
+    let Rig {
+        broker,
+        sim,
+        bridge,
+        mut watcher,
+    } = Rig::start("public").await;
     wait_cups(&mut watcher, 4).await;
     let commands = [
         ("heater", "ON"),
@@ -110,16 +128,12 @@ async fn public_listener_commands_never_reach_the_bridge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lan_and_homeassistant_can_brew() {
-    let broker = Broker::start();
-    let sim = simulator("lan").await;
-    let _bridge = Bridge::start(
-        sim.path(),
-        &broker,
-        &broker.credentials(User::Coffeebot),
-        &[],
-    );
-    let mut watcher = lan(&broker, User::Lan).await;
-    watcher.subscribe(&format!("{D}/state")).await.unwrap();
+    let Rig {
+        broker,
+        sim,
+        bridge: _bridge,
+        mut watcher,
+    } = Rig::start("lan").await;
     wait_answering(&mut watcher).await;
     for user in [User::Lan, User::HomeAssistant] {
         for protocol in Protocol::ALL {
@@ -148,7 +162,7 @@ async fn lan_and_homeassistant_can_brew() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_bridge_says_so_once_and_keeps_retrying() {
     let broker = Broker::start();
-    let sim = simulator("refused").await;
+    let sim = simulator("acl", "refused", SimConfig::default()).await;
     let wrong = Credentials {
         username: User::Coffeebot.name().to_owned(),
         password: "not-the-password".to_owned(),

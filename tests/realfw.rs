@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::bridge::Bridge;
-use support::mosquitto::{
-    json, lan_command, Broker, Listener, Login, Protocol, TestClient, User, DEVICE_TOPIC,
-};
+use support::mosquitto::{json, lan_command, Broker, TestClient, User, DEVICE_TOPIC};
 use support::realfw::{self, Event, Realfw};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -40,21 +38,12 @@ impl Rig {
     async fn start(test: &str, fw_env: &[(&str, &str)], extra: &[(&str, &str)]) -> Option<Rig> {
         let root = realfw::available(test)?;
         let broker = Broker::start();
-        let mut watch = broker
-            .connect(
-                Protocol::V311,
-                Listener::Lan,
-                Login::User(User::HomeAssistant),
-            )
-            .await
-            .expect("watcher connects");
-        watch
-            .subscribe_many(&[
+        let watch = broker
+            .watcher(&[
                 &format!("{DEVICE_TOPIC}/state"),
                 &format!("{DEVICE_TOPIC}/event"),
             ])
-            .await
-            .expect("watcher subscribes");
+            .await;
         let fw = Realfw::start(&root, fw_env);
         if !fw_env.contains(&("REALFW_POWERON", "host")) {
             // A controller that has been up for a while, as when a bridge (re)starts: bytes

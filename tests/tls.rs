@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use coffeebot::sim::{SimConfig, SimHandle, Simulator};
+use coffeebot::sim::{SimConfig, SimHandle};
 use support::bridge::Bridge;
 use support::mosquitto::{Broker, Credentials, Listener, Login, Protocol, Setup};
+use support::sim::simulator;
 
 const WAIT: Duration = Duration::from_secs(15);
 const AVAILABILITY: &str = "coffeebot/bridge/availability";
@@ -148,16 +149,15 @@ fn tls_broker(certs: &Path, server: &str, require: bool) -> (Broker, u16) {
     (Broker::start_with_extra(Setup::Anonymous, &lines), port)
 }
 
-async fn simulator(name: &str) -> SimHandle {
-    let dir = std::env::temp_dir().join(format!("coffeebot-tls-sim-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    Simulator::start(SimConfig::default(), dir.join("tty"))
-        .await
-        .expect("simulator starts")
-}
-
-/// The bridge against the TLS listener on `localhost:port` with these `mqtt.tls` files.
-fn bridge(sim: &SimHandle, broker: &Broker, port: u16, tls: &[(&str, PathBuf)]) -> Bridge {
+/// The bridge, with a simulator of its own for test `name`, against the TLS listener on
+/// `localhost:port` with these `mqtt.tls` files.
+async fn bridge(
+    name: &str,
+    broker: &Broker,
+    port: u16,
+    tls: &[(&str, PathBuf)],
+) -> (SimHandle, Bridge) {
+    let sim = simulator("tls-sim", name, SimConfig::default()).await;
     let port = port.to_string();
     let mut extra: Vec<(&str, String)> = vec![
         ("MQTT__HOST", "localhost".to_owned()),
@@ -173,7 +173,8 @@ fn bridge(sim: &SimHandle, broker: &Broker, port: u16, tls: &[(&str, PathBuf)]) 
         password: String::new(),
     };
     // Debug logs show every retry.
-    Bridge::start_logging(sim.path(), broker, &anonymous, &extra, "coffeebot=debug")
+    let bridge = Bridge::start_logging(sim.path(), broker, &anonymous, &extra, "coffeebot=debug");
+    (sim, bridge)
 }
 
 /// A client on the plain listener that has seen the bridge's `online`.
@@ -193,13 +194,13 @@ async fn wait_online(broker: &Broker) {
 async fn ca_only() {
     let certs = certificates("ca-only");
     let (broker, port) = tls_broker(&certs, "server", false);
-    let sim = simulator("ca-only").await;
-    let mut bridge = bridge(
-        &sim,
+    let (_sim, mut bridge) = bridge(
+        "ca-only",
         &broker,
         port,
         &[("MQTT__TLS__CA_FILE", certs.join("ca.crt"))],
-    );
+    )
+    .await;
     wait_online(&broker).await;
     assert!(bridge.is_running());
 }
@@ -208,9 +209,8 @@ async fn ca_only() {
 async fn client_certificate_required_by_the_broker() {
     let certs = certificates("client-cert");
     let (broker, port) = tls_broker(&certs, "server", true);
-    let sim = simulator("client-cert").await;
-    let _bridge = bridge(
-        &sim,
+    let (_sim, _bridge) = bridge(
+        "client-cert",
         &broker,
         port,
         &[
@@ -218,16 +218,17 @@ async fn client_certificate_required_by_the_broker() {
             ("MQTT__TLS__CLIENT_CERT", certs.join("client.crt")),
             ("MQTT__TLS__CLIENT_KEY", certs.join("client.key")),
         ],
-    );
+    )
+    .await;
     wait_online(&broker).await;
     // Without its certificate the same bridge is turned away, with a line that says so.
-    let sim = simulator("client-cert-missing").await;
-    let mut without = bridge(
-        &sim,
+    let (_sim, mut without) = bridge(
+        "client-cert-missing",
         &broker,
         port,
         &[("MQTT__TLS__CA_FILE", certs.join("ca.crt"))],
-    );
+    )
+    .await;
     let line = without
         .wait_for_log("MQTT broker at localhost", WAIT)
         .expect("a line about the broker connection");
@@ -240,13 +241,13 @@ async fn client_certificate_required_by_the_broker() {
 async fn refused(name: &str, server: &str, ca: &str, expect: &str) {
     let certs = certificates(name);
     let (broker, port) = tls_broker(&certs, server, false);
-    let sim = simulator(name).await;
-    let mut bridge = bridge(
-        &sim,
+    let (_sim, mut bridge) = bridge(
+        name,
         &broker,
         port,
         &[("MQTT__TLS__CA_FILE", certs.join(ca))],
-    );
+    )
+    .await;
     let line = bridge
         .wait_for_log("TLS with the MQTT broker at localhost", WAIT)
         .expect("one line naming TLS and the broker");

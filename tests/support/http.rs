@@ -221,12 +221,7 @@ pub async fn request_from(from: &str, addr: SocketAddr, path: &str) -> Reply {
     let mut stream = connect_from(from, addr).await.expect("connect");
     let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(head.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    timeout(WAIT, stream.read_to_end(&mut raw))
-        .await
-        .unwrap_or_else(|_| panic!("GET {path}: no complete response within {WAIT:?}"))
-        .expect("read");
-    parse(&raw).unwrap_or_else(|| panic!("GET {path}: not HTTP: {raw:?}"))
+    read_reply(&mut stream, &format!("GET {path}")).await
 }
 
 /// One HTTP/1.1 request on its own connection (`Connection: close`), read to the end.
@@ -254,12 +249,18 @@ pub async fn request_with(
     );
     stream.write_all(head.as_bytes()).await.expect("write");
     stream.write_all(body).await.expect("write");
+    read_reply(&mut stream, &format!("{method} {path}")).await
+}
+
+/// The whole response to `request` (e.g. `GET /`), read until the server closes (at most
+/// [`WAIT`]).
+async fn read_reply(stream: &mut TcpStream, request: &str) -> Reply {
     let mut raw = Vec::new();
     timeout(WAIT, stream.read_to_end(&mut raw))
         .await
-        .unwrap_or_else(|_| panic!("{method} {path}: no complete response within {WAIT:?}"))
+        .unwrap_or_else(|_| panic!("{request}: no complete response within {WAIT:?}"))
         .expect("read");
-    parse(&raw).unwrap_or_else(|| panic!("{method} {path}: not HTTP: {raw:?}"))
+    parse(&raw).unwrap_or_else(|| panic!("{request}: not HTTP: {raw:?}"))
 }
 
 fn parse(raw: &[u8]) -> Option<Reply> {

@@ -6,4 +6,5 @@ pub mod bridge;
 pub mod http;
 pub mod mosquitto;
 pub mod realfw;
+pub mod rig;
 pub mod sim;
