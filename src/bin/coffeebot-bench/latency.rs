@@ -85,8 +85,9 @@ pub(crate) async fn command_latency(
     }
     // Leave the heater off and the bridge idle.
     client.drain();
-    let stats = Stats::of_each(&figures.commands, |s| s.bridge);
-    say(&format!("command latency, bridge share: {}", stats.brief()));
+    say_stats("command latency, bridge share", &figures.commands, |s| {
+        s.bridge
+    });
     Ok(())
 }
 
@@ -118,11 +119,7 @@ pub(crate) async fn telemetry_latency(
     figures: &mut Figures,
 ) -> Result<()> {
     // While heating, the bridge asks every feed interval (250 ms), so samples come quickly.
-    let start = Instant::now();
-    client.publish(HEATER_SET, "ON").await?;
-    client
-        .state(start, |doc, _| doc["heater"] == "ON", "heater ON")
-        .await?;
+    switch_heater(client, "ON").await?;
     for i in 0..samples {
         let target = if i % 2 == 0 { 40.0 } else { 50.0 };
         let mut lines = tap.subscribe();
@@ -162,14 +159,33 @@ pub(crate) async fn telemetry_latency(
             set_to_received: received - t_set,
         });
     }
-    let t_off = Instant::now();
-    client.publish(HEATER_SET, "OFF").await?;
-    client
-        .state(t_off, |doc, _| doc["heater"] == "OFF", "heater OFF")
-        .await?;
-    let stats = Stats::of_each(&figures.telemetry, |s| s.emitted_to_received);
-    say(&format!("telemetry latency: {}", stats.brief()));
+    switch_heater(client, "OFF").await?;
+    say_stats("telemetry latency", &figures.telemetry, |s| {
+        s.emitted_to_received
+    });
     Ok(())
+}
+
+/// `heater/set` `payload` (`ON` or `OFF`), then the state showing it.
+async fn switch_heater(client: &mut Client, payload: &str) -> Result<()> {
+    let at = Instant::now();
+    client.publish(HEATER_SET, payload).await?;
+    client
+        .state(
+            at,
+            |doc, _| doc["heater"] == payload,
+            &format!("heater {payload}"),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Prints one measure's percentiles over `samples` as a progress line.
+fn say_stats<T>(what: &str, samples: &[T], measure: impl Fn(&T) -> Duration) {
+    say(&format!(
+        "{what}: {}",
+        Stats::of_each(samples, measure).brief()
+    ));
 }
 
 /// One changed reading's timings.

@@ -55,9 +55,8 @@ impl Figures {
     }
 
     pub(crate) fn to_json(&self, args: &Args, plan: Plan, bin: &Path, device: &Device) -> Value {
-        let telemetry = |f: fn(&TelemetrySample) -> Duration| {
-            Stats::of(&self.telemetry.iter().map(f).collect::<Vec<_>>()).to_json()
-        };
+        let telemetry =
+            |f: fn(&TelemetrySample) -> Duration| Stats::of_each(&self.telemetry, f).to_json();
         let cadence: serde_json::Map<String, Value> = self
             .cadence
             .iter()
@@ -160,52 +159,37 @@ impl Figures {
             )
         };
         let _ = writeln!(t, "{:<46} figure", "measure");
-        row(
-            &mut t,
-            "command: bridge share (publish → line written)",
-            lat(self.command_stats(|s| s.bridge, None)),
-        );
-        row(
-            &mut t,
-            "command: publish → line written",
-            lat(self.command_stats(|s| s.to_wire, None)),
-        );
-        row(
-            &mut t,
-            if self.realfw {
-                "command: publish → relay switched (log)"
-            } else {
-                "command: publish → controller handled it"
-            },
-            lat(self.command_stats(|s| s.to_handled, None)),
-        );
-        row(
-            &mut t,
-            "command: publish → state shows the relay",
-            lat(self.command_stats(|s| s.to_state, None)),
-        );
-        row(
-            &mut t,
-            "telemetry: reply written → subscriber",
-            lat(Stats::of(
-                &self
-                    .telemetry
-                    .iter()
-                    .map(|s| s.emitted_to_received)
-                    .collect::<Vec<_>>(),
-            )),
-        );
-        row(
-            &mut t,
-            "telemetry: plate change → subscriber",
-            lat(Stats::of(
-                &self
-                    .telemetry
-                    .iter()
-                    .map(|s| s.set_to_received)
-                    .collect::<Vec<_>>(),
-            )),
-        );
+        let handled = if self.realfw {
+            "command: publish → relay switched (log)"
+        } else {
+            "command: publish → controller handled it"
+        };
+        let latencies = [
+            (
+                "command: bridge share (publish → line written)",
+                self.command_stats(|s| s.bridge, None),
+            ),
+            (
+                "command: publish → line written",
+                self.command_stats(|s| s.to_wire, None),
+            ),
+            (handled, self.command_stats(|s| s.to_handled, None)),
+            (
+                "command: publish → state shows the relay",
+                self.command_stats(|s| s.to_state, None),
+            ),
+            (
+                "telemetry: reply written → subscriber",
+                Stats::of_each(&self.telemetry, |s| s.emitted_to_received),
+            ),
+            (
+                "telemetry: plate change → subscriber",
+                Stats::of_each(&self.telemetry, |s| s.set_to_received),
+            ),
+        ];
+        for (name, stats) in latencies {
+            row(&mut t, name, lat(stats));
+        }
         for c in &self.cadence {
             let w = Stats::of(&c.wire_gaps);
             let h = Stats::of(&c.handled_gaps);
