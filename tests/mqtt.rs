@@ -257,9 +257,7 @@ async fn bad_payloads_are_rejected_and_the_bridge_keeps_serving() {
     }
     assert!(big.wait().unwrap().success());
     // Still serving, and still on its first connection.
-    w.publish(&format!("{D}/cups/set"), "5", false)
-        .await
-        .unwrap();
+    w.command("cups", "5", false).await;
     next_message(&mut w, "cups 5", |m| {
         m.topic == format!("{D}/state") && json(m)["cups"] == 5
     })
@@ -279,12 +277,8 @@ async fn a_retained_on_never_switches_the_heater_on() {
     let broker = Broker::start();
     let sim = simulator("mqtt", "retained", SimConfig::default()).await;
     let mut lan = broker.lan_client(Login::User(User::Lan)).await;
-    lan.publish(&format!("{D}/heater/set"), "ON", true)
-        .await
-        .unwrap();
-    lan.publish(&format!("{D}/brew/set"), "START", true)
-        .await
-        .unwrap();
+    lan.command("heater", "ON", true).await;
+    lan.command("brew", "START", true).await;
     let bridge = Bridge::start(
         sim.path(),
         &broker,
@@ -296,12 +290,8 @@ async fn a_retained_on_never_switches_the_heater_on() {
         .is_some());
     // Also live: a retained publication while the bridge is connected.
     lan.subscribe(&format!("{D}/state")).await.unwrap();
-    lan.publish(&format!("{D}/keep_warm/set"), "ON", true)
-        .await
-        .unwrap();
-    lan.publish(&format!("{D}/cups/set"), "6", false)
-        .await
-        .unwrap();
+    lan.command("keep_warm", "ON", true).await;
+    lan.command("cups", "6", false).await;
     next_message(&mut lan, "cups 6", |m| json(m)["cups"] == 6).await;
     let log = bridge.log();
     let ignored = log

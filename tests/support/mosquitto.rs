@@ -836,6 +836,14 @@ impl TestClient {
         }
     }
 
+    /// Publishes `payload` to the default device's `command/set` topic (QoS 1), PUBACK
+    /// awaited or the test fails.
+    pub async fn command(&mut self, command: &str, payload: impl Into<Vec<u8>>, retain: bool) {
+        self.publish(&format!("{DEVICE_TOPIC}/{command}/set"), payload, retain)
+            .await
+            .unwrap();
+    }
+
     /// Publishes at QoS 1 and waits for the PUBACK. mosquitto routes the message to its
     /// subscribers before it answers, which is what makes later ordering arguments hold.
     pub async fn publish(
@@ -1271,8 +1279,6 @@ pub async fn lan_command(broker: &Broker, command: &str, payload: impl Into<Vec<
         .connect(Protocol::V311, Listener::Lan, Login::User(User::Lan))
         .await
         .expect("lan connects");
-    lan.publish(&format!("{DEVICE_TOPIC}/{command}/set"), payload, false)
-        .await
-        .unwrap();
+    lan.command(command, payload, false).await;
     lan.disconnect().await;
 }
