@@ -108,6 +108,13 @@ impl Bridge {
         }
     }
 
+    /// Asks for heating and waits for the state showing the heater on.
+    async fn heating(&mut self) {
+        self.ask(Request::Heater(true)).await;
+        self.state_where("heating", |s| s.heater == Some(OnOff::On))
+            .await;
+    }
+
     async fn ask(&self, request: Request) {
         // The tests here ask for heating or a brew only.
         let command = if matches!(request, Request::BrewStart { .. }) {
@@ -196,10 +203,7 @@ async fn a_brew_runs_preheat_then_brew_then_off() {
 async fn muting_the_controller_trips_stale_telemetry_and_heater_off() {
     let mut bridge = Bridge::start(&[]).await;
     let mut commands = bridge.sim.commands();
-    bridge.ask(Request::Heater(true)).await;
-    bridge
-        .state_where("heating", |s| s.heater == Some(OnOff::On))
-        .await;
+    bridge.heating().await;
     assert!(commands.next_matching("B+1", WAIT).await.is_some());
     bridge.sim.mute(true).await.unwrap();
     let fault = bridge.event("fault").await;
@@ -221,10 +225,7 @@ async fn muting_the_controller_trips_stale_telemetry_and_heater_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unplug_and_replug_recover_without_a_restart() {
     let mut bridge = Bridge::start(&[]).await;
-    bridge.ask(Request::Heater(true)).await;
-    bridge
-        .state_where("heating", |s| s.heater == Some(OnOff::On))
-        .await;
+    bridge.heating().await;
     bridge.sim.unplug().await.unwrap();
     assert_eq!(bridge.event("fault").await["reason"], "link_down");
     let down = bridge
@@ -293,10 +294,7 @@ async fn shutdown_while_heating_writes_heater_off_last_within_two_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crc_errors_trip_sensor_error() {
     let mut bridge = Bridge::start(&[]).await;
-    bridge.ask(Request::Heater(true)).await;
-    bridge
-        .state_where("heating", |s| s.heater == Some(OnOff::On))
-        .await;
+    bridge.heating().await;
     bridge.sim.crc_error(true).await.unwrap();
     assert_eq!(bridge.event("fault").await["reason"], "sensor_error");
     let s = bridge
@@ -314,10 +312,7 @@ async fn crc_errors_trip_sensor_error() {
 async fn stuck_relay_trips_heater_mismatch() {
     let mut bridge = Bridge::start(&[]).await;
     bridge.sim.stuck_heater(true).await.unwrap();
-    bridge.ask(Request::Heater(true)).await;
-    bridge
-        .state_where("heating", |s| s.heater == Some(OnOff::On))
-        .await;
+    bridge.heating().await;
     bridge.ask(Request::Heater(false)).await;
     assert_eq!(bridge.event("fault").await["reason"], "heater_mismatch");
     let mut commands = bridge.sim.commands();

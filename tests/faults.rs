@@ -972,12 +972,7 @@ async fn megabyte_payloads_keep_the_feed_and_memory_bounded() {
     let gap = max_feed_gap(&log, started, started + done);
     let hwm = rig.bridge.proc_status_kb("VmHWM").unwrap();
     let rss_after = rig.bridge.proc_status_kb("VmRSS").unwrap();
-    let too_large = rig
-        .bridge
-        .log()
-        .iter()
-        .filter(|l| l.contains("payload too large"))
-        .count();
+    let too_large = rig.bridge.log_count("payload too large");
     println!(
         "FIGURE 1 MB payloads: 10 x 1 MB + 10 x 60 kB in {} ms; {too_large} rejected as too large; \
          largest feed gap {} ms; VmRSS {rss_before} kB before, {rss_after} kB after, VmHWM {hwm} kB",
@@ -988,12 +983,7 @@ async fn megabyte_payloads_keep_the_feed_and_memory_bounded() {
     assert!(gap < Duration::from_millis(1000), "feed gap {gap:?}");
     assert!(hwm < 64 * 1024, "peak RSS {hwm} kB");
     assert!(rss_after < rss_before + 16 * 1024);
-    let reconnects = rig
-        .bridge
-        .log()
-        .iter()
-        .filter(|l| l.contains("connected to the MQTT broker"))
-        .count();
+    let reconnects = rig.bridge.log_count("connected to the MQTT broker");
     assert_eq!(reconnects, 1);
     assert!(rig.sim.snapshot().await.unwrap().device.heater_on);
 }

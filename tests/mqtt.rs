@@ -263,11 +263,7 @@ async fn bad_payloads_are_rejected_and_the_bridge_keeps_serving() {
     })
     .await;
     assert!(bridge.is_running());
-    let reconnects = bridge
-        .log()
-        .iter()
-        .filter(|l| l.contains("connected to the MQTT broker"))
-        .count();
+    let reconnects = bridge.log_count("connected to the MQTT broker");
     assert_eq!(reconnects, 1, "{:#?}", bridge.log());
     assert!(!sim.snapshot().await.unwrap().device.heater_on);
 }

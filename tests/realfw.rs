@@ -659,12 +659,7 @@ async fn a_dead_ranger_is_stale_telemetry_with_a_banner_every_five_seconds() {
         return;
     };
     rig.answering().await;
-    let banners_before = rig
-        .bridge
-        .log()
-        .iter()
-        .filter(|l| l.contains("controller booted"))
-        .count();
+    let banners_before = rig.bridge.log_count("controller booted");
     rig.fw.ctl("ranger dead");
     let stale = rig
         .state("stale telemetry", WAIT, |s| has_fault(s, "stale_telemetry"))

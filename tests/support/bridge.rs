@@ -228,6 +228,11 @@ impl Bridge {
         self.log.lock().expect("log lock").clone()
     }
 
+    /// How many lines logged so far contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().iter().filter(|l| l.contains(needle)).count()
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or_default()
