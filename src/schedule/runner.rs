@@ -146,7 +146,8 @@ impl Runner {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{BrewTiming, Weekly};
+    use super::super::tests::{at, timing};
+    use super::super::Weekly;
     use super::*;
     use chrono::Weekday;
 
@@ -169,18 +170,8 @@ mod tests {
                 cups: 4,
             }],
             calendar: None,
-            timing: BrewTiming {
-                seconds_per_cup: 52.5,
-                max_cups: 12,
-                default_cups: 4,
-            },
+            timing: timing(),
         }
-    }
-
-    fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text)
-            .unwrap()
-            .with_timezone(&Utc)
     }
 
     #[test]

@@ -7,7 +7,8 @@ use proptest::prelude::*;
 
 const PREHEAT: Duration = Duration::from_secs(120);
 
-fn timing() -> BrewTiming {
+/// The brew timing of the planner tests (also the runner's).
+pub(super) fn timing() -> BrewTiming {
     BrewTiming {
         seconds_per_cup: 52.5,
         max_cups: 12,
@@ -15,7 +16,8 @@ fn timing() -> BrewTiming {
     }
 }
 
-fn at(text: &str) -> DateTime<Utc> {
+/// A UTC instant from RFC 3339 text.
+pub(super) fn at(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text)
         .unwrap()
         .with_timezone(&Utc)
