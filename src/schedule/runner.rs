@@ -146,32 +146,14 @@ impl Runner {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{at, timing};
-    use super::super::Weekly;
+    use super::super::tests::{self, at, every_day};
     use super::*;
-    use chrono::Weekday;
 
     const PREHEAT: Duration = Duration::from_secs(120);
 
+    /// A brew of four cups ready at 07:00 UTC every day.
     fn planner() -> Planner {
-        Planner {
-            zone: chrono_tz::UTC,
-            weekly: vec![Weekly {
-                days: vec![
-                    Weekday::Mon,
-                    Weekday::Tue,
-                    Weekday::Wed,
-                    Weekday::Thu,
-                    Weekday::Fri,
-                    Weekday::Sat,
-                    Weekday::Sun,
-                ],
-                ready_at: chrono::NaiveTime::from_hms_opt(7, 0, 0).unwrap(),
-                cups: 4,
-            }],
-            calendar: None,
-            timing: timing(),
-        }
+        tests::planner(chrono_tz::UTC, vec![every_day("07:00", 4)], None)
     }
 
     #[test]

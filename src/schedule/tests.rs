@@ -7,8 +7,7 @@ use proptest::prelude::*;
 
 const PREHEAT: Duration = Duration::from_secs(120);
 
-/// The brew timing of the planner tests (also the runner's).
-pub(super) fn timing() -> BrewTiming {
+fn timing() -> BrewTiming {
     BrewTiming {
         seconds_per_cup: 52.5,
         max_cups: 12,
@@ -31,7 +30,8 @@ fn new_york() -> Tz {
     "America/New_York".parse().unwrap()
 }
 
-fn every_day(time: &str, cups: u32) -> Weekly {
+/// `cups` ready at `time` (`HH:MM`) every day of the week.
+pub(super) fn every_day(time: &str, cups: u32) -> Weekly {
     Weekly {
         days: vec![
             Weekday::Mon,
@@ -47,7 +47,8 @@ fn every_day(time: &str, cups: u32) -> Weekly {
     }
 }
 
-fn planner(zone: Tz, weekly: Vec<Weekly>, calendar: Option<&str>) -> Planner {
+/// A planner in `zone` with these weekly brews and calendar text.
+pub(super) fn planner(zone: Tz, weekly: Vec<Weekly>, calendar: Option<&str>) -> Planner {
     Planner {
         zone,
         weekly,
