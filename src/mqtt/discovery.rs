@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 /// Every `event_type` the bridge publishes on `B/D/event`.
-pub const EVENT_TYPES: [&str; 9] = [
+pub const EVENT_TYPES: [&str; 10] = [
     "brew_started",
     "brew_finished",
     "brew_aborted",
@@ -35,6 +35,7 @@ pub const EVENT_TYPES: [&str; 9] = [
     "fault",
     "controller_rebooted",
     "command_rejected",
+    "brew_skipped",
 ];
 
 /// The events a person automates on, offered as device triggers (`device_automation`), so
@@ -238,6 +239,19 @@ pub fn entities(settings: &Settings) -> Vec<Entity> {
                        "json_attributes_topic": state,
                        "json_attributes_template":
                            "{{ {'faults': value_json.faults, 'last_fault': value_json.last_fault} | tojson }}"}),
+            ),
+        ),
+        // The schedule: when the next planned brew will be ready (its start and cups as
+        // attributes); unknown while none is planned or the schedule is off.
+        entity(
+            "next_brew",
+            "sensor",
+            "Next brew ready",
+            sensor(
+                "{{ value_json.next_brew.ready_at if value_json.next_brew else None }}",
+                json!({"device_class": "timestamp", "icon": "mdi:coffee-to-go",
+                       "json_attributes_topic": state,
+                       "json_attributes_template": "{{ (value_json.next_brew or {}) | tojson }}"}),
             ),
         ),
     ];
