@@ -354,6 +354,7 @@ impl Driver {
         doc.next_brew = next_brew;
         doc.schedule = enabled.into();
         doc.calendar_read_at = calendar_read_at;
+        doc.counters = self.tally.counters().doc(self.descale_every);
         let changed = self
             .published
             .as_ref()

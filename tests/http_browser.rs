@@ -274,6 +274,7 @@ async fn the_script_words_values_as_the_server_does() {
         next_brew: None,
         schedule: coffeebot::state::OnOff::Off,
         calendar_read_at: None,
+        counters: Default::default(),
     };
     let now = SystemTime::now();
     let server = page::render("Pot", Some(&doc), "[]", now);

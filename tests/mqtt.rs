@@ -23,7 +23,7 @@ const D: &str = "coffeebot/coffeepot";
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Every key of the state JSON (SPEC §4).
-const STATE_KEYS: [&str; 18] = [
+const STATE_KEYS: [&str; 19] = [
     "mode",
     "heater",
     "temperature_c",
@@ -42,6 +42,7 @@ const STATE_KEYS: [&str; 18] = [
     "next_brew",
     "schedule",
     "calendar_read_at",
+    "counters",
 ];
 
 async fn simulator(name: &str, cfg: SimConfig) -> SimHandle {
@@ -617,4 +618,36 @@ async fn schedule_skip_off_and_on_through_the_broker() {
         rejected["reason"],
         "expected ON, OFF or SKIP, got \"later\""
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_in_the_state_and_descaled_resets_descale_due() {
+    let mut rig = Rig::start("counters", &[("MAINTENANCE__DESCALE_EVERY_BREWS", "1")]).await;
+    let before = rig.state_where("counters at zero", |_| true).await;
+    assert_eq!(before["counters"]["brews_total"], 0, "{before}");
+    assert_eq!(before["counters"]["descale_due"], false);
+    rig.command("brew", "1").await;
+    rig.event("brew_finished").await;
+    let after = rig
+        .state_where("one brew counted", |s| s["counters"]["brews_total"] == 1)
+        .await;
+    let c = &after["counters"];
+    assert_eq!(c["cups_brewed_total"], 1, "{after}");
+    assert_eq!(c["descale_due"], true, "{after}");
+    assert!(
+        c["heater_on_seconds_total"].as_f64().unwrap() > 0.0,
+        "{after}"
+    );
+    assert!(c["energy_kwh_total"].as_f64().unwrap() >= 0.0, "{after}");
+
+    rig.command("maintenance", "DESCALED").await;
+    let descaled = rig
+        .state_where("descale no longer due", |s| {
+            s["counters"]["descale_due"] == false
+        })
+        .await;
+    assert_eq!(descaled["counters"]["brews_total"], 1, "totals stay");
+    rig.command("maintenance", "ON").await;
+    let rejected = rig.event("command_rejected").await;
+    assert_eq!(rejected["reason"], "expected DESCALED, got \"ON\"");
 }

@@ -254,6 +254,59 @@ pub fn entities(settings: &Settings) -> Vec<Entity> {
                        "json_attributes_template": "{{ (value_json.next_brew or {}) | tojson }}"}),
             ),
         ),
+        // The household counters (kept across restarts): what HA's energy dashboard and
+        // long-term statistics take.
+        entity(
+            "energy",
+            "sensor",
+            "Energy",
+            sensor(
+                "{{ value_json.counters.energy_kwh_total }}",
+                json!({"device_class": "energy", "unit_of_measurement": "kWh",
+                       "state_class": "total_increasing", "suggested_display_precision": 3}),
+            ),
+        ),
+        entity(
+            "cups_brewed",
+            "sensor",
+            "Cups brewed",
+            sensor(
+                "{{ value_json.counters.cups_brewed_total }}",
+                json!({"state_class": "total_increasing", "unit_of_measurement": "cups",
+                       "icon": "mdi:coffee"}),
+            ),
+        ),
+        entity(
+            "brews",
+            "sensor",
+            "Brews",
+            sensor(
+                "{{ value_json.counters.brews_total }}",
+                json!({"state_class": "total_increasing", "unit_of_measurement": "brews",
+                       "icon": "mdi:counter"}),
+            ),
+        ),
+        entity(
+            "heater_on_time",
+            "sensor",
+            "Heater on time",
+            sensor(
+                "{{ value_json.counters.heater_on_seconds_total }}",
+                json!({"device_class": "duration", "unit_of_measurement": "s",
+                       "state_class": "total_increasing", "suggested_unit_of_measurement": "h",
+                       "suggested_display_precision": 1}),
+            ),
+        ),
+        entity(
+            "descale_due",
+            "binary_sensor",
+            "Descale due",
+            sensor(
+                "{{ 'ON' if value_json.counters.descale_due else 'OFF' }}",
+                json!({"device_class": "problem", "payload_on": "ON", "payload_off": "OFF",
+                       "icon": "mdi:water-alert"}),
+            ),
+        ),
     ];
     // The controls, after what the device shows and before what happened.
     all.extend(
