@@ -293,8 +293,7 @@ pub fn entities(settings: &Settings) -> Vec<Entity> {
             sensor(
                 "{{ value_json.counters.heater_on_seconds_total }}",
                 json!({"device_class": "duration", "unit_of_measurement": "s",
-                       "state_class": "total_increasing", "suggested_unit_of_measurement": "h",
-                       "suggested_display_precision": 1}),
+                       "state_class": "total_increasing", "suggested_display_precision": 0}),
             ),
         ),
         entity(
