@@ -211,6 +211,7 @@ mod tests {
             next_brew: None,
             schedule: crate::state::OnOff::Off,
             calendar_read_at: None,
+            counters: Default::default(),
         }
     }
 

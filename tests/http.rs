@@ -84,8 +84,8 @@ async fn every_endpoint_answers_as_documented() {
     assert_eq!(doc["link"], "up");
     assert_eq!(
         doc.as_object().unwrap().len(),
-        18,
-        "SPEC keys plus next_brew, schedule, calendar_read_at"
+        19,
+        "SPEC keys plus next_brew, schedule, calendar_read_at, counters"
     );
 
     let metrics = bridge.ops_get("/metrics").await;
@@ -701,6 +701,7 @@ fn doc(temperature_c: f64) -> coffeebot::state::StateDoc {
         next_brew: None,
         schedule: coffeebot::state::OnOff::Off,
         calendar_read_at: None,
+        counters: Default::default(),
     }
 }
 
