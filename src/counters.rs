@@ -56,6 +56,48 @@ impl Counters {
     }
 }
 
+/// `counters` of the state JSON: what Home Assistant shows (the energy dashboard's estimate,
+/// the totals, "descale due"). The totals are rounded down, so that they never go backwards.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CountersDoc {
+    /// Cups of brews that finished.
+    pub cups_brewed_total: u64,
+    /// Brews that finished.
+    pub brews_total: u64,
+    /// Seconds the relay was reported on, in tenths.
+    pub heater_on_seconds_total: f64,
+    /// The energy estimate in kWh, in tenths of a Wh.
+    pub energy_kwh_total: f64,
+    /// Whether `maintenance.descale_every_brews` brews have passed since the last descale.
+    pub descale_due: bool,
+}
+
+impl CountersDoc {
+    /// Whether `self` differs from `published` in what is worth a state of its own: the
+    /// counts and `descale_due`. Heater time and energy grow every second while heating; they
+    /// go out with the next state (at least every `mqtt.state_interval_s`).
+    pub fn differs_from(&self, published: &CountersDoc) -> bool {
+        self.cups_brewed_total != published.cups_brewed_total
+            || self.brews_total != published.brews_total
+            || self.descale_due != published.descale_due
+    }
+}
+
+impl Counters {
+    /// The state's `counters`; `descale_every` is `maintenance.descale_every_brews`.
+    pub fn doc(&self, descale_every: u64) -> CountersDoc {
+        // Still monotonic; the nudge keeps e.g. 0.001 from showing as 0.0009.
+        let down = |x: f64, scale: f64| (x * scale + 1e-6).floor() / scale;
+        CountersDoc {
+            cups_brewed_total: self.cups_brewed_total,
+            brews_total: self.brews_total,
+            heater_on_seconds_total: down(self.heater_on_seconds_total, 10.0),
+            energy_kwh_total: down(self.energy_kwh_total, 10_000.0),
+            descale_due: self.descale_due(descale_every),
+        }
+    }
+}
+
 /// Counts from the core's events and reported relay state. Pure: time comes in.
 #[derive(Clone, Debug)]
 pub struct Tally {
@@ -269,13 +311,31 @@ mod tests {
         // A stall of a minute counts at most MAX_STEP.
         t.on_heater(t0 + Duration::from_secs(61), true);
         t.on_heater(t0 + Duration::from_secs(121), false);
-        let c = t.counters();
+        let c = t.counters().clone();
         assert_eq!((c.brews_total, c.cups_brewed_total), (1, 4));
         assert!((c.heater_on_seconds_total - 4.0).abs() < 1e-9, "{c:?}");
         assert!((c.energy_kwh_total - 4.0 * 900.0 / 3.6e6).abs() < 1e-12);
         assert!(c.descale_due(1) && !c.descale_due(2) && !c.descale_due(0));
+        let doc = c.doc(1);
+        assert_eq!((doc.brews_total, doc.cups_brewed_total), (1, 4));
+        assert_eq!(doc.heater_on_seconds_total, 4.0);
+        assert_eq!(
+            doc.energy_kwh_total, 0.001,
+            "4 s × 900 W = 1 Wh, in tenths of a Wh"
+        );
+        assert!(doc.descale_due && !c.doc(2).descale_due);
         t.descaled();
         assert!(!t.counters().descale_due(1));
+        assert!(doc.differs_from(&t.counters().doc(1)));
+        let more_heat = Counters {
+            heater_on_seconds_total: 100.0,
+            energy_kwh_total: 1.0,
+            ..c.clone()
+        };
+        assert!(
+            !doc.differs_from(&more_heat.doc(1)),
+            "heat alone rides along"
+        );
     }
 
     #[test]

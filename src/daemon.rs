@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::core::{Core, Limits, Output, Request};
 use crate::counters::{Store, Tally};
 use crate::metrics as m;
+use crate::mqtt::command::{Order, ScheduleOrder};
 use crate::mqtt::CommandIn;
 use crate::notify::Notifier;
 use crate::port::PortSpec;
@@ -219,7 +220,11 @@ impl Driver {
     }
 
     fn on_command(&mut self, clock: &Clock, command: CommandIn) {
-        let result = self.core.handle_request(clock.now, command.request);
+        let request = match command.request {
+            Order::Core(request) => request,
+            order => return self.on_order(clock, &command, order),
+        };
+        let result = self.core.handle_request(clock.now, request);
         let name = command.command.name();
         m::command_handled(name, result.is_ok());
         if let Err(rejection) = result {
@@ -227,11 +232,48 @@ impl Driver {
             let doc = EventDoc::command_rejected(name, &command.payload, &rejection.reason, clock);
             self.send_event(doc);
         } else {
-            info!(command = name, request = ?command.request, "command accepted");
-            if m::may_switch(&command.request) {
+            info!(command = name, ?request, "command accepted");
+            if m::may_switch(&request) {
                 self.command_at = Some(command.accepted_at);
             }
         }
+    }
+
+    /// Carries out a command that is not the heater core's: the schedule's and the counters'.
+    /// Neither can switch the heater, so none is measured for latency.
+    fn on_order(&mut self, clock: &Clock, command: &CommandIn, order: Order) {
+        let name = command.command.name();
+        match order {
+            Order::Core(_) => {}
+            Order::Schedule(ScheduleOrder::Enable(on)) => {
+                self.schedule.set_enabled(on);
+                info!(command = name, enabled = on, "schedule switched");
+            }
+            Order::Schedule(ScheduleOrder::SkipNext) => {
+                let wall = chrono::DateTime::<chrono::Utc>::from(clock.wall);
+                match self.schedule.skip_next(wall) {
+                    Some(brew) => {
+                        info!(command = name, ready_at = %brew.ready_at, "next scheduled brew skipped");
+                    }
+                    None => {
+                        let reason = "no planned brew to skip";
+                        m::command_handled(name, false);
+                        info!(command = name, reason, "command rejected");
+                        let doc = EventDoc::command_rejected(name, &command.payload, reason, clock);
+                        self.send_event(doc);
+                        return;
+                    }
+                }
+            }
+            Order::Descaled => {
+                self.tally.descaled();
+                info!(
+                    command = name,
+                    "descaled; counting towards the next descale"
+                );
+            }
+        }
+        m::command_handled(name, true);
     }
 
     /// Starts a scheduled brew that is due, as an ordinary start request (same interlocks,
@@ -312,6 +354,7 @@ impl Driver {
         doc.next_brew = next_brew;
         doc.schedule = enabled.into();
         doc.calendar_read_at = calendar_read_at;
+        doc.counters = self.tally.counters().doc(self.descale_every);
         let changed = self
             .published
             .as_ref()

@@ -5,6 +5,7 @@
 //! retained state and `/status.json` are the same document.
 
 use crate::core::{Event, Fault, FaultSet, Mode, Status, TripReason};
+use crate::counters::CountersDoc;
 use crate::protocol::ReplyFormat;
 use crate::schedule::PlannedBrewDoc;
 use serde::{Serialize, Serializer};
@@ -52,6 +53,8 @@ pub struct StateDoc {
     /// When the calendar was last read successfully (how old the plan's calendar is); `null`
     /// without a calendar or before the first good read.
     pub calendar_read_at: Option<String>,
+    /// The household counters (kept across restarts) and whether descaling is due.
+    pub counters: CountersDoc,
 }
 
 /// `last_fault` of the state.
@@ -176,7 +179,7 @@ impl Clock {
 impl StateDoc {
     /// Every key of the document, in order (SPEC §4): what MQTT retains and `/status.json`
     /// serves.
-    pub const KEYS: [&'static str; 18] = [
+    pub const KEYS: [&'static str; 19] = [
         "mode",
         "heater",
         "temperature_c",
@@ -195,6 +198,7 @@ impl StateDoc {
         "next_brew",
         "schedule",
         "calendar_read_at",
+        "counters",
     ];
 
     /// A document for tests and examples: idle with the link up, four cups, nothing measured
@@ -220,6 +224,7 @@ impl StateDoc {
             next_brew: None,
             schedule: OnOff::Off,
             calendar_read_at: None,
+            counters: Default::default(),
         }
     }
 
@@ -252,11 +257,14 @@ impl StateDoc {
             next_brew: None,
             schedule: OnOff::Off,
             calendar_read_at: None,
+            // The driver fills in the counters.
+            counters: CountersDoc::default(),
         }
     }
 
     /// Whether `self` differs from `published` enough to publish: any key but `updated_at`,
-    /// with readings compared through their deadbands.
+    /// with readings compared through their deadbands and the counters as
+    /// [`CountersDoc::differs_from`] says.
     pub fn differs_from(&self, published: &StateDoc, deadbands: Deadbands) -> bool {
         let moved = |a: Option<f64>, b: Option<f64>, band: f64| match (a, b) {
             (Some(a), Some(b)) => (a - b).abs() >= band.max(f64::EPSILON),
@@ -276,8 +284,10 @@ impl StateDoc {
             // The level follows the distance's deadband.
             water_level_pct: published.water_level_pct,
             updated_at: published.updated_at.clone(),
+            counters: published.counters.clone(),
             ..self.clone()
         } != *published
+            || self.counters.differs_from(&published.counters)
     }
 
     /// Whether the controller answers (the device availability).
@@ -411,7 +421,7 @@ mod tests {
         for key in StateDoc::KEYS {
             assert!(keys.contains(&key), "{key} missing from {v}");
         }
-        assert_eq!(keys.len(), 18);
+        assert_eq!(keys.len(), 19);
         assert_eq!(v["reply_format"], "one_line");
         assert_eq!(v["temperature_c"], 92.4);
         assert_eq!(v["water_distance_in"], 3.52);
@@ -451,11 +461,11 @@ mod tests {
         let json = |s: &Status| StateDoc::new(s, &clock).to_json();
         assert_eq!(
             json(&unknown()),
-            r#"{"mode":"off","heater":null,"temperature_c":null,"water_distance_in":null,"water_level_pct":null,"cups":4,"brew_remaining_s":null,"keep_warm":"OFF","faults":[],"last_fault":null,"link":"down","controller_reboots":0,"firmware":null,"reply_format":null,"updated_at":null,"next_brew":null,"schedule":"OFF","calendar_read_at":null}"#
+            r#"{"mode":"off","heater":null,"temperature_c":null,"water_distance_in":null,"water_level_pct":null,"cups":4,"brew_remaining_s":null,"keep_warm":"OFF","faults":[],"last_fault":null,"link":"down","controller_reboots":0,"firmware":null,"reply_format":null,"updated_at":null,"next_brew":null,"schedule":"OFF","calendar_read_at":null,"counters":{"cups_brewed_total":0,"brews_total":0,"heater_on_seconds_total":0.0,"energy_kwh_total":0.0,"descale_due":false}}"#
         );
         assert_eq!(
             json(&status(now)),
-            r#"{"mode":"brewing","heater":"ON","temperature_c":92.4,"water_distance_in":3.52,"water_level_pct":61,"cups":4,"brew_remaining_s":118,"keep_warm":"OFF","faults":[],"last_fault":null,"link":"up","controller_reboots":0,"firmware":"MrCoffeeBot v2.0","reply_format":"one_line","updated_at":"2026-11-18T11:06:39.500Z","next_brew":null,"schedule":"OFF","calendar_read_at":null}"#
+            r#"{"mode":"brewing","heater":"ON","temperature_c":92.4,"water_distance_in":3.52,"water_level_pct":61,"cups":4,"brew_remaining_s":118,"keep_warm":"OFF","faults":[],"last_fault":null,"link":"up","controller_reboots":0,"firmware":"MrCoffeeBot v2.0","reply_format":"one_line","updated_at":"2026-11-18T11:06:39.500Z","next_brew":null,"schedule":"OFF","calendar_read_at":null,"counters":{"cups_brewed_total":0,"brews_total":0,"heater_on_seconds_total":0.0,"energy_kwh_total":0.0,"descale_due":false}}"#
         );
         let modes: Vec<String> = Mode::ALL
             .iter()
@@ -503,7 +513,7 @@ mod tests {
         };
         assert_eq!(
             json(&tripped),
-            r#"{"mode":"off","heater":"OFF","temperature_c":-127.0,"water_distance_in":0.0,"water_level_pct":0,"cups":12,"brew_remaining_s":118,"keep_warm":"OFF","faults":["link_down","stale_telemetry","sensor_error","overtemp","dry_boil","heater_mismatch","no_water"],"last_fault":{"reason":"overtemp","at":"2026-11-18T11:05:39.000Z"},"link":"down","controller_reboots":3,"firmware":"MrCoffeeBot \"v2\" <b>","reply_format":"three_lines","updated_at":"2026-11-18T11:06:39.500Z","next_brew":null,"schedule":"OFF","calendar_read_at":null}"#
+            r#"{"mode":"off","heater":"OFF","temperature_c":-127.0,"water_distance_in":0.0,"water_level_pct":0,"cups":12,"brew_remaining_s":118,"keep_warm":"OFF","faults":["link_down","stale_telemetry","sensor_error","overtemp","dry_boil","heater_mismatch","no_water"],"last_fault":{"reason":"overtemp","at":"2026-11-18T11:05:39.000Z"},"link":"down","controller_reboots":3,"firmware":"MrCoffeeBot \"v2\" <b>","reply_format":"three_lines","updated_at":"2026-11-18T11:06:39.500Z","next_brew":null,"schedule":"OFF","calendar_read_at":null,"counters":{"cups_brewed_total":0,"brews_total":0,"heater_on_seconds_total":0.0,"energy_kwh_total":0.0,"descale_due":false}}"#
         );
         let last_fault = |reason| {
             let s = Status {

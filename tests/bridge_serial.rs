@@ -125,7 +125,7 @@ impl Bridge {
         self.mqtt
             .commands
             .send(CommandIn {
-                request,
+                request: request.into(),
                 command,
                 payload: Vec::new(),
                 accepted_at: tokio::time::Instant::now(),

@@ -84,8 +84,8 @@ async fn every_endpoint_answers_as_documented() {
     assert_eq!(doc["link"], "up");
     assert_eq!(
         doc.as_object().unwrap().len(),
-        18,
-        "SPEC keys plus next_brew, schedule, calendar_read_at"
+        19,
+        "SPEC keys plus next_brew, schedule, calendar_read_at, counters"
     );
 
     let metrics = bridge.ops_get("/metrics").await;

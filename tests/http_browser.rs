@@ -268,6 +268,13 @@ async fn the_script_words_values_as_the_server_does() {
         firmware: Some("MrCoffeeBot v2.0".into()),
         reply_format: Some(ReplyFormat::ThreeLines),
         updated_at: Some("2026-11-24T07:30:00.123Z".into()),
+        next_brew: Some(coffeebot::schedule::PlannedBrewDoc {
+            ready_at: "2026-11-25T06:45:00+01:00".into(),
+            start_at: "2026-11-25T06:39:15+01:00".into(),
+            cups: 1,
+            source: coffeebot::schedule::Source::Weekly,
+        }),
+        schedule: coffeebot::state::OnOff::On,
         ..StateDoc::example()
     };
     let now = SystemTime::now();
@@ -300,9 +307,16 @@ async fn the_script_words_values_as_the_server_does() {
         "water-distance",
         "brew-remaining",
         "reboots",
+        "next-brew",
+        "next-brew-detail",
     ] {
         assert_eq!(text_of(&dom, id), text_of(&server, id), "#{id}");
     }
+    assert_eq!(text_of(&dom, "next-brew"), "Ready 2026-11-25 06:45");
+    assert_eq!(
+        attr_of(&dom, "next-brew", "datetime"),
+        "2026-11-25T06:45:00+01:00"
+    );
     assert_eq!(text_of(&dom, "mode"), "Keeping warm");
     for fault in ["Heater stuck on", "Reservoir empty"] {
         let item = format!("<li>{fault}</li>");

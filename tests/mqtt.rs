@@ -468,3 +468,102 @@ async fn a_command_flood_never_starves_the_heater() {
     rig.state_where("heater OFF", |s| s["heater"] == "OFF")
         .await;
 }
+
+/// A calendar file with one timed event every day, ready three hours from now (UTC).
+fn daily_calendar(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("coffeebot-mqtt-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("calendar dir");
+    let first = chrono::Utc::now() + chrono::Duration::hours(3);
+    let start = first.format("%Y%m%dT%H%M00Z");
+    let ics = format!(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//coffeebot tests//EN\r\nBEGIN:VEVENT\r\n\
+         UID:daily@coffeebot.test\r\nDTSTAMP:{start}\r\nDTSTART:{start}\r\nDURATION:PT15M\r\n\
+         RRULE:FREQ=DAILY\r\nSUMMARY:Coffee 2\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    );
+    let path = dir.join("coffee.ics");
+    std::fs::write(&path, ics).expect("calendar written");
+    path
+}
+
+/// `ready_at` of the state's `next_brew`.
+fn next_ready(state: &Value) -> chrono::DateTime<chrono::FixedOffset> {
+    let text = state["next_brew"]["ready_at"]
+        .as_str()
+        .expect("a next brew");
+    chrono::DateTime::parse_from_rfc3339(text).expect("RFC 3339")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_skip_off_and_on_through_the_broker() {
+    let calendar = daily_calendar("schedule");
+    let calendar = calendar.to_str().expect("UTF-8 path");
+    let mut rig = Rig::start("schedule", &[("SCHEDULE__CALENDAR", calendar)]).await;
+    let planned = rig
+        .state_where("a next brew from the calendar", |s| {
+            s["next_brew"].is_object() && s["schedule"] == "ON"
+        })
+        .await;
+    let first = next_ready(&planned);
+    assert_eq!(planned["next_brew"]["source"], "calendar");
+    assert_eq!(planned["next_brew"]["cups"], 2);
+
+    rig.command("schedule", "SKIP").await;
+    let skipped = rig
+        .state_where("the next brew a day later", |s| {
+            s["next_brew"].is_object() && next_ready(s) != first
+        })
+        .await;
+    assert_eq!(next_ready(&skipped) - first, chrono::Duration::days(1));
+
+    rig.command("schedule", "OFF").await;
+    let off = rig
+        .state_where("the schedule off", |s| s["schedule"] == "OFF")
+        .await;
+    assert_eq!(off["next_brew"], Value::Null, "{off}");
+
+    rig.command("schedule", "ON").await;
+    let on = rig
+        .state_where("the schedule on again", |s| s["schedule"] == "ON")
+        .await;
+    assert_eq!(next_ready(&on) - first, chrono::Duration::days(1), "{on}");
+
+    rig.command("schedule", "later").await;
+    let rejected = rig.event("command_rejected").await;
+    assert_eq!(rejected["command"], "schedule");
+    assert_eq!(
+        rejected["reason"],
+        "expected ON, OFF or SKIP, got \"later\""
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_in_the_state_and_descaled_resets_descale_due() {
+    let mut rig = Rig::start("counters", &[("MAINTENANCE__DESCALE_EVERY_BREWS", "1")]).await;
+    let before = rig.state_where("counters at zero", |_| true).await;
+    assert_eq!(before["counters"]["brews_total"], 0, "{before}");
+    assert_eq!(before["counters"]["descale_due"], false);
+    rig.command("brew", "1").await;
+    rig.event("brew_finished").await;
+    let after = rig
+        .state_where("one brew counted", |s| s["counters"]["brews_total"] == 1)
+        .await;
+    let c = &after["counters"];
+    assert_eq!(c["cups_brewed_total"], 1, "{after}");
+    assert_eq!(c["descale_due"], true, "{after}");
+    assert!(
+        c["heater_on_seconds_total"].as_f64().unwrap() > 0.0,
+        "{after}"
+    );
+    assert!(c["energy_kwh_total"].as_f64().unwrap() >= 0.0, "{after}");
+
+    rig.command("maintenance", "DESCALED").await;
+    let descaled = rig
+        .state_where("descale no longer due", |s| {
+            s["counters"]["descale_due"] == false
+        })
+        .await;
+    assert_eq!(descaled["counters"]["brews_total"], 1, "totals stay");
+    rig.command("maintenance", "ON").await;
+    let rejected = rig.event("command_rejected").await;
+    assert_eq!(rejected["reason"], "expected DESCALED, got \"ON\"");
+}

@@ -180,6 +180,15 @@ fn components_mode_has_every_entity_of_the_spec() {
         "binary_sensor:link",
         "binary_sensor:fault",
         "button:restart_controller",
+        "switch:schedule",
+        "sensor:next_brew",
+        "button:skip_next_brew",
+        "button:descaled",
+        "sensor:energy",
+        "sensor:cups_brewed",
+        "sensor:brews",
+        "sensor:heater_on_time",
+        "binary_sensor:descale_due",
         "event:event",
     ];
     expected.sort();
@@ -210,6 +219,20 @@ fn components_mode_has_every_entity_of_the_spec() {
     assert_eq!(by_key("stop")["payload_press"], "STOP");
     assert_eq!(by_key("fault")["device_class"], "problem");
     assert_eq!(by_key("link")["device_class"], "connectivity");
+    assert_eq!(by_key("next_brew")["device_class"], "timestamp");
+    assert_eq!(
+        by_key("schedule")["value_template"],
+        "{{ value_json.schedule }}"
+    );
+    assert_eq!(by_key("skip_next_brew")["payload_press"], "SKIP");
+    assert_eq!(by_key("descaled")["payload_press"], "DESCALED");
+    // What HA's energy dashboard accepts: energy, kWh, total_increasing.
+    assert_eq!(by_key("energy")["device_class"], "energy");
+    assert_eq!(by_key("energy")["unit_of_measurement"], "kWh");
+    for key in ["energy", "cups_brewed", "brews", "heater_on_time"] {
+        assert_eq!(by_key(key)["state_class"], "total_increasing", "{key}");
+    }
+    assert_eq!(by_key("descale_due")["device_class"], "problem");
     let types: Vec<&str> = by_key("event")["event_types"]
         .as_array()
         .unwrap()
@@ -234,7 +257,7 @@ fn device_mode_is_one_message_with_every_component() {
     assert!(config["origin"]["name"].is_string());
     assert_eq!(config["device"]["identifiers"][0], "coffeebot_coffeepot");
     let cmps = config["cmps"].as_object().unwrap();
-    assert_eq!(cmps.len(), 17 + discovery::TRIGGERS.len());
+    assert_eq!(cmps.len(), 26 + discovery::TRIGGERS.len());
     for component in cmps.values() {
         let platform = component["p"].as_str().unwrap();
         if platform != "device_automation" {
@@ -285,7 +308,7 @@ fn water_off_removes_the_water_entities_only_where_retained() {
     let s = settings(&[("WATER__ENABLED", "false")]);
     let messages = discovery::messages(&s, None, None);
     let water = |key: &str| format!("homeassistant/sensor/coffeebot_coffeepot/{key}/config");
-    assert_eq!(messages.len(), 15 + discovery::TRIGGERS.len());
+    assert_eq!(messages.len(), 24 + discovery::TRIGGERS.len());
     assert!(messages
         .iter()
         .all(|(t, p)| !p.is_empty() && !t.contains("water")));
@@ -347,7 +370,7 @@ fn switching_modes_migrates_what_is_retained_the_way_home_assistant_documents() 
     let cleared: Value = serde_json::from_str(&plan[1].1).unwrap();
     assert_eq!(
         cleared["cmps"].as_object().unwrap().len(),
-        17 + discovery::TRIGGERS.len()
+        26 + discovery::TRIGGERS.len()
     );
     assert!(cleared["device"]["identifiers"].is_array());
     assert!(discovery::cleanup(&device, &retained).before.is_empty());

@@ -2,7 +2,7 @@
   'use strict';
   const $ = (id) => document.getElementById(id);
   // Every text for a state value comes from the server, keyed by the value's JSON name.
-  let LABELS = { modes: {}, reasons: {}, heater: {}, keep_warm: {}, link: {}, formats: {} };
+  let LABELS = { modes: {}, reasons: {}, heater: {}, keep_warm: {}, link: {}, formats: {}, schedule: {}, sources: {} };
   try { LABELS = JSON.parse($('initial').dataset.labels); } catch (e) { /* names shown as they are */ }
   const label = (table, name) => LABELS[table][name] || name;
   const HISTORY_MS = 10 * 60 * 1000;
@@ -35,6 +35,17 @@
     return new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
   }
 
+  /** `YYYY-MM-DD HH:MM` as written (the schedule's zone), as the server shows it. */
+  function wallMinute(t) { return t.slice(0, 10) + ' ' + t.slice(11, 16); }
+  function renderNextBrew(d) {
+    const b = d.next_brew;
+    attr('next-brew', 'datetime', b ? b.ready_at : '');
+    text('next-brew', b ? 'Ready ' + wallMinute(b.ready_at) : label('schedule', d.schedule));
+    text('next-brew-detail', b
+      ? b.cups + (b.cups === 1 ? ' cup' : ' cups') + ' · ' + label('sources', b.source) + ' · starts ' + b.start_at.slice(11, 16)
+      : '');
+  }
+
   function render(d) {
     const t = d.temperature_c;
     text('temperature', t === null ? '—' : t.toFixed(1));
@@ -47,6 +58,7 @@
     text('water-distance', d.water_distance_in === null ? 'No reading' : d.water_distance_in.toFixed(2) + ' in to the surface');
     text('brew-remaining', d.mode === 'brewing' ? fmtDuration(d.brew_remaining_s) : '—');
     text('cups', d.cups + (d.cups === 1 ? ' cup selected' : ' cups selected'));
+    renderNextBrew(d);
     attr('keep-warm', 'data-value', d.keep_warm);
     text('keep-warm', label('keep_warm', d.keep_warm));
     attr('link', 'data-value', d.link);

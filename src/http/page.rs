@@ -7,6 +7,7 @@
 
 use crate::core::{Mode, TripReason};
 use crate::protocol::ReplyFormat;
+use crate::schedule::Source;
 use crate::state::{Link, OnOff, StateDoc};
 use serde_json::{json, Map, Value};
 use std::fmt::Write as _;
@@ -41,7 +42,7 @@ fn asset_tag() -> &'static str {
 pub fn render(title: &str, state: Option<&StateDoc>, history: &str, now: SystemTime) -> String {
     let v = Values::new(state, now);
     let initial = state.map_or_else(|| "null".to_owned(), StateDoc::to_json);
-    let fields: [(&str, &str); 28] = [
+    let fields: [(&str, &str); 31] = [
         ("asset_tag", asset_tag()),
         ("title", &escape(title)),
         ("conn_state", v.conn_state),
@@ -67,6 +68,9 @@ pub fn render(title: &str, state: Option<&StateDoc>, history: &str, now: SystemT
         ("updated_at", &escape(&v.updated_at)),
         ("updated_clock", &escape(&v.updated_clock)),
         ("updated_ago", &v.updated_ago),
+        ("next_brew_at", &escape(&v.next_brew_at)),
+        ("next_brew", &escape(&v.next_brew)),
+        ("next_brew_detail", &escape(&v.next_brew_detail)),
         // Inside <script>: `<` escaped so no `</script>` can end it early.
         ("initial_json", &initial.replace('<', "\\u003c")),
         ("history_json", &history.replace('<', "\\u003c")),
@@ -168,9 +172,58 @@ fn labels_json() -> &'static str {
             "formats": table(
                 [ReplyFormat::OneLine, ReplyFormat::ThreeLines].map(|f| (f.as_str(), build_label(f)))
             ),
+            "schedule": table(OnOff::ALL.map(|o| (o.as_str(), no_brew_label(o)))),
+            "sources": table([Source::Weekly, Source::Calendar].map(|s| (s.as_str(), source_label(s)))),
         })
         .to_string()
     })
+}
+
+/// What the next-brew card says when there is no next brew, the schedule being `schedule`.
+fn no_brew_label(schedule: OnOff) -> &'static str {
+    match schedule {
+        OnOff::On => "None planned",
+        OnOff::Off => "Schedule off",
+    }
+}
+
+/// Where a planned brew comes from, as the page says it.
+fn source_label(source: Source) -> &'static str {
+    match source {
+        Source::Weekly => "weekly",
+        Source::Calendar => "from the calendar",
+    }
+}
+
+/// `YYYY-MM-DD HH:MM` of an RFC 3339 time, in the offset it is written in (the schedule's
+/// zone: the wall-clock time a person planned); the script shows it the same way.
+fn wall_minute(rfc3339: &str) -> String {
+    match (rfc3339.get(..10), rfc3339.get(11..16)) {
+        (Some(day), Some(hm)) => format!("{day} {hm}"),
+        _ => rfc3339.to_owned(),
+    }
+}
+
+/// The next-brew card: its `datetime`, its time and a line of details.
+fn next_brew_texts(d: &StateDoc) -> (String, String, String) {
+    match &d.next_brew {
+        None => (
+            String::new(),
+            no_brew_label(d.schedule).into(),
+            String::new(),
+        ),
+        Some(b) => (
+            b.ready_at.clone(),
+            format!("Ready {}", wall_minute(&b.ready_at)),
+            format!(
+                "{} {} · {} · starts {}",
+                b.cups,
+                if b.cups == 1 { "cup" } else { "cups" },
+                source_label(b.source),
+                b.start_at.get(11..16).unwrap_or_default()
+            ),
+        ),
+    }
 }
 
 /// A JSON object from `(name, text)` pairs.
@@ -207,6 +260,9 @@ struct Values {
     updated_at: String,
     updated_clock: String,
     updated_ago: String,
+    next_brew_at: String,
+    next_brew: String,
+    next_brew_detail: String,
 }
 
 impl Values {
@@ -214,6 +270,7 @@ impl Values {
         let Some(d) = state else {
             return Self::waiting();
         };
+        let (next_brew_at, next_brew, next_brew_detail) = next_brew_texts(d);
         let mut faults = String::new();
         if d.faults.is_empty() {
             faults.push_str(r#"<li class="none">None</li>"#);
@@ -276,6 +333,9 @@ impl Values {
                 || "The controller has not answered yet".into(),
                 |at| ago(at, now),
             ),
+            next_brew_at,
+            next_brew,
+            next_brew_detail,
         }
     }
 
@@ -305,6 +365,9 @@ impl Values {
             updated_at: String::new(),
             updated_clock: "Never".into(),
             updated_ago: "The controller has not answered yet".into(),
+            next_brew_at: String::new(),
+            next_brew: dash(),
+            next_brew_detail: String::new(),
         }
     }
 }
@@ -346,6 +409,7 @@ fn firmware_label(firmware: Option<&str>, reply_format: Option<ReplyFormat>) -> 
 mod tests {
     use super::*;
     use crate::core::{Fault, FaultSet};
+    use crate::schedule::PlannedBrewDoc;
     use crate::state::LastFault;
     use std::time::Duration;
 
@@ -465,6 +529,35 @@ mod tests {
     #[test]
     fn fill_keeps_unknown_and_unclosed_placeholders() {
         assert_eq!(fill("a{{x}}b{{y}}c{{", &[("x", "1")]), "a1b{{y}}c{{");
+    }
+
+    #[test]
+    fn the_next_brew_is_shown_in_the_schedule_zone() {
+        let mut d = doc();
+        let html = render("Pot", Some(&d), "[]", SystemTime::UNIX_EPOCH);
+        assert!(
+            html.contains(r#"datetime="">Schedule off</time>"#),
+            "{html}"
+        );
+        d.schedule = OnOff::On;
+        let html = render("Pot", Some(&d), "[]", SystemTime::UNIX_EPOCH);
+        assert!(html.contains(r#"datetime="">None planned</time>"#));
+        d.next_brew = Some(PlannedBrewDoc {
+            ready_at: "2026-03-30T06:45:00+02:00".into(),
+            start_at: "2026-03-30T06:38:30+02:00".into(),
+            cups: 4,
+            source: Source::Calendar,
+        });
+        let html = render("Pot", Some(&d), "[]", SystemTime::UNIX_EPOCH);
+        assert!(html.contains(
+            r#"<time id="next-brew" datetime="2026-03-30T06:45:00+02:00">Ready 2026-03-30 06:45</time>"#
+        ));
+        assert!(
+            html.contains(r#"id="next-brew-detail">4 cups · from the calendar · starts 06:38</p>"#)
+        );
+        let labels: Value = serde_json::from_str(labels_json()).unwrap();
+        assert_eq!(labels["sources"]["calendar"], "from the calendar");
+        assert_eq!(labels["schedule"]["OFF"], "Schedule off");
     }
 
     #[test]

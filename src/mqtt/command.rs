@@ -18,12 +18,39 @@ use tokio::time::Instant;
 /// spaces) is far shorter.
 pub const MAX_PAYLOAD: usize = 256;
 
+/// What a command asks of the driver: the heater core decides about heating alone, so the
+/// schedule and the counters get their own orders, which never reach the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// For the heater core.
+    Core(Request),
+    /// `schedule/set`: for the schedule.
+    Schedule(ScheduleOrder),
+    /// `maintenance/set DESCALED`: the pot was descaled; the count towards the next starts.
+    Descaled,
+}
+
+impl From<Request> for Order {
+    fn from(request: Request) -> Self {
+        Order::Core(request)
+    }
+}
+
+/// `schedule/set ON|OFF|SKIP`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduleOrder {
+    /// `ON`/`OFF`: scheduled brews start, or not (until the next restart; not stored).
+    Enable(bool),
+    /// `SKIP`: the next planned brew does not start.
+    SkipNext,
+}
+
 /// A user command on its way from the MQTT task to the driver, with what a rejection must
 /// quote and when it came in.
 #[derive(Clone, Debug)]
 pub struct CommandIn {
-    /// The parsed request.
-    pub request: Request,
+    /// The parsed command.
+    pub request: Order,
     /// The command whose topic it came on.
     pub command: CommandName,
     /// The payload as received (for `command_rejected`).
@@ -50,17 +77,23 @@ pub enum CommandName {
     KeepWarm,
     /// `controller/set RESET`.
     Controller,
+    /// `schedule/set ON|OFF|SKIP`.
+    Schedule,
+    /// `maintenance/set DESCALED`.
+    Maintenance,
 }
 
 impl CommandName {
     /// Every command, in the order the rejection of an unknown name lists them. The build
     /// fails when a variant is missing (see `every_command_is_in_all` below).
-    pub const ALL: [CommandName; 5] = [
+    pub const ALL: [CommandName; 7] = [
         CommandName::Heater,
         CommandName::Brew,
         CommandName::Cups,
         CommandName::KeepWarm,
         CommandName::Controller,
+        CommandName::Schedule,
+        CommandName::Maintenance,
     ];
 
     /// The topic level, `B/D/<name>/set`; also the `command` label of the metrics and events.
@@ -71,6 +104,8 @@ impl CommandName {
             CommandName::Cups => "cups",
             CommandName::KeepWarm => "keep_warm",
             CommandName::Controller => "controller",
+            CommandName::Schedule => "schedule",
+            CommandName::Maintenance => "maintenance",
         }
     }
 
@@ -88,13 +123,15 @@ impl CommandName {
             }
             CommandName::Cups => format!("a number of cups 1..{max_cups}"),
             CommandName::Controller => "RESET".to_owned(),
+            CommandName::Schedule => "ON, OFF or SKIP".to_owned(),
+            CommandName::Maintenance => "DESCALED".to_owned(),
         }
     }
 
     /// Parses this command's payload. `max_cups` is `brew.max_cups`.
     ///
     /// The error is the `reason` of a `command_rejected` event, e.g. `cups must be 1..12, got 99`.
-    pub fn parse(self, payload: &[u8], max_cups: u32) -> Result<Request, String> {
+    pub fn parse(self, payload: &[u8], max_cups: u32) -> Result<Order, String> {
         let expected = self.expected(max_cups);
         if payload.len() > MAX_PAYLOAD {
             return Err(format!(
@@ -112,7 +149,7 @@ impl CommandName {
             "OFF" => Ok(false),
             _ => Err(got()),
         };
-        match self {
+        let request = match self {
             CommandName::Heater => on_off().map(Request::Heater),
             CommandName::KeepWarm => on_off().map(Request::KeepWarm),
             CommandName::Brew => match word.as_str() {
@@ -137,7 +174,20 @@ impl CommandName {
                 "RESET" => Ok(Request::ResetController),
                 _ => Err(got()),
             },
-        }
+            CommandName::Schedule => {
+                return match word.as_str() {
+                    "SKIP" => Ok(Order::Schedule(ScheduleOrder::SkipNext)),
+                    _ => on_off().map(|on| Order::Schedule(ScheduleOrder::Enable(on))),
+                }
+            }
+            CommandName::Maintenance => {
+                return match word.as_str() {
+                    "DESCALED" => Ok(Order::Descaled),
+                    _ => Err(got()),
+                }
+            }
+        };
+        request.map(Order::Core)
     }
 
     /// The Home Assistant entities that send this command (SPEC §4), for discovery.
@@ -201,6 +251,23 @@ impl CommandName {
                 json!({"command_topic": command_topic, "payload_press": "RESET",
                        "device_class": "restart", "entity_category": "config"}),
             )],
+            CommandName::Schedule => vec![
+                switch("schedule", "Schedule", "mdi:calendar-clock"),
+                Entity::new(
+                    "skip_next_brew",
+                    "button",
+                    "Skip next brew",
+                    json!({"command_topic": command_topic, "payload_press": "SKIP",
+                           "icon": "mdi:debug-step-over"}),
+                ),
+            ],
+            CommandName::Maintenance => vec![Entity::new(
+                "descaled",
+                "button",
+                "Descale done",
+                json!({"command_topic": command_topic, "payload_press": "DESCALED",
+                       "entity_category": "config", "icon": "mdi:water-check"}),
+            )],
         }
     }
 }
@@ -227,6 +294,10 @@ const fn every_command_is_in_all(command: CommandName) {
         CommandName::Cups => const { assert!(listed(CommandName::Cups), "not in ALL") },
         CommandName::KeepWarm => const { assert!(listed(CommandName::KeepWarm), "not in ALL") },
         CommandName::Controller => const { assert!(listed(CommandName::Controller), "not in ALL") },
+        CommandName::Schedule => const { assert!(listed(CommandName::Schedule), "not in ALL") },
+        CommandName::Maintenance => {
+            const { assert!(listed(CommandName::Maintenance), "not in ALL") }
+        }
     }
 }
 
@@ -275,7 +346,7 @@ mod tests {
     use proptest::prelude::*;
 
     /// What the MQTT task does with a topic's name and payload.
-    fn parse(command: &str, payload: &[u8], max_cups: u32) -> Result<Request, String> {
+    fn parse(command: &str, payload: &[u8], max_cups: u32) -> Result<Order, String> {
         match CommandName::from_name(command) {
             Some(c) => c.parse(payload, max_cups),
             None => Err(unknown(command)),
@@ -283,7 +354,10 @@ mod tests {
     }
 
     fn p(command: &str, payload: &str) -> Result<Request, String> {
-        parse(command, payload.as_bytes(), 12)
+        match parse(command, payload.as_bytes(), 12)? {
+            Order::Core(request) => Ok(request),
+            other => Err(format!("not for the core: {other:?}")),
+        }
     }
 
     #[test]
@@ -300,6 +374,20 @@ mod tests {
         );
         assert_eq!(p("cups", "1"), Ok(Request::SelectCups(1)));
         assert_eq!(p("controller", "reset"), Ok(Request::ResetController));
+        let order = |command, payload: &str| parse(command, payload.as_bytes(), 12);
+        assert_eq!(
+            order("schedule", "on"),
+            Ok(Order::Schedule(ScheduleOrder::Enable(true)))
+        );
+        assert_eq!(
+            order("schedule", "OFF "),
+            Ok(Order::Schedule(ScheduleOrder::Enable(false)))
+        );
+        assert_eq!(
+            order("schedule", "Skip"),
+            Ok(Order::Schedule(ScheduleOrder::SkipNext))
+        );
+        assert_eq!(order("maintenance", "descaled"), Ok(Order::Descaled));
     }
 
     #[test]
@@ -320,6 +408,14 @@ mod tests {
             "expected ON or OFF, got \"maybe\""
         );
         assert_eq!(p("controller", "").unwrap_err(), "expected RESET, got \"\"");
+        assert_eq!(
+            p("schedule", "START").unwrap_err(),
+            "expected ON, OFF or SKIP, got \"START\""
+        );
+        assert_eq!(
+            p("maintenance", "RESET").unwrap_err(),
+            "expected DESCALED, got \"RESET\""
+        );
         assert!(p("brew", r#"{"cup": 4}"#)
             .unwrap_err()
             .starts_with("expected START, STOP"));
@@ -353,8 +449,8 @@ mod tests {
         assert_eq!(CommandName::from_name("Heater"), None);
         assert_eq!(
             unknown("grind"),
-            "unknown command \"grind\"; the commands are heater, brew, cups, keep_warm and \
-             controller"
+            "unknown command \"grind\"; the commands are heater, brew, cups, keep_warm, \
+             controller, schedule and maintenance"
         );
     }
 
@@ -379,7 +475,7 @@ mod tests {
             payload in prop::collection::vec(any::<u8>(), 0..300),
             max_cups in 1u32..40,
         ) {
-            if let Ok(Request::BrewStart { cups: Some(n) } | Request::SelectCups(n)) =
+            if let Ok(Order::Core(Request::BrewStart { cups: Some(n) } | Request::SelectCups(n))) =
                 parse(command, &payload, max_cups)
             {
                 prop_assert!((1..=max_cups).contains(&n));

@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 /// Every `event_type` the bridge publishes on `B/D/event`.
-pub const EVENT_TYPES: [&str; 9] = [
+pub const EVENT_TYPES: [&str; 10] = [
     "brew_started",
     "brew_finished",
     "brew_aborted",
@@ -35,6 +35,7 @@ pub const EVENT_TYPES: [&str; 9] = [
     "fault",
     "controller_rebooted",
     "command_rejected",
+    "brew_skipped",
 ];
 
 /// The events a person automates on, offered as device triggers (`device_automation`), so
@@ -238,6 +239,71 @@ pub fn entities(settings: &Settings) -> Vec<Entity> {
                        "json_attributes_topic": state,
                        "json_attributes_template":
                            "{{ {'faults': value_json.faults, 'last_fault': value_json.last_fault} | tojson }}"}),
+            ),
+        ),
+        // The schedule: when the next planned brew will be ready (its start and cups as
+        // attributes); unknown while none is planned or the schedule is off.
+        entity(
+            "next_brew",
+            "sensor",
+            "Next brew ready",
+            sensor(
+                "{{ value_json.next_brew.ready_at if value_json.next_brew else None }}",
+                json!({"device_class": "timestamp", "icon": "mdi:coffee-to-go",
+                       "json_attributes_topic": state,
+                       "json_attributes_template": "{{ (value_json.next_brew or {}) | tojson }}"}),
+            ),
+        ),
+        // The household counters (kept across restarts): what HA's energy dashboard and
+        // long-term statistics take.
+        entity(
+            "energy",
+            "sensor",
+            "Energy",
+            sensor(
+                "{{ value_json.counters.energy_kwh_total }}",
+                json!({"device_class": "energy", "unit_of_measurement": "kWh",
+                       "state_class": "total_increasing", "suggested_display_precision": 3}),
+            ),
+        ),
+        entity(
+            "cups_brewed",
+            "sensor",
+            "Cups brewed",
+            sensor(
+                "{{ value_json.counters.cups_brewed_total }}",
+                json!({"state_class": "total_increasing", "unit_of_measurement": "cups",
+                       "icon": "mdi:coffee"}),
+            ),
+        ),
+        entity(
+            "brews",
+            "sensor",
+            "Brews",
+            sensor(
+                "{{ value_json.counters.brews_total }}",
+                json!({"state_class": "total_increasing", "unit_of_measurement": "brews",
+                       "icon": "mdi:counter"}),
+            ),
+        ),
+        entity(
+            "heater_on_time",
+            "sensor",
+            "Heater on time",
+            sensor(
+                "{{ value_json.counters.heater_on_seconds_total }}",
+                json!({"device_class": "duration", "unit_of_measurement": "s",
+                       "state_class": "total_increasing", "suggested_display_precision": 0}),
+            ),
+        ),
+        entity(
+            "descale_due",
+            "binary_sensor",
+            "Descale due",
+            sensor(
+                "{{ 'ON' if value_json.counters.descale_due else 'OFF' }}",
+                json!({"device_class": "problem", "payload_on": "ON", "payload_off": "OFF",
+                       "icon": "mdi:water-alert"}),
             ),
         ),
     ];

@@ -200,33 +200,44 @@ impl Calendar {
     }
 
     /// The ready instants in `[from, until)` with the cups their summary names (if it names
-    /// 1 … `max_cups`), at most `limit` from each event. Floating times are in `schedule`.
+    /// 1 … `max_cups`): from each event every one before `limit.0` and at most `limit.1` from
+    /// then on (an occurrence before the planner's own start, e.g. one just skipped, must not
+    /// use up the count). Floating times are in `schedule`.
     pub fn occurrences(
         &self,
         schedule: Tz,
         from: DateTime<Utc>,
         until: DateTime<Utc>,
-        limit: usize,
+        limit: (DateTime<Utc>, usize),
         max_cups: u32,
     ) -> Vec<(DateTime<Utc>, Option<u32>)> {
+        let (counted_from, count) = limit;
         let mut out = Vec::new();
         for series in &self.series {
             let cups = cups_in(&series.summary, max_cups);
-            let mut instants = series.expand(schedule, from, until, limit);
+            let mut instants = series.expand(schedule, from, counted_from, until, count);
             instants.sort_unstable();
             instants.dedup();
-            out.extend(instants.into_iter().take(limit).map(|at| (at, cups)));
+            let before = instants.partition_point(|at| *at < counted_from);
+            out.extend(
+                instants
+                    .into_iter()
+                    .take(before.saturating_add(count))
+                    .map(|at| (at, cups)),
+            );
         }
         out
     }
 }
 
 impl Series {
-    /// This event's instants in `[from, until)`.
+    /// This event's instants in `[from, until)`: those of its rule, all before `counted_from`
+    /// and at least `limit` after.
     fn expand(
         &self,
         schedule: Tz,
         from: DateTime<Utc>,
+        counted_from: DateTime<Utc>,
         until: DateTime<Utc>,
         limit: usize,
     ) -> Vec<DateTime<Utc>> {
@@ -238,6 +249,9 @@ impl Series {
                     from.with_timezone(&zone).naive_local() - chrono::Duration::days(2);
                 let until_local =
                     until.with_timezone(&zone).naive_local() + chrono::Duration::days(2);
+                // Rules recur daily at most: one more per day before `counted_from`.
+                let early = (counted_from - from).num_days().max(0) as usize + 1;
+                let limit = limit.saturating_add(early);
                 expand_rule(self.start.local, rule, zone, from_local, until_local, limit)
             }
         };

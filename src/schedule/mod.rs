@@ -165,7 +165,7 @@ impl Planner {
         let mut days = weekly_days_needed(count, &self.weekly);
         loop {
             let until = window_start + chrono::Duration::days(days);
-            let mut brews = self.plan_window(window_start, until, count, preheat);
+            let mut brews = self.plan_window(window_start, from, until, count, preheat);
             // Near the end a brew may still merge with one beyond the window: not yet final.
             brews.retain(|brew| brew.ready_at >= from && brew.ready_at < until - lead);
             if brews.len() >= count || days >= HORIZON_DAYS {
@@ -176,10 +176,12 @@ impl Planner {
         }
     }
 
-    /// Every brew whose candidates are ready in `[start, until)`, merged.
+    /// Every brew whose candidates are ready in `[start, until)`, merged; at least `count` of
+    /// each calendar event's ready at or after `from` (those before only take part in merging).
     fn plan_window(
         &self,
         start: DateTime<Utc>,
+        from: DateTime<Utc>,
         until: DateTime<Utc>,
         count: usize,
         preheat: Duration,
@@ -192,7 +194,7 @@ impl Planner {
         candidates.retain(|c| c.ready_at >= start && c.ready_at < until);
         if let Some(calendar) = &self.calendar {
             let occurrences =
-                calendar.occurrences(self.zone, start, until, count, self.timing.max_cups);
+                calendar.occurrences(self.zone, start, until, (from, count), self.timing.max_cups);
             for (ready_at, cups) in occurrences {
                 candidates.push(Candidate {
                     ready_at,

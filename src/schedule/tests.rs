@@ -480,3 +480,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_occurrence_just_before_from_does_not_use_up_the_count() {
+    // After `SKIP`, the plan starts one second after the skipped brew's ready time, which the
+    // merging window still holds.
+    let text = ics(&vevent(
+        "UID:daily@example
+         DTSTART:20261201T231800Z
+         RRULE:FREQ=DAILY",
+    ));
+    let p = planner(chrono_tz::UTC, vec![], Some(&text));
+    assert_eq!(
+        ready(&p, "2026-12-01T23:18:01Z", 1),
+        ["2026-12-02T23:18:00+00:00"]
+    );
+    assert_eq!(
+        ready(&p, "2026-12-01T23:18:01Z", 2),
+        ["2026-12-02T23:18:00+00:00", "2026-12-03T23:18:00+00:00"]
+    );
+}

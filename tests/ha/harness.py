@@ -198,9 +198,7 @@ class Simulator:
         self.link = workdir / "sim" / "tty"
         self.proc = Process(
             "simulator",
-            # A board whose reset pin is wired, so that the "Restart controller" button shows
-            # its effect (on a stock MrCoffeeBot, RESET only feeds the watchdog).
-            [str(BINARY), "simulate", "--link", str(self.link), "--reset-pin-wired"],
+            [str(BINARY), "simulate", "--link", str(self.link)],
             workdir / "simulator.out",
             env=dict(os.environ, RUST_LOG="warn"),
             stdin=True,

@@ -52,6 +52,15 @@ ENTITIES = {
     "fault": ("binary_sensor", "problem", None, None, None, False),
     "restart_controller": ("button", "restart", None, None, "config", False),
     "event": ("event", None, None, None, None, False),
+    "schedule": ("switch", None, None, None, None, False),
+    "next_brew": ("sensor", "timestamp", None, None, None, False),
+    "skip_next_brew": ("button", None, None, None, None, False),
+    "descaled": ("button", None, None, None, "config", False),
+    "energy": ("sensor", "energy", "kWh", "total_increasing", None, False),
+    "cups_brewed": ("sensor", None, "cups", "total_increasing", None, False),
+    "brews": ("sensor", None, "brews", "total_increasing", None, False),
+    "heater_on_time": ("sensor", "duration", "s", "total_increasing", None, False),
+    "descale_due": ("binary_sensor", "problem", None, None, None, False),
 }
 MODES = ["off", "preheating", "brewing", "keep_warm", "manual"]
 
@@ -189,7 +198,7 @@ def test_one_device_with_every_entity_as_the_spec_lists_them(stack):
         [
             "brew_started", "brew_finished", "brew_aborted", "keep_warm_started",
             "keep_warm_finished", "heater_auto_off", "fault", "controller_rebooted",
-            "command_rejected",
+            "command_rejected", "brew_skipped",
         ]
     )
     cups = ha.state(entity_id("cups"))["attributes"]
@@ -214,7 +223,12 @@ def test_services_reach_the_controller(stack):
     ha.call("switch", "turn_off", entity_id=entity_id("keep_warm"))
     ha.wait_state(entity_id("keep_warm"), lambda s: s["state"] == "off", "off")
     reboots = int(ha.state(entity_id("controller_reboots"))["state"])
+    start = len(stack.bridge.proc.lines)
     ha.call("button", "press", entity_id=entity_id("restart_controller"))
+    stack.bridge.proc.wait_line('command accepted command="controller"', 10, start=start)
+    # The simulated board's reset pin is not wired (as on the stock board): RESET only feeds
+    # its watchdog. The reboot comes from the simulator's control instead.
+    stack.sim.control("reboot")
     ha.wait_state(entity_id("controller_reboots"), lambda s: s["state"] not in ("unavailable", "unknown")
                   and int(s["state"]) > reboots, "counting the reboot")
     wait_all_available(ha)
@@ -225,6 +239,27 @@ def test_services_reach_the_controller(stack):
         30,
         0.2,
     )
+    assert_no_mqtt_problems(ha)
+
+
+def test_schedule_and_maintenance_from_ha(stack):
+    ha = stack.ha
+    # The stack's bridge has no schedule entries: nothing planned, the schedule on.
+    ha.wait_state(entity_id("schedule"), lambda s: s["state"] == "on", "on")
+    assert ha.state(entity_id("next_brew"))["state"] == "unknown"
+    ha.call("switch", "turn_off", entity_id=entity_id("schedule"))
+    ha.wait_state(entity_id("schedule"), lambda s: s["state"] == "off", "off")
+    ha.call("switch", "turn_on", entity_id=entity_id("schedule"))
+    ha.wait_state(entity_id("schedule"), lambda s: s["state"] == "on", "on")
+    ha.call("button", "press", entity_id=entity_id("skip_next_brew"))
+    ha.call("button", "press", entity_id=entity_id("descaled"))
+    ha.wait_state(entity_id("descale_due"), lambda s: s["state"] == "off", "off")
+    energy = float(ha.state(entity_id("energy"))["state"])
+    assert energy >= 0.0
+    assert int(ha.state(entity_id("brews"))["state"]) >= 0
+    # The skip with nothing planned is refused as an event, which HA's event entity knows.
+    ha.wait_state(entity_id("event"), lambda s: s["attributes"].get("event_type") == "command_rejected",
+                  "the refused skip")
     assert_no_mqtt_problems(ha)
 
 

@@ -295,7 +295,7 @@ pub fn metric(text: &str, series: &str) -> f64 {
 /// A brew command as the MQTT task builds it from `brew/set <cups>`.
 pub fn brew(cups: u32) -> CommandIn {
     CommandIn {
-        request: coffeebot::core::Request::BrewStart { cups: Some(cups) },
+        request: coffeebot::core::Request::BrewStart { cups: Some(cups) }.into(),
         command: coffeebot::mqtt::command::CommandName::Brew,
         payload: cups.to_string().into_bytes(),
         accepted_at: tokio::time::Instant::now(),
