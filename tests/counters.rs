@@ -59,6 +59,10 @@ async fn counters_survive_kill_9_and_never_go_backwards() {
         bridge
             .wait_for_log("connected to the MQTT broker", WAIT)
             .expect("the bridge connects");
+        // A brew needs a plate temperature: wait for the controller's first answer.
+        bridge
+            .wait_for_log("the controller answers in one line", WAIT)
+            .expect("the controller answers");
         lan_command(&broker, "brew", "1").await;
         // A random moment: before, during or after the brew (an injected fault's timing).
         let moment = Duration::from_millis(rng.u64(0..4000));
