@@ -180,6 +180,7 @@ pub const KEYS: &[Key] = &[
     row("mqtt.host", not_blank("a non-empty host name or address"), "", "the broker to connect to"),
     row("mqtt.port", range(1.0, 65535.0), "", "port 0 is no broker's port"),
     row("mqtt.client_id", Check::Text { allowed: "a non-empty id", ok: |id| !id.is_empty() }, "", "the broker tells clients apart by it"),
+    row("mqtt.client_id_suffix", Check::Flag, "", "without a random suffix anyone who can connect to the broker can take the bridge's session over with the same id"),
     row("mqtt.username", ANY_TEXT, "", "the user name on the broker; empty for none"),
     row("mqtt.password", ANY_TEXT, "", "the password on the broker; never printed"),
     row("mqtt.password_file", ANY_TEXT, "", "a file holding the password, so that it stays out of the configuration"),

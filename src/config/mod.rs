@@ -128,8 +128,11 @@ pub struct Mqtt {
     pub host: String,
     /// Broker port.
     pub port: u16,
-    /// MQTT client id.
+    /// MQTT client id, or its prefix while `client_id_suffix` is on.
     pub client_id: String,
+    /// Append a random suffix to `client_id` at every connect, so that no other client can
+    /// guess the id and take the bridge's session over.
+    pub client_id_suffix: bool,
     /// User name; empty for none.
     pub username: String,
     /// Password; prefer `password_file` or `COFFEEBOT__MQTT__PASSWORD`. Never logged.
@@ -312,6 +315,7 @@ impl fmt::Debug for Mqtt {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("client_id", &self.client_id)
+            .field("client_id_suffix", &self.client_id_suffix)
             .field("username", &self.username)
             .field("password", &redact(&self.password))
             .field("password_file", &self.password_file)

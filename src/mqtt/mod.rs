@@ -29,6 +29,12 @@
 //! over and over. The command subscription asks for "retain as published", so a retained
 //! command is recognised as such even when it arrives live, and is never acted on.
 //!
+//! The client id is `mqtt.client_id` plus a random suffix, new at every connect
+//! ([`client_id`]): a broker closes a session when another client connects with its id, so an
+//! id anyone could guess would let anyone who can connect cut the bridge off. A session the
+//! broker ends that way (DISCONNECT "session taken over") is logged once and the bridge
+//! reconnects under a new id.
+//!
 //! The task ends when the driver's state sender is dropped (the driver has finished shutting
 //! down): it publishes `offline` on both availability topics and disconnects.
 
@@ -42,10 +48,11 @@ use crate::state::{Clock, EventDoc, StateDoc};
 pub use command::CommandIn;
 use command::CommandName;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode, Filter, LastWill, Packet, PubAckReason, SubscribeReasonCode,
+    ConnectReturnCode, DisconnectReasonCode, Filter, LastWill, Packet, PubAckReason,
+    SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
 use rumqttc::{Outgoing, TlsConfiguration, Transport};
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
@@ -107,12 +114,22 @@ pub struct Io {
     pub connected: watch::Sender<bool>,
 }
 
-/// The rumqttc options of these settings: clean start, last will, keep-alive, credentials,
+/// The client id for the next connection: `mqtt.client_id`, and unless
+/// `mqtt.client_id_suffix` is off, a dash and 16 random hex digits (fresh at every call).
+pub fn client_id(m: &crate::config::Mqtt) -> String {
+    if m.client_id_suffix {
+        format!("{}-{:016x}", m.client_id, fastrand::u64(..))
+    } else {
+        m.client_id.clone()
+    }
+}
+
+/// The rumqttc options of these settings: client id ([`client_id`]), clean start, last will, keep-alive, credentials,
 /// TLS, packet size limit. Reads the password and TLS files.
 pub fn options(settings: &Settings) -> Result<MqttOptions, SetupError> {
     let m = &settings.mqtt;
     let topics = Topics::new(settings);
-    let mut options = MqttOptions::new(m.client_id.clone(), m.host.clone(), m.port);
+    let mut options = MqttOptions::new(client_id(m), m.host.clone(), m.port);
     options
         .set_clean_start(true)
         .set_keep_alive(Duration::from_secs(m.keep_alive_s.max(5)))
@@ -169,7 +186,7 @@ pub fn options(settings: &Settings) -> Result<MqttOptions, SetupError> {
 pub async fn run(settings: Settings, options: MqttOptions, io: Io) {
     let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
     let (polled_tx, polled_rx) = mpsc::channel(64);
-    let poller = tokio::spawn(poll(eventloop, polled_tx));
+    let poller = tokio::spawn(poll(eventloop, settings.mqtt.clone(), polled_tx));
     let bridge = Bridge {
         topics: Topics::new(&settings),
         host: host_name(),
@@ -183,6 +200,7 @@ pub async fn run(settings: Settings, options: MqttOptions, io: Io) {
         discovery_due: None,
         probe: None,
         last_error: None,
+        client_id: String::new(),
         queue_full_logged: false,
         refused_publish_logged: false,
     };
@@ -193,6 +211,8 @@ pub async fn run(settings: Settings, options: MqttOptions, io: Io) {
 /// What the poller forwards.
 #[derive(Debug)]
 enum Polled {
+    /// The broker accepted the connection of this client id (CONNACK).
+    Connected(String),
     Event(Box<Event>),
     Error(ConnectionError),
     /// After our DISCONNECT, the broker closed the connection: everything sent before it
@@ -200,8 +220,9 @@ enum Polled {
     Closed,
 }
 
-/// Polls the event loop forever; after an error, waits the backoff before polling again.
-async fn poll(mut eventloop: EventLoop, tx: mpsc::Sender<Polled>) {
+/// Polls the event loop forever; after an error, waits the backoff, picks the client id of
+/// the next connection ([`client_id`]) and polls again.
+async fn poll(mut eventloop: EventLoop, mqtt: crate::config::Mqtt, tx: mpsc::Sender<Polled>) {
     let mut backoff = BACKOFF_MIN;
     let mut connected_at: Option<Instant> = None;
     let mut disconnecting = false;
@@ -210,11 +231,15 @@ async fn poll(mut eventloop: EventLoop, tx: mpsc::Sender<Polled>) {
             Ok(event) => {
                 let done = matches!(event, Event::Outgoing(Outgoing::Disconnect));
                 disconnecting |= done;
-                let forward = match &event {
-                    Event::Incoming(Packet::ConnAck(_)) => {
-                        connected_at = Some(Instant::now());
-                        true
+                if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                    connected_at = Some(Instant::now());
+                    let id = eventloop.options.client_id();
+                    if tx.send(Polled::Connected(id)).await.is_err() {
+                        return;
                     }
+                    continue;
+                }
+                let forward = match &event {
                     Event::Incoming(
                         Packet::Publish(_)
                         | Packet::SubAck(_)
@@ -244,6 +269,7 @@ async fn poll(mut eventloop: EventLoop, tx: mpsc::Sender<Polled>) {
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
+                eventloop.options.set_client_id(client_id(&mqtt));
             }
         }
     }
@@ -267,6 +293,8 @@ struct Bridge {
     probe: Option<Probe>,
     /// The last connection error logged, so a refusal is one line, not one per retry.
     last_error: Option<String>,
+    /// The client id of the current (or last) connection.
+    client_id: String,
     queue_full_logged: bool,
     refused_publish_logged: bool,
 }
@@ -291,6 +319,7 @@ impl Bridge {
                     self.on_state();
                 }
                 p = polled.recv() => match p {
+                    Some(Polled::Connected(id)) => self.on_connack(id),
                     Some(Polled::Event(event)) => self.on_event(*event),
                     Some(Polled::Error(e)) => self.on_error(&e),
                     Some(Polled::Closed) => {}
@@ -341,7 +370,7 @@ impl Bridge {
                     warn!("MQTT: no clean disconnect; the last will marks the bridge offline");
                     break;
                 }
-                Ok(Some(Polled::Event(_))) => {}
+                Ok(Some(Polled::Event(_) | Polled::Connected(_))) => {}
             }
         }
         self.set_connected(false);
@@ -349,7 +378,6 @@ impl Bridge {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Incoming(Packet::ConnAck(_)) => self.on_connack(),
             Event::Incoming(Packet::Publish(p)) => {
                 let topic = String::from_utf8_lossy(&p.topic).into_owned();
                 self.on_message(&topic, &p.payload, p.retain);
@@ -396,12 +424,13 @@ impl Bridge {
         }
     }
 
-    fn on_connack(&mut self) {
+    fn on_connack(&mut self, client_id: String) {
         let m = &self.settings.mqtt;
         if self.ever_connected {
             metrics::counter!(m::MQTT_RECONNECTS).increment(1);
         }
-        info!(host = %m.host, port = m.port, "connected to the MQTT broker");
+        info!(host = %m.host, port = m.port, client_id = %client_id, "connected to the MQTT broker");
+        self.client_id = client_id;
         self.ever_connected = true;
         self.last_error = None;
         self.refused_publish_logged = false;
@@ -458,7 +487,24 @@ impl Bridge {
         let was_connected = self.connected;
         self.set_connected(false);
         let text = describe(e, &self.settings);
-        if was_connected {
+        if taken_over(e) || (was_connected && closed_abruptly(e)) {
+            let next = if self.settings.mqtt.client_id_suffix {
+                "reconnecting under a new client id"
+            } else {
+                "reconnecting under the same id (mqtt.client_id_suffix is off: turn it on so \
+                 that no other client can guess the id)"
+            };
+            let why = if taken_over(e) {
+                "another client connected with the bridge's client id"
+            } else {
+                // mosquitto 2.0 closes the old connection without a DISCONNECT when another
+                // client connects with its id; a broker going away usually does the same.
+                "the broker closed the connection abruptly, as when another client connected \
+                 with the bridge's client id"
+            };
+            warn!(client_id = %self.client_id, "lost the MQTT broker: {why}; {next}");
+            self.last_error = Some(text);
+        } else if was_connected {
             warn!("lost the MQTT broker: {text}; reconnecting");
             self.last_error = Some(text);
         } else if self.last_error.as_deref() != Some(text.as_str()) {
@@ -708,6 +754,23 @@ fn describe(e: &ConnectionError, settings: &Settings) -> String {
         ConnectionError::Timeout(_) => format!("the MQTT broker at {at} did not answer in time"),
         other => format!("connection to the MQTT broker at {at} failed: {other}"),
     }
+}
+
+/// Whether the broker ended the session because another client connected with its client id
+/// (MQTT 5 DISCONNECT reason 0x8E).
+fn taken_over(e: &ConnectionError) -> bool {
+    matches!(
+        e,
+        ConnectionError::MqttState(StateError::ServerDisconnect {
+            reason_code: DisconnectReasonCode::SessionTakenOver,
+            ..
+        })
+    )
+}
+
+/// Whether the broker closed the connection without a word (no DISCONNECT, no error).
+fn closed_abruptly(e: &ConnectionError) -> bool {
+    matches!(e, ConnectionError::MqttState(StateError::ConnectionAborted))
 }
 
 /// This machine's host name, for `configuration_url` when HTTP listens on every address.

@@ -713,6 +713,18 @@ impl TestClient {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
+        TestClient::connect_as(broker, protocol, listener, login, &id).await
+    }
+
+    /// [`TestClient::connect`] with this client id (e.g. to try to take another client's).
+    pub async fn connect_as(
+        broker: &Broker,
+        protocol: Protocol,
+        listener: Listener,
+        login: Login,
+        id: &str,
+    ) -> Result<TestClient, ConnectError> {
+        let id = id.to_owned();
         let port = match listener {
             Listener::Lan => broker.lan_port(),
             Listener::Public => websocket_relay(broker.ws_port())
