@@ -213,6 +213,9 @@ async fn muting_the_controller_trips_stale_telemetry_and_heater_off() {
         .await;
     assert_eq!(state.mode, Mode::Off);
     assert_eq!(state.link, Link::Down);
+    // Nobody knows the relay now: it is shown as unknown, never as its last reported value.
+    assert_eq!(state.heater, None);
+    assert_eq!(state.temperature_c, None);
     // The controller's own 1 s timeout has switched the heater off, and nothing re-enabled it.
     bridge.sim.mute(false).await.unwrap();
     let back = bridge

@@ -359,23 +359,24 @@ impl Core {
 
     /// A snapshot of everything the state JSON shows, as of `now`.
     pub fn status(&self, now: Instant) -> Status {
-        let water_distance_in = if self.limits.water_enabled && self.link_up {
-            self.reading.and_then(|r| r.water_distance_in)
+        // Readings and the relay are shown only while they are fresh: with the link down, before
+        // the first reply, or once replies are stale, the bridge does not know them now.
+        let answering = self.link_up
+            && self
+                .last_reply_at
+                .zip(self.link_up_at)
+                .is_some_and(|(reply, up)| reply >= up)
+            && !self.faults.contains(Fault::StaleTelemetry);
+        let fresh = |reading: Option<Reading>| reading.filter(|_| answering);
+        let water_distance_in = if self.limits.water_enabled {
+            fresh(self.reading).and_then(|r| r.water_distance_in)
         } else {
             None
         };
         Status {
             mode: self.program.mode(),
-            heater: if self.link_up {
-                self.reading.map(|r| r.heater_on)
-            } else {
-                None
-            },
-            temperature_c: if self.link_up {
-                self.temperature_c
-            } else {
-                None
-            },
+            heater: fresh(self.reading).map(|r| r.heater_on),
+            temperature_c: self.temperature_c.filter(|_| answering),
             water_distance_in,
             water_level_pct: water_distance_in.map(|d| self.limits.water_level_pct(d)),
             cups: self.cups,
@@ -394,12 +395,7 @@ impl Core {
             faults: self.faults,
             last_fault: self.last_fault,
             link_up: self.link_up,
-            answering: self.link_up
-                && self
-                    .last_reply_at
-                    .zip(self.link_up_at)
-                    .is_some_and(|(reply, up)| reply >= up)
-                && !self.faults.contains(Fault::StaleTelemetry),
+            answering,
             controller_reboots: self.controller_reboots,
             firmware: self.firmware.clone(),
             reply_format: self.reply_format,

@@ -298,3 +298,33 @@ fn water_level_is_linear_and_clamped() {
     assert_eq!(l.water_level_pct(20.0), 0);
     assert_eq!(l.water_level_pct(0.2), 100);
 }
+
+/// A stale relay is never shown as current: once replies stop, the relay and the readings
+/// become unknown (`None`), and come back with the next reply.
+#[test]
+fn stale_telemetry_shows_the_relay_and_readings_as_unknown() {
+    let mut rig = Rig::new(limits());
+    rig.run_for(secs(2));
+    rig.request(Request::Heater(true)).unwrap();
+    rig.run_for(secs(1));
+    let before = rig.status();
+    assert_eq!(before.heater, Some(true));
+    assert!(before.temperature_c.is_some() && before.water_distance_in.is_some());
+    rig.mute = true;
+    rig.run_for(secs(4));
+    let stale = rig.status();
+    assert!(stale.faults.contains(Fault::StaleTelemetry));
+    assert_eq!(
+        stale.heater, None,
+        "the last reported relay is not the relay now"
+    );
+    assert_eq!(stale.temperature_c, None);
+    assert_eq!(stale.water_distance_in, None);
+    assert_eq!(stale.water_level_pct, None);
+    rig.mute = false;
+    rig.run_for(secs(2));
+    let back = rig.status();
+    assert!(!back.faults.contains(Fault::StaleTelemetry));
+    assert_eq!(back.heater, Some(false));
+    assert!(back.temperature_c.is_some());
+}
