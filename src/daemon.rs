@@ -355,6 +355,9 @@ impl Driver {
         doc.schedule = enabled.into();
         doc.calendar_read_at = calendar_read_at;
         doc.counters = self.tally.counters().doc(self.descale_every);
+        if let Some(published) = &self.published {
+            doc.keep_brew_end(published);
+        }
         let changed = self
             .published
             .as_ref()

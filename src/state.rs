@@ -27,8 +27,12 @@ pub struct StateDoc {
     pub water_level_pct: Option<u8>,
     /// Cups a `START` brews.
     pub cups: u32,
-    /// Seconds of brewing left (only while brewing).
+    /// Seconds of brewing left (only while brewing). A countdown: its ticks alone are not a
+    /// change worth publishing (see [`StateDoc::differs_from`]).
     pub brew_remaining_s: Option<u64>,
+    /// When the brew ends (only while brewing): what Home Assistant shows and counts down
+    /// itself, so that the state need not go out every second of a brew.
+    pub brew_ends_at: Option<String>,
     /// `ON` while keep warm runs.
     pub keep_warm: OnOff,
     /// Interlocks that hold now, as a list of names.
@@ -164,9 +168,14 @@ pub struct Clock {
 }
 
 impl Clock {
-    /// RFC 3339 with milliseconds, UTC (`2026-11-24T07:30:00.123Z`).
+    /// RFC 3339 with milliseconds, UTC (`2026-11-24T07:30:00.123Z`), of an instant in the
+    /// past or the future.
     pub fn rfc3339(&self, at: Instant) -> String {
-        let wall = self.wall - self.now.saturating_duration_since(at);
+        let wall = match at.checked_duration_since(self.now) {
+            Some(ahead) => self.wall.checked_add(ahead),
+            None => self.wall.checked_sub(self.now.duration_since(at)),
+        }
+        .unwrap_or(self.wall);
         humantime::format_rfc3339_millis(wall).to_string()
     }
 
@@ -179,7 +188,7 @@ impl Clock {
 impl StateDoc {
     /// Every key of the document, in order (SPEC §4): what MQTT retains and `/status.json`
     /// serves.
-    pub const KEYS: [&'static str; 19] = [
+    pub const KEYS: [&'static str; 20] = [
         "mode",
         "heater",
         "temperature_c",
@@ -187,6 +196,7 @@ impl StateDoc {
         "water_level_pct",
         "cups",
         "brew_remaining_s",
+        "brew_ends_at",
         "keep_warm",
         "faults",
         "last_fault",
@@ -213,6 +223,7 @@ impl StateDoc {
             water_level_pct: None,
             cups: 4,
             brew_remaining_s: None,
+            brew_ends_at: None,
             keep_warm: OnOff::Off,
             faults: FaultSet::default(),
             last_fault: None,
@@ -238,6 +249,7 @@ impl StateDoc {
             water_level_pct: status.water_level_pct,
             cups: status.cups,
             brew_remaining_s: status.brew_remaining_s,
+            brew_ends_at: status.brew_ends_at.map(|at| clock.rfc3339(at)),
             keep_warm: status.keep_warm.into(),
             faults: status.faults,
             last_fault: status.last_fault.map(|(reason, at)| LastFault {
@@ -262,8 +274,9 @@ impl StateDoc {
         }
     }
 
-    /// Whether `self` differs from `published` enough to publish: any key but `updated_at`,
-    /// with readings compared through their deadbands and the counters as
+    /// Whether `self` differs from `published` enough to publish: any key but `updated_at`
+    /// and the `brew_remaining_s` countdown, with readings compared through their deadbands,
+    /// `brew_ends_at` as [`same_end`] says, and the counters as
     /// [`CountersDoc::differs_from`] says.
     pub fn differs_from(&self, published: &StateDoc, deadbands: Deadbands) -> bool {
         let moved = |a: Option<f64>, b: Option<f64>, band: f64| match (a, b) {
@@ -284,10 +297,23 @@ impl StateDoc {
             // The level follows the distance's deadband.
             water_level_pct: published.water_level_pct,
             updated_at: published.updated_at.clone(),
+            // The countdown follows `brew_ends_at`, which moves only when the end does.
+            brew_remaining_s: published.brew_remaining_s,
+            brew_ends_at: published.brew_ends_at.clone(),
             counters: published.counters.clone(),
             ..self.clone()
         } != *published
+            || !same_end(&self.brew_ends_at, &published.brew_ends_at)
             || self.counters.differs_from(&published.counters)
+    }
+
+    /// Takes `published`'s `brew_ends_at` when it names the same end (see [`same_end`]): the
+    /// end is fixed for a brew, but its wall-clock text is computed afresh from the monotonic
+    /// clock at every wake and may move by a millisecond; what goes out keeps one text a brew.
+    pub fn keep_brew_end(&mut self, published: &StateDoc) {
+        if self.brew_ends_at.is_some() && same_end(&self.brew_ends_at, &published.brew_ends_at) {
+            self.brew_ends_at.clone_from(&published.brew_ends_at);
+        }
     }
 
     /// Whether the controller answers (the device availability).
@@ -370,6 +396,25 @@ impl EventDoc {
     }
 }
 
+/// Whether two `brew_ends_at` values name the same end of a brew: both absent, or both
+/// present and less than a second apart (the same end, seen at two wakes; a new end is a
+/// new brew, seconds away).
+pub fn same_end(a: &Option<String>, b: &Option<String>) -> bool {
+    let parse = |t: &str| humantime::parse_rfc3339_weak(t).ok();
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) if a == b => true,
+        (Some(a), Some(b)) => match (parse(a), parse(b)) {
+            (Some(a), Some(b)) => {
+                let apart = a.duration_since(b).or_else(|_| b.duration_since(a));
+                apart.is_ok_and(|d| d < std::time::Duration::from_secs(1))
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 fn round(x: f64, scale: f64) -> f64 {
     (x * scale).round() / scale
 }
@@ -393,6 +438,7 @@ mod tests {
             water_level_pct: Some(61),
             cups: 4,
             brew_remaining_s: Some(118),
+            brew_ends_at: Some(now + Duration::from_millis(117_500)),
             keep_warm: false,
             faults: FaultSet::default(),
             last_fault: None,
@@ -421,7 +467,7 @@ mod tests {
         for key in StateDoc::KEYS {
             assert!(keys.contains(&key), "{key} missing from {v}");
         }
-        assert_eq!(keys.len(), 19);
+        assert_eq!(keys.len(), StateDoc::KEYS.len());
         assert_eq!(v["reply_format"], "one_line");
         assert_eq!(v["temperature_c"], 92.4);
         assert_eq!(v["water_distance_in"], 3.52);
@@ -440,6 +486,7 @@ mod tests {
             water_level_pct: None,
             cups: 4,
             brew_remaining_s: None,
+            brew_ends_at: None,
             keep_warm: false,
             faults: FaultSet::default(),
             last_fault: None,
@@ -461,11 +508,11 @@ mod tests {
         let json = |s: &Status| StateDoc::new(s, &clock).to_json();
         assert_eq!(
             json(&unknown()),
-            r#"{"mode":"off","heater":null,"temperature_c":null,"water_distance_in":null,"water_level_pct":null,"cups":4,"brew_remaining_s":null,"keep_warm":"OFF","faults":[],"last_fault":null,"link":"down","controller_reboots":0,"firmware":null,"reply_format":null,"updated_at":null,"next_brew":null,"schedule":"OFF","calendar_read_at":null,"counters":{"cups_brewed_total":0,"brews_total":0,"heater_on_seconds_total":0.0,"energy_kwh_total":0.0,"descale_due":false}}"#
+            r#"{"mode":"off","heater":null,"temperature_c":null,"water_distance_in":null,"water_level_pct":null,"cups":4,"brew_remaining_s":null,"brew_ends_at":null,"keep_warm":"OFF","faults":[],"last_fault":null,"link":"down","controller_reboots":0,"firmware":null,"reply_format":null,"updated_at":null,"next_brew":null,"schedule":"OFF","calendar_read_at":null,"counters":{"cups_brewed_total":0,"brews_total":0,"heater_on_seconds_total":0.0,"energy_kwh_total":0.0,"descale_due":false}}"#
         );
         assert_eq!(
             json(&status(now)),
-            r#"{"mode":"brewing","heater":"ON","temperature_c":92.4,"water_distance_in":3.52,"water_level_pct":61,"cups":4,"brew_remaining_s":118,"keep_warm":"OFF","faults":[],"last_fault":null,"link":"up","controller_reboots":0,"firmware":"MrCoffeeBot v2.0","reply_format":"one_line","updated_at":"2026-11-18T11:06:39.500Z","next_brew":null,"schedule":"OFF","calendar_read_at":null,"counters":{"cups_brewed_total":0,"brews_total":0,"heater_on_seconds_total":0.0,"energy_kwh_total":0.0,"descale_due":false}}"#
+            r#"{"mode":"brewing","heater":"ON","temperature_c":92.4,"water_distance_in":3.52,"water_level_pct":61,"cups":4,"brew_remaining_s":118,"brew_ends_at":"2026-11-18T11:08:37.500Z","keep_warm":"OFF","faults":[],"last_fault":null,"link":"up","controller_reboots":0,"firmware":"MrCoffeeBot v2.0","reply_format":"one_line","updated_at":"2026-11-18T11:06:39.500Z","next_brew":null,"schedule":"OFF","calendar_read_at":null,"counters":{"cups_brewed_total":0,"brews_total":0,"heater_on_seconds_total":0.0,"energy_kwh_total":0.0,"descale_due":false}}"#
         );
         let modes: Vec<String> = Mode::ALL
             .iter()
@@ -513,7 +560,7 @@ mod tests {
         };
         assert_eq!(
             json(&tripped),
-            r#"{"mode":"off","heater":"OFF","temperature_c":-127.0,"water_distance_in":0.0,"water_level_pct":0,"cups":12,"brew_remaining_s":118,"keep_warm":"OFF","faults":["link_down","stale_telemetry","sensor_error","overtemp","dry_boil","heater_mismatch","no_water"],"last_fault":{"reason":"overtemp","at":"2026-11-18T11:05:39.000Z"},"link":"down","controller_reboots":3,"firmware":"MrCoffeeBot \"v2\" <b>","reply_format":"three_lines","updated_at":"2026-11-18T11:06:39.500Z","next_brew":null,"schedule":"OFF","calendar_read_at":null,"counters":{"cups_brewed_total":0,"brews_total":0,"heater_on_seconds_total":0.0,"energy_kwh_total":0.0,"descale_due":false}}"#
+            r#"{"mode":"off","heater":"OFF","temperature_c":-127.0,"water_distance_in":0.0,"water_level_pct":0,"cups":12,"brew_remaining_s":118,"brew_ends_at":"2026-11-18T11:08:37.500Z","keep_warm":"OFF","faults":["link_down","stale_telemetry","sensor_error","overtemp","dry_boil","heater_mismatch","no_water"],"last_fault":{"reason":"overtemp","at":"2026-11-18T11:05:39.000Z"},"link":"down","controller_reboots":3,"firmware":"MrCoffeeBot \"v2\" <b>","reply_format":"three_lines","updated_at":"2026-11-18T11:06:39.500Z","next_brew":null,"schedule":"OFF","calendar_read_at":null,"counters":{"cups_brewed_total":0,"brews_total":0,"heater_on_seconds_total":0.0,"energy_kwh_total":0.0,"descale_due":false}}"#
         );
         let last_fault = |reason| {
             let s = Status {
@@ -593,11 +640,49 @@ mod tests {
         s.temperature_c = Some(92.8);
         assert!(StateDoc::new(&s, &clock(now)).differs_from(&a, bands));
         let mut s = status(now);
-        s.brew_remaining_s = Some(117);
-        assert!(StateDoc::new(&s, &clock(now)).differs_from(&a, bands));
-        let mut s = status(now);
         s.temperature_c = None;
         assert!(StateDoc::new(&s, &clock(now)).differs_from(&a, bands));
+    }
+
+    #[test]
+    fn a_countdown_tick_is_not_a_change_but_a_new_brew_end_is() {
+        let now = Instant::now();
+        let bands = Deadbands {
+            temperature_c: 0.3,
+            water_in: 0.05,
+        };
+        let a = StateDoc::new(&status(now), &clock(now));
+        assert_eq!(a.brew_ends_at.as_deref(), Some("2026-11-18T11:08:37.500Z"));
+        // A second later: the countdown ticked, the end is the same instant.
+        let later = Clock {
+            now: now + Duration::from_secs(1),
+            wall: clock(now).wall + Duration::from_secs(1),
+        };
+        let mut s = status(now);
+        s.brew_remaining_s = Some(117);
+        let ticked = StateDoc::new(&s, &later);
+        assert_ne!(ticked.brew_remaining_s, a.brew_remaining_s);
+        assert!(!ticked.differs_from(&a, bands));
+        // The same end, its text a millisecond off (the two clocks read at another wake).
+        let mut jitter = ticked.clone();
+        jitter.brew_ends_at = Some("2026-11-18T11:08:37.501Z".into());
+        assert!(!jitter.differs_from(&a, bands));
+        jitter.keep_brew_end(&a);
+        assert_eq!(jitter.brew_ends_at, a.brew_ends_at);
+        // The end moved (a new brew): a change, and the new end is kept.
+        s.brew_ends_at = Some(now + Duration::from_secs(200));
+        let mut moved = StateDoc::new(&s, &later);
+        assert!(moved.differs_from(&a, bands));
+        moved.keep_brew_end(&a);
+        assert_eq!(
+            moved.brew_ends_at.as_deref(),
+            Some("2026-11-18T11:10:00.000Z")
+        );
+        // The brew ended: a change.
+        s.brew_ends_at = None;
+        assert!(StateDoc::new(&s, &later).differs_from(&a, bands));
+        let none = StateDoc::new(&s, &later);
+        assert!(a.differs_from(&none, bands));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use coffeebot::core::Mode;
 use coffeebot::http;
 use coffeebot::http::listener::Limits;
 use coffeebot::http::Options;
-use coffeebot::state::OnOff;
+use coffeebot::state::{OnOff, StateDoc};
 use std::time::Duration;
 use support::http::{
     brew, connect_from, loopback_listeners, metric, request, request_from, request_with, Bridge,
@@ -84,8 +84,8 @@ async fn every_endpoint_answers_as_documented() {
     assert_eq!(doc["link"], "up");
     assert_eq!(
         doc.as_object().unwrap().len(),
-        19,
-        "SPEC keys plus next_brew, schedule, calendar_read_at, counters"
+        StateDoc::KEYS.len(),
+        "SPEC keys plus brew_ends_at, next_brew, schedule, calendar_read_at, counters"
     );
 
     let metrics = bridge.ops_get("/metrics").await;

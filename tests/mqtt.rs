@@ -82,6 +82,7 @@ async fn every_topic_and_state_key_and_discovery_on_start() {
     assert_eq!(state["heater"], "OFF");
     assert_eq!(state["cups"], 4);
     assert_eq!(state["brew_remaining_s"], Value::Null);
+    assert_eq!(state["brew_ends_at"], Value::Null);
     // Every discovery config, non-empty.
     let expected = coffeebot::mqtt::discovery::entities(&settings());
     for e in &expected {
@@ -184,6 +185,63 @@ async fn brew_cups_keep_warm_and_reset_commands() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brew_publishes_when_it_ends_not_every_second_of_its_countdown() {
+    // Readings out of the way (a wide deadband, no periodic state within the brew): what is
+    // left to publish a state during the brew is the brew itself.
+    let mut rig = Rig::start(
+        "brew_ends_at",
+        &[
+            ("MQTT__STATE_INTERVAL_S", "60"),
+            ("MQTT__TEMPERATURE_DEADBAND_C", "10"),
+        ],
+    )
+    .await;
+    rig.command("cups", "6").await;
+    rig.state_where("cups 6", |s| s["cups"] == 6).await;
+    rig.command("brew", "START").await;
+    let brewing = rig.state_where("brewing", |s| s["mode"] == "brewing").await;
+    let from = rig.watcher.seen().len() - 1;
+    let started = std::time::Instant::now();
+    assert_eq!(rig.event("brew_finished").await["reason"], "done");
+    let brewed = started.elapsed();
+    let topic = format!("{D}/state");
+    let states: Vec<Value> = rig.watcher.seen()[from..]
+        .iter()
+        .filter(|m| m.topic == topic)
+        .map(json)
+        .filter(|s| s["mode"] == "brewing")
+        .collect();
+    // Six cups at one second a cup: a countdown published every tick would be six states.
+    assert!(brewed >= Duration::from_secs(5), "brewed for {brewed:?}");
+    assert!(
+        states.len() <= 2,
+        "{} states in {brewed:?} of brewing: {states:#?}",
+        states.len()
+    );
+    // The end is there from the first brewing state on, the same in each, 6 s after the
+    // brew began.
+    let ends_at = brewing["brew_ends_at"].as_str().expect("brew_ends_at");
+    assert!(
+        states.iter().all(|s| s["brew_ends_at"] == ends_at),
+        "{states:#?}"
+    );
+    let secs = |t: &str| {
+        humantime::parse_rfc3339_weak(t)
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let left = secs(ends_at) - secs(brewing["updated_at"].as_str().unwrap());
+    assert!(
+        (4.5..=7.0).contains(&left),
+        "ends {left} s after the reading"
+    );
+    let off = rig.state_where("off", |s| s["mode"] == "off").await;
+    assert_eq!(off["brew_ends_at"], Value::Null);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -168,7 +168,7 @@ fn components_mode_has_every_entity_of_the_spec() {
         "sensor:water_level",
         "sensor:water_distance",
         "sensor:mode",
-        "sensor:brew_remaining",
+        "sensor:brew_ends_at",
         "sensor:updated_at",
         "sensor:controller_reboots",
         "sensor:reply_format",
@@ -257,10 +257,17 @@ fn device_mode_is_one_message_with_every_component() {
     assert!(config["origin"]["name"].is_string());
     assert_eq!(config["device"]["identifiers"][0], "coffeebot_coffeepot");
     let cmps = config["cmps"].as_object().unwrap();
-    assert_eq!(cmps.len(), 26 + discovery::TRIGGERS.len());
-    for component in cmps.values() {
+    assert_eq!(
+        cmps.len(),
+        26 + discovery::RETIRED.len() + discovery::TRIGGERS.len()
+    );
+    for (key, platform) in discovery::RETIRED {
+        assert_eq!(cmps[*key], serde_json::json!({ "p": platform }), "{key}");
+    }
+    for (key, component) in cmps {
         let platform = component["p"].as_str().unwrap();
-        if platform != "device_automation" {
+        let retired = discovery::RETIRED.iter().any(|(k, _)| k == key);
+        if platform != "device_automation" && !retired {
             check_entity(&s, platform, component);
         }
     }

@@ -387,6 +387,10 @@ impl Core {
                 }
                 _ => None,
             },
+            brew_ends_at: match self.program {
+                Program::Brew { ends_at, .. } => Some(ends_at),
+                _ => None,
+            },
             keep_warm: matches!(self.program, Program::KeepWarm { .. }),
             faults: self.faults,
             last_fault: self.last_fault,

@@ -428,6 +428,8 @@ pub struct Status {
     pub cups: u32,
     /// Whole seconds of brewing left (rounded up) in the brewing mode.
     pub brew_remaining_s: Option<u64>,
+    /// When the brew ends, in the brewing mode: fixed for a whole brew, unlike the countdown.
+    pub brew_ends_at: Option<Instant>,
     /// Whether keep warm is running.
     pub keep_warm: bool,
     /// Interlocks that hold now.

@@ -107,6 +107,12 @@ impl Entity {
     }
 }
 
+/// Entities of earlier versions (key, platform), gone from [`entities`]: the device config
+/// removes them (a component with only its platform), so that an upgrade in `device` mode
+/// leaves no dead entity behind. In `components` mode their retained configs are stale topics
+/// that [`cleanup`] clears. `brew_remaining` was a per-second countdown, now `brew_ends_at`.
+pub const RETIRED: &[(&str, &str)] = &[("brew_remaining", "sensor")];
+
 /// The entities of SPEC §4, water entities included (see [`Entity::water`]).
 pub fn entities(settings: &Settings) -> Vec<Entity> {
     let t = Topics::new(settings);
@@ -171,13 +177,15 @@ pub fn entities(settings: &Settings) -> Vec<Entity> {
                 json!({"device_class": "enum", "options": modes, "icon": "mdi:coffee-maker"}),
             ),
         ),
+        // When the brew ends, not a countdown: Home Assistant counts down itself, and the
+        // state does not go out (nor the recorder write) every second of a brew.
         entity(
-            "brew_remaining",
+            "brew_ends_at",
             "sensor",
-            "Brew time left",
+            "Brew ready at",
             sensor(
-                "{{ value_json.brew_remaining_s }}",
-                json!({"device_class": "duration", "unit_of_measurement": "s"}),
+                "{{ value_json.brew_ends_at }}",
+                json!({"device_class": "timestamp", "icon": "mdi:coffee-to-go"}),
             ),
         ),
         Entity {
@@ -377,6 +385,9 @@ pub fn messages(
                     (e.key.to_owned(), Value::Object(config))
                 })
                 .collect();
+            for (key, platform) in RETIRED {
+                cmps.insert((*key).to_owned(), json!({"p": platform}));
+            }
             for event in TRIGGERS {
                 let mut config = trigger(settings, &t, event);
                 config.insert("p".into(), "device_automation".into());

@@ -39,7 +39,7 @@ ENTITIES = {
     "water_level": ("sensor", None, "%", "measurement", None, False),
     "water_distance": ("sensor", "distance", "mm", "measurement", "diagnostic", True),
     "mode": ("sensor", "enum", None, None, None, False),
-    "brew_remaining": ("sensor", "duration", "s", None, None, False),
+    "brew_ends_at": ("sensor", "timestamp", None, None, None, False),
     "updated_at": ("sensor", "timestamp", None, None, "diagnostic", True),
     "controller_reboots": ("sensor", None, None, "total_increasing", "diagnostic", True),
     "reply_format": ("sensor", "enum", None, None, "diagnostic", False),
