@@ -67,6 +67,15 @@ impl Transcript {
 
 /// Reads lines until `window` passes without a complete line being needed.
 async fn listen(port: &mut SerialStream, window: Duration) -> Vec<String> {
+    listen_raw(port, window)
+        .await
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// What arrives within `window`, as text.
+async fn listen_raw(port: &mut SerialStream, window: Duration) -> String {
     let mut bytes = Vec::new();
     let mut buf = [0u8; 512];
     let end = Instant::now() + window;
@@ -76,10 +85,7 @@ async fn listen(port: &mut SerialStream, window: Duration) -> Vec<String> {
         }
         bytes.extend_from_slice(&buf[..n]);
     }
-    String::from_utf8_lossy(&bytes)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 async fn send(port: &mut SerialStream, bytes: &[u8]) -> Vec<String> {
@@ -130,10 +136,13 @@ async fn script(mut port: SerialStream) -> Transcript {
     step(&mut t, "lone newline", lines);
     port.write_all(b"RESETX\n").await.unwrap();
     let fed = Instant::now();
-    let mut lines = listen(&mut port, WINDOW).await;
+    let lines = listen(&mut port, WINDOW).await;
     step(&mut t, "RESETX", lines.clone());
-    while !lines.iter().any(|l| l.ends_with(BANNER)) && fed.elapsed() < Duration::from_secs(7) {
-        lines = listen(&mut port, Duration::from_millis(20)).await;
+    // Everything heard since, as one text: the real UART sends the banner over ~2 ms, so it can
+    // straddle two listening windows.
+    let mut heard = lines.join("\n");
+    while !heard.contains(BANNER.trim_end()) && fed.elapsed() < Duration::from_secs(7) {
+        heard.push_str(&listen_raw(&mut port, Duration::from_millis(20)).await);
     }
     t.watchdog_s = fed.elapsed().as_secs_f64();
     t
