@@ -431,16 +431,7 @@ async fn allowed_hosts_are_answered() {
 /// state gets a new tag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_json_revalidates_with_its_etag() {
-    let (channels, state) = fake_driver();
-    let (listeners, addr, _) = loopback_listeners().await;
-    let shutdown = CancellationToken::new();
-    let deps = channels.http;
-    let server = tokio::spawn(http::serve(
-        listeners,
-        deps,
-        Options::default(),
-        shutdown.clone(),
-    ));
+    let (state, addr, shutdown, server, _rest) = serve_fake(Options::default()).await;
     state.send_replace(Some(doc(20.0)));
     let first = wait_status(addr, |r| r.status == 200).await;
     let etag = first.header("etag").expect("an ETag").to_owned();
@@ -480,16 +471,12 @@ async fn status_json_revalidates_with_its_etag() {
 /// current state skips it; idle streams get keep-alive comments; beyond `max_streams` 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_stream_states_and_are_capped() {
-    let (channels, state) = fake_driver();
-    let (listeners, addr, _) = loopback_listeners().await;
-    let shutdown = CancellationToken::new();
     let options = Options {
         max_streams: 2,
         keep_alive: Duration::from_millis(200),
         ..Options::default()
     };
-    let deps = channels.http;
-    let server = tokio::spawn(http::serve(listeners, deps, options, shutdown.clone()));
+    let (state, addr, shutdown, server, _rest) = serve_fake(options).await;
     state.send_replace(Some(doc(20.0)));
 
     let mut first = Sse::open(addr, None).await;
@@ -535,9 +522,6 @@ async fn events_stream_states_and_are_capped() {
 /// timeout; meanwhile states keep coming and the server's memory does not grow with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_never_reads_is_dropped_and_memory_stays_bounded() {
-    let (channels, state) = fake_driver();
-    let (listeners, addr, _) = loopback_listeners().await;
-    let shutdown = CancellationToken::new();
     let options = Options {
         max_streams: 1,
         public_limits: Limits {
@@ -546,8 +530,7 @@ async fn a_reader_that_never_reads_is_dropped_and_memory_stays_bounded() {
         },
         ..Options::default()
     };
-    let deps = channels.http;
-    let server = tokio::spawn(http::serve(listeners, deps, options, shutdown.clone()));
+    let (state, addr, shutdown, server, _rest) = serve_fake(options).await;
     // States of 64 KiB each: a few fill any socket buffer.
     let big = |n: usize| {
         let mut d = doc(20.0 + n as f64 / 10.0);
@@ -669,15 +652,29 @@ async fn probes_answer_under_slow_loris_on_the_public_port() {
     bridge.stop().await;
 }
 
-/// Every channel, with the HTTP server's state view fed by the test instead of a driver.
-fn fake_driver() -> (
-    bridge::Channels,
+/// The HTTP server alone on loopback with `options`, its state fed by the test (the returned
+/// sender) instead of a driver: the state sender, the public address, the shutdown token, the
+/// server task, and the other channel ends, which must stay alive while it runs.
+async fn serve_fake(
+    options: Options,
+) -> (
     tokio::sync::watch::Sender<Option<coffeebot::state::StateDoc>>,
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+    (coffeebot::daemon::Io, coffeebot::mqtt::Io),
 ) {
-    let mut channels = bridge::channels("Pot");
+    let bridge::Channels {
+        driver,
+        mqtt,
+        http: mut views,
+    } = bridge::channels("Pot");
     let (tx, rx) = tokio::sync::watch::channel(None);
-    channels.http.state = rx;
-    (channels, tx)
+    views.state = rx;
+    let (listeners, addr, _) = loopback_listeners().await;
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(http::serve(listeners, views, options, shutdown.clone()));
+    (tx, addr, shutdown, server, (driver, mqtt))
 }
 
 /// A state document with this temperature.
