@@ -325,56 +325,35 @@ async fn after_kill_9_the_controller_cuts_the_heater(on: On, name: &str) {
     }
 }
 
-// ----- on the simulator ----------------------------------------------------------------------
+// ----- on the simulator and on the real firmware -----------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sim_start_up_writes_heater_off_first() {
-    start_up_writes_heater_off_first(On::Sim, "sim-start").await;
+/// Each scenario twice: `sim::SCENARIO` on the simulator and `real::SCENARIO` on the real
+/// firmware, with the label naming its files.
+macro_rules! on_both {
+    ($($scenario:ident => $label:literal),* $(,)?) => {
+        mod sim {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::On::Sim, concat!("sim-", $label)).await;
+                }
+            )*
+        }
+        mod real {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::On::Real, concat!("realfw-", $label)).await;
+                }
+            )*
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sim_a_brew_goes_from_preheat_to_off() {
-    a_brew_goes_from_preheat_to_off(On::Sim, "sim-brew").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sim_the_heater_follows_on_and_off() {
-    the_heater_follows_on_and_off(On::Sim, "sim-heater").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sim_sigterm_writes_heater_off_last_and_exits_0() {
-    sigterm_writes_heater_off_last_and_exits_0(On::Sim, "sim-sigterm").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sim_after_kill_9_the_controller_cuts_the_heater() {
-    after_kill_9_the_controller_cuts_the_heater(On::Sim, "sim-kill").await;
-}
-
-// ----- on the real firmware ------------------------------------------------------------------
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn realfw_start_up_writes_heater_off_first() {
-    start_up_writes_heater_off_first(On::Real, "realfw-start").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn realfw_a_brew_goes_from_preheat_to_off() {
-    a_brew_goes_from_preheat_to_off(On::Real, "realfw-brew").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn realfw_the_heater_follows_on_and_off() {
-    the_heater_follows_on_and_off(On::Real, "realfw-heater").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn realfw_sigterm_writes_heater_off_last_and_exits_0() {
-    sigterm_writes_heater_off_last_and_exits_0(On::Real, "realfw-sigterm").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn realfw_after_kill_9_the_controller_cuts_the_heater() {
-    after_kill_9_the_controller_cuts_the_heater(On::Real, "realfw-kill").await;
+on_both! {
+    start_up_writes_heater_off_first => "start",
+    a_brew_goes_from_preheat_to_off => "brew",
+    the_heater_follows_on_and_off => "heater",
+    sigterm_writes_heater_off_last_and_exits_0 => "sigterm",
+    after_kill_9_the_controller_cuts_the_heater => "kill",
 }
