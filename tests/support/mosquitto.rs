@@ -17,7 +17,6 @@
 //! message a reader was going to get has arrived before a later message (or SUBACK) that the
 //! reader waits for.
 
-use std::fmt;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
 use std::path::{Path, PathBuf};
@@ -594,42 +593,45 @@ impl Login {
 }
 
 /// Why [`TestClient::connect`] failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
     /// The broker answered CONNACK with a refusal (the reason code, as text).
+    #[error("connection refused: {0}")]
     Refused(String),
     /// Anything else: no connection, no CONNACK within [`WAIT`], a websocket failure.
+    #[error("connection failed: {0}")]
     Failed(String),
 }
 
-impl fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConnectError::Refused(why) => write!(f, "connection refused: {why}"),
-            ConnectError::Failed(why) => write!(f, "connection failed: {why}"),
+/// Waits (at most [`WAIT`]) for a connecting client's CONNACK: `next` polls its event loop
+/// once and says whether that ended the wait (`Some`: the CONNACK, a refusal or an error).
+async fn until_connack(
+    mut next: impl AsyncFnMut() -> Option<Result<(), ConnectError>>,
+) -> Result<(), ConnectError> {
+    let wait = async {
+        loop {
+            if let Some(done) = next().await {
+                return done;
+            }
         }
-    }
+    };
+    timeout(WAIT, wait)
+        .await
+        .unwrap_or_else(|_| Err(ConnectError::Failed("no CONNACK".into())))
 }
 
 /// Why a [`TestClient`] operation failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     /// What was awaited did not happen within the timeout.
+    #[error("timed out waiting for {0}")]
     Timeout(String),
     /// The connection ended (the event loop's error, as text).
+    #[error("connection closed: {0}")]
     Closed(String),
     /// The client refused the request (e.g. its request channel closed).
+    #[error("request failed: {0}")]
     Request(String),
-}
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Timeout(what) => write!(f, "timed out waiting for {what}"),
-            ClientError::Closed(why) => write!(f, "connection closed: {why}"),
-            ClientError::Request(why) => write!(f, "request failed: {why}"),
-        }
-    }
 }
 
 /// A message a [`TestClient`] received.
@@ -741,23 +743,16 @@ impl TestClient {
                 }
                 let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
                 eventloop.set_network_options(no_delay());
-                let connack = timeout(WAIT, async {
-                    loop {
-                        match eventloop.poll().await {
-                            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                                return Ok(())
-                            }
-                            Ok(_) => {}
-                            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
-                                return Err(ConnectError::Refused(format!("{code:?}")))
-                            }
-                            Err(e) => return Err(ConnectError::Failed(e.to_string())),
-                        }
+                until_connack(async || match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => Some(Ok(())),
+                    Ok(_) => None,
+                    Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                        Some(Err(ConnectError::Refused(format!("{code:?}"))))
                     }
+                    Err(e) => Some(Err(ConnectError::Failed(e.to_string()))),
                 })
-                .await;
-                connack.unwrap_or_else(|_| Err(ConnectError::Failed("no CONNACK".into())))?;
-                tokio::spawn(pump_v311(eventloop, tx));
+                .await?;
+                tokio::spawn(pump(eventloop, tx));
                 Handle::V311(client)
             }
             Protocol::V5 => {
@@ -768,21 +763,16 @@ impl TestClient {
                     options.set_credentials(user, password);
                 }
                 let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 64);
-                let connack = timeout(WAIT, async {
-                    loop {
-                        match eventloop.poll().await {
-                            Ok(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_))) => return Ok(()),
-                            Ok(_) => {}
-                            Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => {
-                                return Err(ConnectError::Refused(format!("{code:?}")))
-                            }
-                            Err(e) => return Err(ConnectError::Failed(e.to_string())),
-                        }
+                until_connack(async || match eventloop.poll().await {
+                    Ok(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_))) => Some(Ok(())),
+                    Ok(_) => None,
+                    Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => {
+                        Some(Err(ConnectError::Refused(format!("{code:?}"))))
                     }
+                    Err(e) => Some(Err(ConnectError::Failed(e.to_string()))),
                 })
-                .await;
-                connack.unwrap_or_else(|_| Err(ConnectError::Failed("no CONNACK".into())))?;
-                tokio::spawn(pump_v5(eventloop, tx));
+                .await?;
+                tokio::spawn(pump(eventloop, tx));
                 Handle::V5(client)
             }
         };
@@ -839,11 +829,24 @@ impl TestClient {
                 .map_err(|e| e.to_string()),
         };
         sent.map_err(ClientError::Request)?;
-        let what = format!("SUBACK for {filters:?}");
+        self.acked(&format!("SUBACK for {filters:?}"), |event| match event {
+            ClientEvent::SubAck(granted) => Ok(granted.iter().all(|g| *g)),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// Waits (at most [`WAIT`]) for the acknowledgement `pick` takes (`Err` gives back any
+    /// other event), keeping what comes before it.
+    async fn acked<T>(
+        &mut self,
+        what: &str,
+        pick: impl Fn(ClientEvent) -> Result<T, ClientEvent>,
+    ) -> Result<T, ClientError> {
         loop {
-            match self.next_event(&what, WAIT).await? {
-                ClientEvent::SubAck(granted) => return Ok(granted.iter().all(|g| *g)),
-                other => self.stash(other, &what)?,
+            match pick(self.next_event(what, WAIT).await?) {
+                Ok(ack) => return Ok(ack),
+                Err(other) => self.stash(other, what)?,
             }
         }
     }
@@ -881,13 +884,11 @@ impl TestClient {
                 .map_err(|e| e.to_string()),
         };
         sent.map_err(ClientError::Request)?;
-        let what = format!("PUBACK for {topic}");
-        loop {
-            match self.next_event(&what, WAIT).await? {
-                ClientEvent::PubAck(ack) => return Ok(ack),
-                other => self.stash(other, &what)?,
-            }
-        }
+        self.acked(&format!("PUBACK for {topic}"), |event| match event {
+            ClientEvent::PubAck(ack) => Ok(ack),
+            other => Err(other),
+        })
+        .await
     }
 
     /// Waits (at most `limit`) for a message matching `pred`, looking first at the messages
@@ -1014,10 +1015,34 @@ fn no_delay() -> rumqttc::NetworkOptions {
     options
 }
 
-async fn pump_v311(mut eventloop: rumqttc::EventLoop, tx: mpsc::UnboundedSender<ClientEvent>) {
-    use rumqttc::{Event, Packet};
+/// Forwards a client's events to its [`TestClient`] until the connection or the receiver ends.
+async fn pump(mut eventloop: impl PollEvent, tx: mpsc::UnboundedSender<ClientEvent>) {
     loop {
-        let event = match eventloop.poll().await {
+        let event = match eventloop.poll_event().await {
+            Ok(Some(event)) => event,
+            Ok(None) => continue,
+            Err(why) => {
+                let _ = tx.send(ClientEvent::Closed(why));
+                return;
+            }
+        };
+        if tx.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+/// An event loop of either protocol version, as [`pump`] reads it.
+trait PollEvent {
+    /// Polls once and translates what came: `Ok(None)`, nothing to forward; `Err`, the
+    /// connection ended, and why.
+    async fn poll_event(&mut self) -> Result<Option<ClientEvent>, String>;
+}
+
+impl PollEvent for rumqttc::EventLoop {
+    async fn poll_event(&mut self) -> Result<Option<ClientEvent>, String> {
+        use rumqttc::{Event, Packet};
+        Ok(Some(match self.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => ClientEvent::Message(Message {
                 topic: p.topic.clone(),
                 payload: p.payload.to_vec(),
@@ -1030,22 +1055,16 @@ async fn pump_v311(mut eventloop: rumqttc::EventLoop, tx: mpsc::UnboundedSender<
                     .collect(),
             ),
             Ok(Event::Incoming(Packet::PubAck(_))) => ClientEvent::PubAck(PubAck::Ok),
-            Ok(_) => continue,
-            Err(e) => {
-                let _ = tx.send(ClientEvent::Closed(e.to_string()));
-                return;
-            }
-        };
-        if tx.send(event).is_err() {
-            return;
-        }
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        }))
     }
 }
 
-async fn pump_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::UnboundedSender<ClientEvent>) {
-    use rumqttc::v5::Event;
-    loop {
-        let event = match eventloop.poll().await {
+impl PollEvent for rumqttc::v5::EventLoop {
+    async fn poll_event(&mut self) -> Result<Option<ClientEvent>, String> {
+        use rumqttc::v5::Event;
+        Ok(Some(match self.poll().await {
             Ok(Event::Incoming(V5Packet::Publish(p))) => ClientEvent::Message(Message {
                 topic: String::from_utf8_lossy(&p.topic).into_owned(),
                 payload: p.payload.to_vec(),
@@ -1063,15 +1082,9 @@ async fn pump_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::UnboundedSende
                 PubAckReason::NotAuthorized => PubAck::NotAuthorized,
                 other => PubAck::Other(format!("{other:?}")),
             }),
-            Ok(_) => continue,
-            Err(e) => {
-                let _ = tx.send(ClientEvent::Closed(e.to_string()));
-                return;
-            }
-        };
-        if tx.send(event).is_err() {
-            return;
-        }
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        }))
     }
 }
 
