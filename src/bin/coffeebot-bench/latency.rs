@@ -13,15 +13,26 @@ use crate::stats::{ms, Stats};
 use crate::tap::{next_line, Dir, Tap};
 use crate::{say, HEATER_SET, NEAR_C};
 
+/// What the latency experiments drive the bridge through and watch it by: the MQTT client,
+/// the tap on the serial link and the controller.
+pub(crate) struct Probes<'a> {
+    pub(crate) client: &'a mut Client,
+    pub(crate) tap: &'a Tap,
+    pub(crate) device: &'a Device,
+}
+
 /// Alternates `heater/set ON`/`OFF` at random offsets and times each to the wire, to the
 /// controller's relay and to the state.
 pub(crate) async fn command_latency(
-    client: &mut Client,
-    tap: &Tap,
-    device: &Device,
+    probes: &mut Probes<'_>,
     samples: usize,
     figures: &mut Figures,
 ) -> Result<()> {
+    let Probes {
+        client,
+        tap,
+        device,
+    } = probes;
     let mut rng = fastrand::Rng::with_seed(7);
     for i in 0..samples * 2 {
         let (payload, line) = if i % 2 == 0 {
@@ -112,12 +123,15 @@ pub(crate) struct CommandSample {
 /// While heating, steps the plate 10 °C at a time and times the reply carrying it to the
 /// subscriber.
 pub(crate) async fn telemetry_latency(
-    client: &mut Client,
-    tap: &Tap,
-    device: &Device,
+    probes: &mut Probes<'_>,
     samples: usize,
     figures: &mut Figures,
 ) -> Result<()> {
+    let Probes {
+        client,
+        tap,
+        device,
+    } = probes;
     // While heating, the bridge asks every feed interval (250 ms), so samples come quickly.
     switch_heater(client, "ON").await?;
     for i in 0..samples {
