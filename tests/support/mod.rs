@@ -4,6 +4,8 @@
 
 pub mod bridge;
 pub mod http;
+#[path = "../../src/bin/coffeebot-bench/listen.rs"]
+pub mod listen;
 pub mod mosquitto;
 pub mod realfw;
 pub mod rig;

@@ -18,7 +18,7 @@
 //! reader waits for.
 
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +29,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
+
+use super::listen::{free_ports, spawn_listening};
 
 /// The address every test broker listens on.
 pub const HOST: &str = "127.0.0.1";
@@ -176,7 +178,7 @@ impl Broker {
 
     fn prepare(setup: Setup) -> Broker {
         let dir = unique_temp_dir();
-        let ports = free_ports(if setup == Setup::Shipped { 2 } else { 1 });
+        let ports = free_ports(if setup == Setup::Shipped { 2 } else { 1 }).expect("free ports");
         let lan_port = ports[0];
         let ws_port = ports.get(1).copied();
         let text = match setup {
@@ -218,43 +220,21 @@ impl Broker {
             .append(true)
             .open(self.dir.join("mosquitto.log"))
             .expect("open log");
-        let mut child = Command::new(find_program("mosquitto"))
+        let mut command = Command::new(find_program("mosquitto"));
+        command
             .arg("-c")
             .arg(&self.conf)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn mosquitto");
-        let deadline = Instant::now() + READY_TIMEOUT;
+            .stderr(log);
         let ports: Vec<u16> = [Some(self.lan_port), self.ws_port]
             .into_iter()
             .flatten()
             .collect();
-        loop {
-            if let Some(status) = child.try_wait().expect("poll mosquitto") {
-                return Err(format!(
-                    "mosquitto exited with {status}; log:\n{}",
-                    self.log()
-                ));
-            }
-            let ready = ports.iter().all(|port| {
-                let addr = SocketAddr::from((LOOPBACK, *port));
-                StdTcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
-            });
-            if ready {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("ports {ports:?} not open; log:\n{}", self.log()));
-            }
-            // Polling interval of a readiness check with a deadline, not synchronisation.
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let child = spawn_listening(&mut command, &ports, READY_TIMEOUT, || self.log())?;
+        self.child = Some(child);
+        Ok(())
     }
 
     /// The host to connect to.
@@ -518,17 +498,6 @@ fn unique_temp_dir() -> PathBuf {
     );
     fs::create_dir_all(&dir).expect("create temp dir");
     dir
-}
-
-/// `n` distinct ports that were free on the loopback address a moment ago.
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<StdTcpListener> = (0..n)
-        .map(|_| StdTcpListener::bind((HOST, 0)).expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
 }
 
 /// Finds a mosquitto program on PATH or in the sbin directories (mosquitto lives in

@@ -127,19 +127,14 @@ pub(crate) async fn telemetry_latency(
     samples: usize,
     figures: &mut Figures,
 ) -> Result<()> {
-    let Probes {
-        client,
-        tap,
-        device,
-    } = probes;
     // While heating, the bridge asks every feed interval (250 ms), so samples come quickly.
-    switch_heater(client, "ON").await?;
+    switch_heater(probes.client, "ON").await?;
     for i in 0..samples {
         let target = if i % 2 == 0 { 40.0 } else { 50.0 };
-        let mut lines = tap.subscribe();
-        client.drain();
+        let mut lines = probes.tap.subscribe();
+        probes.client.drain();
         let t_set = Instant::now();
-        device.set_plate(target).await?;
+        probes.device.set_plate(target).await?;
         let emitted = next_line(
             &mut lines,
             |l| {
@@ -150,7 +145,8 @@ pub(crate) async fn telemetry_latency(
             "the new reading",
         )
         .await?;
-        let (received, _) = client
+        let (received, _) = probes
+            .client
             .state(
                 t_set,
                 |doc, _| {
@@ -173,7 +169,7 @@ pub(crate) async fn telemetry_latency(
             set_to_received: received - t_set,
         });
     }
-    switch_heater(client, "OFF").await?;
+    switch_heater(probes.client, "OFF").await?;
     say_stats("telemetry latency", &figures.telemetry, |s| {
         s.emitted_to_received
     });

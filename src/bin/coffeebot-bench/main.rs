@@ -51,6 +51,7 @@ mod cadence;
 mod client;
 mod device;
 mod latency;
+mod listen;
 mod process;
 mod realfw;
 mod report;
