@@ -168,7 +168,7 @@ pub(crate) async fn heating(
     .map(|load| {
         let (pid, public, ops) = (bridge.pid, bridge.public_port, bridge.http_port);
         let window = end.saturating_duration_since(Instant::now());
-        tokio::spawn(async move { viewers::run(load, plan, window, pid, public, ops).await })
+        viewers::spawn(load, plan, window, pid, public, ops)
     });
     let cpu_a = cpu_sample(bridge.pid);
     let metrics_a = feed_gap_histogram(bridge.http_port);

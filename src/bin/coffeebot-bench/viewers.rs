@@ -173,8 +173,30 @@ impl LoadFigures {
     }
 }
 
+/// [`run`] on a runtime of its own (two threads), so that the load competes with the tap and
+/// the simulated controller only for the CPU, not for their runtime's threads.
+pub(crate) fn spawn(
+    load: Load,
+    plan: Plan,
+    window: Duration,
+    pid: u32,
+    public_port: u16,
+    ops_port: u16,
+) -> tokio::task::JoinHandle<Result<LoadFigures>> {
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("the load's runtime")?;
+        let figures = runtime.block_on(run(load, plan, window, pid, public_port, ops_port));
+        runtime.shutdown_timeout(Duration::from_secs(2));
+        figures
+    })
+}
+
 /// Runs `load` against the bridge (`pid`, public and operator ports) for `window`.
-pub(crate) async fn run(
+async fn run(
     load: Load,
     plan: Plan,
     window: Duration,
