@@ -47,7 +47,10 @@ fn start(tmpdir: &Path, http_listen: &str) -> (Child, mpsc::Receiver<String>) {
     program.push(binary_under_test().to_string_lossy().into_owned());
     let mut cmd = Command::new(&program[0]);
     // Nothing listens on a port that was free a moment ago: the MQTT side just retries.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     cmd.args(&program[1..])
         .args(["run", "--simulate"])
         .env("TMPDIR", tmpdir)
@@ -130,7 +133,11 @@ fn the_simulator_folder_is_removed_on_sigterm_and_sigint() {
         signal(&child, sig);
         let status = wait_exit(&mut child);
         assert!(status.success(), "SIG{sig}: {status}");
-        assert_eq!(entries(&tmpdir), Vec::<String>::new(), "SIG{sig}: left behind");
+        assert_eq!(
+            entries(&tmpdir),
+            Vec::<String>::new(),
+            "SIG{sig}: left behind"
+        );
         std::fs::remove_dir_all(&tmpdir).unwrap();
     }
 }
