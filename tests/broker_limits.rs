@@ -402,20 +402,19 @@ async fn huge_public_publishes_stay_under_the_bound() {
     assert!(after < PUBLIC_RSS_BOUND_KIB, "{before} -> {after} KiB");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscription_flood_stays_under_the_bound() {
-    let broker = Broker::start();
-    let watch = Watch::start(&broker).await;
-    let before = public_rss_kib(&broker);
-    let (mut stream, _) =
-        raw_connect(&broker, Listener::Public, true, "subflood", None, true).await;
-    // Up to 50,000 distinct filters (~60 MiB without a limit), written in batches of 10 (a
-    // client that sends more at once than its queue of answers holds, `max_queued_messages`,
-    // is disconnected sooner); the broker answers each with a SUBACK or disconnects the client
-    // once its memory limit is reached.
+/// Floods `listener` with up to 50,000 distinct filters (~60 MiB without a limit) from one
+/// client, written in batches of 10 (a client that sends more at once than its queue of
+/// answers holds, `max_queued_messages`, is disconnected sooner); the broker answers each with
+/// a SUBACK or disconnects the client once its memory limit is reached. Returns how many were
+/// acknowledged and whether the client was still connected.
+async fn subscription_flood(
+    broker: &Broker,
+    listener: Listener,
+    user: Option<User>,
+) -> (u32, bool) {
+    let (mut stream, _) = raw_connect(broker, listener, true, "subflood", user, true).await;
     const BATCH: u16 = 10;
     let mut acked = 0u32;
-    let mut open = true;
     for batch in 0..5000u16 {
         let mut packets = Vec::new();
         for i in 0..BATCH {
@@ -427,34 +426,57 @@ async fn a_subscription_flood_stays_under_the_bound() {
             ));
         }
         if stream.write_all(&packets).await.is_err() {
-            open = false;
-            break;
+            return (acked, false);
         }
         for _ in 0..BATCH {
             match tokio::time::timeout(WAIT, read_packet(&mut stream)).await {
                 Ok(Some((0x90, _))) => acked += 1,
-                Ok(Some(_)) | Ok(None) | Err(_) => {
-                    open = false;
-                    break;
-                }
+                Ok(Some(_)) | Ok(None) | Err(_) => return (acked, false),
             }
         }
-        if !open {
-            break;
-        }
     }
+    (acked, true)
+}
+
+fn connected(open: bool) -> &'static str {
+    if open {
+        "still connected"
+    } else {
+        "disconnected"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_flood_stays_under_the_bound() {
+    let broker = Broker::start();
+    let watch = Watch::start(&broker).await;
+    let before = public_rss_kib(&broker);
+    let (acked, open) = subscription_flood(&broker, Listener::Public, None).await;
     let after = public_rss_kib(&broker);
     let lan_growth = watch.check(&broker, "a subscription flood").await;
     eprintln!(
-        "FIGURE subscription flood: public mosquitto RSS {before} -> {after} KiB after {acked} \
-         subscriptions (client {}), LAN mosquitto +{lan_growth} KiB, bridge connected",
-        if open {
-            "still connected"
-        } else {
-            "disconnected"
-        }
+        "FIGURE public subscription flood: public mosquitto RSS {before} -> {after} KiB after \
+         {acked} subscriptions (client {}), LAN mosquitto +{lan_growth} KiB, bridge connected",
+        connected(open)
     );
     assert!(after < PUBLIC_RSS_BOUND_KIB, "{after} KiB");
+}
+
+/// The same flood from a LAN user (who has a password): the LAN broker's own `memory_limit`
+/// bounds it, which is what its Kubernetes memory limit is sized from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lan_subscription_flood_stays_under_the_bound() {
+    let broker = Broker::start();
+    let before = rss_kib(&broker);
+    let (acked, open) = subscription_flood(&broker, Listener::Lan, Some(User::Lan)).await;
+    let after = rss_kib(&broker);
+    eprintln!(
+        "FIGURE LAN subscription flood: LAN mosquitto RSS {before} -> {after} KiB after {acked} \
+         subscriptions (client {})",
+        connected(open)
+    );
+    assert!(after < RSS_BOUND_KIB, "{after} KiB");
+    state_still_flows(&broker, "after a LAN subscription flood").await;
 }
 
 /// How many persistent public sessions the flood opens.
