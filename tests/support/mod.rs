@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bridge;
+pub mod cdp;
 pub mod http;
 #[path = "../../src/bin/coffeebot-bench/listen.rs"]
 pub mod listen;
