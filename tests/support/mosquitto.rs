@@ -252,21 +252,27 @@ impl Broker {
         }
     }
 
-    /// Spawns mosquitto on this broker's config and waits for its ports.
-    fn spawn(&mut self) -> Result<(), String> {
+    /// `mosquitto -c CONF` in this broker's directory, its output appended to `log` there.
+    fn mosquitto(&self, conf: &Path, log: &str) -> Command {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("mosquitto.log"))
-            .expect("open log");
+            .open(self.dir.join(log))
+            .expect("open the mosquitto log");
         let mut command = Command::new(find_program("mosquitto"));
         command
             .arg("-c")
-            .arg(&self.conf)
+            .arg(conf)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log);
+        command
+    }
+
+    /// Spawns mosquitto on this broker's config and waits for its ports.
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut command = self.mosquitto(&self.conf, "mosquitto.log");
         let ports: Vec<u16> = [Some(self.lan_port), self.feed_port]
             .into_iter()
             .flatten()
@@ -359,19 +365,7 @@ impl Broker {
     fn spawn_public(&self) -> Result<(), String> {
         let public = self.public.as_ref().expect("a public side");
         let mut public = lock(public);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("public.log"))
-            .expect("open public log");
-        let mut command = Command::new(find_program("mosquitto"));
-        command
-            .arg("-c")
-            .arg(&public.conf)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log);
+        let mut command = self.mosquitto(&public.conf, "public.log");
         let ports = [public.ws_port, public.tcp_port];
         let mut child = spawn_listening(&mut command, &ports, READY_TIMEOUT, || self.public_log())
             .map_err(|e| format!("public mosquitto: {e}"))?;
@@ -681,10 +675,22 @@ pub fn find_program(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("`{name}` is not installed: run scripts/install-test-deps.sh"))
 }
 
+/// Appends `n` as MQTT's variable-length "remaining length" (seven bits a byte, low first).
+pub fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        out.push(if n > 0 { byte | 0x80 } else { byte });
+        if n == 0 {
+            break;
+        }
+    }
+}
+
 /// Blocking MQTT 3.1.1 in a few packets, for the harness's own readiness check (it runs in
 /// synchronous code, also inside a test's runtime).
 mod raw {
-    use super::{User, HOST, READY_TIMEOUT};
+    use super::{remaining_length, User, HOST, READY_TIMEOUT};
     use std::io::{ErrorKind, Read, Write};
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
@@ -696,15 +702,7 @@ mod raw {
 
     fn packet(first: u8, body: &[u8]) -> Vec<u8> {
         let mut out = vec![first];
-        let mut n = body.len();
-        loop {
-            let byte = (n % 128) as u8;
-            n /= 128;
-            out.push(if n > 0 { byte | 0x80 } else { byte });
-            if n == 0 {
-                break;
-            }
-        }
+        remaining_length(body.len(), &mut out);
         out.extend_from_slice(body);
         out
     }
