@@ -601,6 +601,17 @@ class HomeAssistant:
     def call(self, domain: str, service: str, **data):
         return self._request("POST", f"/api/services/{domain}/{service}", data)
 
+    def render(self, template: str) -> str:
+        """A template rendered by HA (POST /api/template)."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/api/template",
+            method="POST",
+            data=json.dumps({"template": template}).encode(),
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.read().decode()
+
     def fire(self, event_type: str, **data):
         return self._request("POST", f"/api/events/{event_type}", data)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from harness import wait_until
+from harness import EXAMPLES, wait_until
 from test_home_assistant import (  # noqa: F401 (fixtures)
     assert_no_mqtt_problems,
     device_and_entities,
@@ -332,3 +332,21 @@ def test_problem_notification_once_per_refused_command(stack):
     assert problems()[-1]["data"]["message"]
     assert_examples_clean(ha, before)
     assert_no_mqtt_problems(ha)
+
+
+def test_dashboard_card_names_only_entities_that_exist_and_its_markdown_renders(stack):
+    import re
+
+    import yaml
+
+    ha = stack.ha
+    text = (EXAMPLES / "dashboard-card.yaml").read_text()
+    card = yaml.safe_load(text)
+    assert card["type"] == "vertical-stack"
+    named = set(re.findall(r"\b(?:sensor|button|number|switch|binary_sensor|event)\.coffee_pot_\w+", text))
+    assert len(named) >= 10, named
+    missing = [e for e in sorted(named) if ha.state(e) is None]
+    assert missing == [], f"dashboard-card.yaml names entities HA does not have: {missing}"
+    (markdown,) = [c["card"]["content"] for c in card["cards"] if c["type"] == "conditional"]
+    rendered = ha.render(markdown)
+    assert rendered.startswith("**Fault:**"), rendered
