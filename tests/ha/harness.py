@@ -223,6 +223,8 @@ FAST = {
     "BREW__PREHEAT_TIMEOUT_S": "30",
     "KEEP_WARM__AFTER_BREW": "false",
     "HTTP__LISTEN": "",
+    # Nor the operator server (metrics, probes): its default port may be taken on the machine.
+    "HTTP__OPS_LISTEN": "",
     # The simulator answers as MrCoffeeBot 05a9a00 (three-line replies, no heater timeout).
     "SERIAL__ALLOW_FIRMWARE_WITHOUT_HEATER_TIMEOUT": "true",
 }
