@@ -23,6 +23,7 @@ chmod 755 "$handshake"
 # cached root stays as scripts/ha-env.sh made it: the pinned wheels under HA's constraints,
 # and two empty stand-ins for the voice pipeline's native modules (they need a C++ compiler the
 # root has not; nothing on the page uses them).
+# shellcheck disable=SC2016 # expanded by the inner shell, from its arguments
 scripts/ha-env.sh run env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt UV_CACHE_DIR=/var/cache/uv sh -c '
   constraints=$(python -c "import homeassistant, os; print(os.path.join(os.path.dirname(homeassistant.__file__), \"package_constraints.txt\"))")
   uv pip install -q --python /opt/ha/bin/python --target "$1" -c "$constraints" \
