@@ -76,7 +76,7 @@ pub async fn run(settings: &Settings, io: Io, shutdown: CancellationToken) {
         link_events_tx,
     ));
     let now = Instant::now();
-    let store = Store::new(
+    let store: Store = Store::new(
         Some(PathBuf::from(&settings.counters.state_dir)).filter(|d| !d.as_os_str().is_empty()),
         Duration::from_secs_f64(settings.counters.save_interval_s),
     );

@@ -266,7 +266,8 @@ pub struct Http {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
-    /// Whether scheduled brews start (the `schedule/set` command switches it until restart).
+    /// Whether scheduled brews start (the `schedule/set` command switches it, kept until this
+    /// value is changed).
     pub enabled: bool,
     /// IANA zone of the weekly entries and floating calendar times; empty: the machine's.
     pub timezone: String,

@@ -415,6 +415,11 @@ impl PreheatHistory {
         self.recent.push_back(took);
     }
 
+    /// The remembered preheats, oldest first (to keep across restarts).
+    pub fn recent(&self) -> impl Iterator<Item = Duration> + '_ {
+        self.recent.iter().copied()
+    }
+
     /// The expected preheat: the median of the remembered ones (the upper of the two middle
     /// ones for an even count, so a brew rather starts early), else the default.
     pub fn expected(&self) -> Duration {

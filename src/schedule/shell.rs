@@ -1,6 +1,13 @@
 //! The daemon's side of the schedule: holds the planner, the runner and the preheat history,
 //! and a task that re-reads the calendar every `schedule.calendar_refresh_s`.
 //!
+//! What must survive a restart is kept in `schedule.json` of the state directory
+//! (`counters.state_dir`), through the counters' [`Store`] (atomic writes, a corrupt file set
+//! aside): the measured preheats, the `schedule/set ON|OFF` switch, and which brews were
+//! handled (started, skipped by `SKIP` or otherwise), so that a restart neither forgets a skip
+//! nor brews twice. The switch holds only while `schedule.enabled` in the configuration is what
+//! it was when the switch was set: editing the configuration wins.
+//!
 //! The driver passes the wall-clock time in (nothing here reads a clock). A calendar that cannot
 //! be read or parsed leaves the last good one in use; the refresh task logs one WARN line per
 //! change of condition (not per attempt) and counts every failure in
@@ -10,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -20,6 +28,54 @@ use super::{
 };
 use crate::config::Settings;
 use crate::core::Mode;
+use crate::counters::{Persisted, Store};
+
+/// What the schedule keeps across restarts, as stored in `schedule.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Kept {
+    /// The last measured preheats in seconds, oldest first (at most
+    /// [`PreheatHistory::KEEP`]).
+    pub preheats_s: Vec<f64>,
+    /// The last `schedule/set ON|OFF`, if any.
+    pub switched: Option<Switched>,
+    /// Brews ready at or before this instant (RFC 3339) were handled.
+    pub handled_until: Option<String>,
+}
+
+/// A `schedule/set ON|OFF` and the configuration it was given under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Switched {
+    /// ON (true) or OFF.
+    pub enabled: bool,
+    /// `schedule.enabled` of the configuration at the time.
+    pub configured: bool,
+}
+
+impl Kept {
+    fn handled_until(&self) -> Option<DateTime<Utc>> {
+        let text = self.handled_until.as_deref()?;
+        DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|at| at.with_timezone(&Utc))
+    }
+}
+
+impl Persisted for Kept {
+    const FILE: &'static str = "schedule.json";
+    const WHAT: &'static str = "schedule state";
+    const FRESH: &'static str = "starting from the configuration";
+
+    fn valid(&self) -> bool {
+        self.preheats_s.len() <= PreheatHistory::KEEP
+            && self
+                .preheats_s
+                .iter()
+                .all(|s| s.is_finite() && (0.0..=86_400.0).contains(s))
+            && (self.handled_until.is_none() || self.handled_until().is_some())
+    }
+}
 
 /// The last good calendar and when it was read.
 type Loaded = Option<(Arc<Calendar>, DateTime<Utc>)>;
@@ -38,6 +94,12 @@ pub struct Shell {
     /// The next brew as last planned, and until when that answer holds (planning a large
     /// calendar is not free, and the driver asks several times a second).
     cached: Option<(DateTime<Utc>, Option<PlannedBrew>)>,
+    /// `schedule.enabled` of the configuration.
+    configured: bool,
+    /// The last switch by command, kept with the rest.
+    switched: Option<Switched>,
+    /// Where [`Kept`] is written.
+    store: Store<Kept>,
 }
 
 impl Shell {
@@ -51,7 +113,11 @@ impl Shell {
             tokio::spawn(refresh_task(s.calendar.clone(), refresh, tx, shutdown));
             rx
         });
-        Shell {
+        let dir = Some(std::path::PathBuf::from(&settings.counters.state_dir))
+            .filter(|d| !d.as_os_str().is_empty());
+        let store: Store<Kept> = Store::new(dir, Duration::ZERO);
+        let kept = store.load();
+        let mut shell = Shell {
             planner: Planner::from_settings(settings),
             runner: Runner::new(s.enabled, Duration::from_secs_f64(s.max_late_s)),
             history: PreheatHistory::new(Duration::from_secs_f64(s.default_preheat_s)),
@@ -59,7 +125,48 @@ impl Shell {
             calendar_read_at: None,
             preheat_since: None,
             cached: None,
+            configured: s.enabled,
+            switched: None,
+            store,
+        };
+        shell.resume(&kept);
+        shell
+    }
+
+    /// Takes back what was kept before a restart.
+    fn resume(&mut self, kept: &Kept) {
+        for &took in &kept.preheats_s {
+            self.history.record(Duration::from_secs_f64(took));
         }
+        self.runner.resume(kept.handled_until());
+        match kept.switched {
+            Some(switched) if switched.configured == self.configured => {
+                self.runner.set_enabled(switched.enabled);
+                self.switched = Some(switched);
+            }
+            Some(_) => {
+                info!(
+                    enabled = self.configured,
+                    "schedule.enabled was changed in the configuration; it overrides the last schedule/set"
+                );
+                self.keep();
+            }
+            None => {}
+        }
+    }
+
+    /// Writes what must survive a restart (rare: a switch, a skip, a brew handled, a preheat
+    /// measured).
+    fn keep(&mut self) {
+        let kept = Kept {
+            preheats_s: self.history.recent().map(|d| d.as_secs_f64()).collect(),
+            switched: self.switched,
+            handled_until: self
+                .runner
+                .handled_until()
+                .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        };
+        self.store.save_now(&kept);
     }
 
     /// Resolves when the refresh task has read a new calendar (never without one).
@@ -111,14 +218,25 @@ impl Shell {
             return None;
         }
         self.cached = None;
-        self.runner
-            .poll(&self.planner, now, self.history.expected(), mode)
+        let handled = self.runner.handled_until();
+        let due = self
+            .runner
+            .poll(&self.planner, now, self.history.expected(), mode);
+        if self.runner.handled_until() != handled {
+            self.keep();
+        }
+        due
     }
 
     /// `schedule/set ON|OFF`.
     pub fn set_enabled(&mut self, enabled: bool) {
         self.runner.set_enabled(enabled);
+        self.switched = Some(Switched {
+            enabled,
+            configured: self.configured,
+        });
         self.cached = None;
+        self.keep();
     }
 
     /// `schedule/set SKIP`: the brew that will not start, if there is one.
@@ -127,6 +245,7 @@ impl Shell {
         let brew = self
             .runner
             .skip_next(&self.planner, now, self.history.expected())?;
+        self.keep();
         Some(brew.doc(self.planner.zone))
     }
 
@@ -145,6 +264,7 @@ impl Shell {
                     info!(preheat_s = took.as_secs_f64(), "preheat measured");
                     self.history.record(took);
                     self.cached = None;
+                    self.keep();
                 }
                 self.preheat_since = None;
             }
@@ -215,5 +335,140 @@ async fn refresh_task(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(refresh) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WeeklyBrew;
+    use crate::schedule::tests::at;
+
+    /// Four cups ready at 07:00 UTC every day, kept in `dir`.
+    fn settings(dir: &std::path::Path, enabled: bool) -> Settings {
+        let mut settings = Settings::default();
+        settings.counters.state_dir = dir.display().to_string();
+        settings.schedule.enabled = enabled;
+        settings.schedule.timezone = "UTC".to_owned();
+        settings.schedule.default_preheat_s = 120.0;
+        settings.schedule.brew = vec![WeeklyBrew {
+            days: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+                .map(str::to_owned)
+                .to_vec(),
+            ready_at: "07:00".to_owned(),
+            cups: Some(4),
+        }];
+        settings
+    }
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("coffeebot-shell-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn start(settings: &Settings) -> Shell {
+        Shell::start(settings, CancellationToken::new())
+    }
+
+    fn next_ready(shell: &mut Shell, now: DateTime<Utc>) -> Option<String> {
+        shell.state(now).0.map(|doc| doc.ready_at)
+    }
+
+    #[test]
+    fn a_switch_a_skip_and_measured_preheats_survive_a_restart() {
+        let d = dir("restart");
+        let now = at("2026-06-01T05:00:00Z");
+        let mut shell = start(&settings(&d, true));
+        assert_eq!(
+            next_ready(&mut shell, now).as_deref(),
+            Some("2026-06-01T07:00:00+00:00")
+        );
+        assert_eq!(shell.history.expected(), Duration::from_secs(120));
+        shell.observe(now, Mode::Preheating);
+        shell.observe(now + chrono::Duration::seconds(200), Mode::Brewing);
+        shell.observe(now + chrono::Duration::seconds(400), Mode::Off);
+        shell.skip_next(now).expect("a brew to skip");
+        shell.set_enabled(false);
+        drop(shell);
+
+        let mut shell = start(&settings(&d, true));
+        assert_eq!(shell.history.expected(), Duration::from_secs(200));
+        assert!(!shell.runner.enabled(), "OFF is kept");
+        shell.set_enabled(true);
+        drop(shell);
+
+        let mut shell = start(&settings(&d, true));
+        assert_eq!(
+            next_ready(&mut shell, now).as_deref(),
+            Some("2026-06-02T07:00:00+00:00"),
+            "the skip is kept"
+        );
+        // A brew that was started is handled: a restart does not start it again.
+        let due = shell.poll(at("2026-06-02T06:55:00Z"), Mode::Off);
+        assert!(matches!(due, Some(Due::Start(_))), "{due:?}");
+        drop(shell);
+        let mut shell = start(&settings(&d, true));
+        assert_eq!(shell.poll(at("2026-06-02T06:55:01Z"), Mode::Off), None);
+        let kept: Kept =
+            serde_json::from_slice(&std::fs::read(d.join(Kept::FILE)).unwrap()).unwrap();
+        assert_eq!(kept.preheats_s, vec![200.0]);
+        assert_eq!(kept.handled_until.as_deref(), Some("2026-06-02T07:00:00Z"));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_configuration_overrides_a_switch_made_under_another() {
+        let d = dir("config");
+        let mut shell = start(&settings(&d, true));
+        shell.set_enabled(false);
+        drop(shell);
+        let shell = start(&settings(&d, true));
+        assert!(
+            !shell.runner.enabled(),
+            "the same configuration: OFF is kept"
+        );
+        drop(shell);
+        // Edited to `false`: the configuration applies, and the switch is forgotten.
+        let shell = start(&settings(&d, false));
+        assert!(!shell.runner.enabled());
+        drop(shell);
+        let mut shell = start(&settings(&d, true));
+        assert!(
+            shell.runner.enabled(),
+            "edited back: the configuration, not the old OFF"
+        );
+        shell.set_enabled(false);
+        shell.set_enabled(true);
+        drop(shell);
+        let shell = start(&settings(&d, true));
+        assert!(shell.runner.enabled(), "the last switch is kept");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_corrupt_or_out_of_range_file_is_set_aside() {
+        let d = dir("corrupt");
+        for text in [
+            "{\"preheats_s\": [",
+            "{\"preheats_s\": [-1]}",
+            "{\"preheats_s\": [1, 2, 3, 4, 5, 6]}",
+            "{\"handled_until\": \"tomorrow\"}",
+            "{\"switched\": {\"enabled\": false}}",
+        ] {
+            std::fs::write(d.join(Kept::FILE), text).unwrap();
+            let mut shell = start(&settings(&d, true));
+            assert!(shell.runner.enabled(), "{text}");
+            assert_eq!(shell.history.expected(), Duration::from_secs(120), "{text}");
+            assert_eq!(
+                next_ready(&mut shell, at("2026-06-01T05:00:00Z")).as_deref(),
+                Some("2026-06-01T07:00:00+00:00"),
+                "{text}"
+            );
+            assert!(d.join("schedule.json.bad").is_file(), "{text}");
+            assert!(!d.join(Kept::FILE).exists(), "{text}");
+        }
+        let _ = std::fs::remove_dir_all(&d);
     }
 }
