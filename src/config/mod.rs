@@ -87,7 +87,8 @@ pub struct Maintenance {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CountersFile {
-    /// Directory of `counters.json`; empty: counters are not kept across restarts.
+    /// Directory of `counters.json` and the schedule's `schedule.json`; empty: neither is kept
+    /// across restarts.
     pub state_dir: String,
     /// Longest time between writes of the file while counters change.
     pub save_interval_s: f64,

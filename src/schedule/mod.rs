@@ -31,7 +31,7 @@ use crate::config::Settings;
 
 pub use calendar::{Calendar, CalendarError};
 
-/// Longest wait for a calendar's server.
+/// Longest wait for a calendar's server (the daemon waits at most half its refresh interval).
 pub const CALENDAR_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How far ahead the planner looks for brews.

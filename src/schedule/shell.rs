@@ -8,8 +8,9 @@
 //! nor brews twice. The switch holds only while `schedule.enabled` in the configuration is what
 //! it was when the switch was set: editing the configuration wins.
 //!
-//! The driver passes the wall-clock time in (nothing here reads a clock). A calendar that cannot
-//! be read or parsed leaves the last good one in use; the refresh task logs one WARN line per
+//! The driver passes the wall-clock time in (nothing here reads a clock). A calendar's server
+//! gets at most [`CALENDAR_TIMEOUT`] or half of `schedule.calendar_refresh_s`, whichever is
+//! shorter, to answer. A calendar that cannot be read or parsed leaves the last good one in use; the refresh task logs one WARN line per
 //! change of condition (not per attempt) and counts every failure in
 //! `coffeebot_calendar_refresh_failures_total{kind}`.
 
@@ -62,6 +63,26 @@ impl Kept {
     }
 }
 
+/// The expected preheat the daemon would use now: from the measured preheats kept in the
+/// state directory, else `schedule.default_preheat_s`. Only reads (a bad file is ignored, not
+/// set aside): for the `schedule` command.
+pub fn expected_preheat(settings: &Settings) -> Duration {
+    let mut history =
+        PreheatHistory::new(Duration::from_secs_f64(settings.schedule.default_preheat_s));
+    let dir = &settings.counters.state_dir;
+    if !dir.is_empty() {
+        let path = std::path::Path::new(dir).join(Kept::FILE);
+        let kept = std::fs::read(path)
+            .ok()
+            .and_then(|text| serde_json::from_slice::<Kept>(&text).ok())
+            .filter(Kept::valid);
+        for &took in kept.iter().flat_map(|k| &k.preheats_s) {
+            history.record(Duration::from_secs_f64(took));
+        }
+    }
+    history.expected()
+}
+
 impl Persisted for Kept {
     const FILE: &'static str = "schedule.json";
     const WHAT: &'static str = "schedule state";
@@ -76,6 +97,10 @@ impl Persisted for Kept {
             && (self.handled_until.is_none() || self.handled_until().is_some())
     }
 }
+
+/// How long after start a due brew waits for the controller's first answer; past it, the brew
+/// is handled as usual (and skipped when the controller is offline).
+pub const STARTUP_GRACE: chrono::Duration = chrono::Duration::seconds(15);
 
 /// The last good calendar and when it was read.
 type Loaded = Option<(Arc<Calendar>, DateTime<Utc>)>;
@@ -94,6 +119,9 @@ pub struct Shell {
     /// The next brew as last planned, and until when that answer holds (planning a large
     /// calendar is not free, and the driver asks several times a second).
     cached: Option<(DateTime<Utc>, Option<PlannedBrew>)>,
+    /// The first poll, and whether the controller has answered since: see [`Shell::poll`].
+    first_poll: Option<DateTime<Utc>>,
+    heard: bool,
     /// `schedule.enabled` of the configuration.
     configured: bool,
     /// The last switch by command, kept with the rest.
@@ -125,6 +153,8 @@ impl Shell {
             calendar_read_at: None,
             preheat_since: None,
             cached: None,
+            first_poll: None,
+            heard: false,
             configured: s.enabled,
             switched: None,
             store,
@@ -211,8 +241,17 @@ impl Shell {
         brew
     }
 
-    /// What is due now, the pot being in `mode`.
-    pub fn poll(&mut self, now: DateTime<Utc>, mode: Mode) -> Option<Due> {
+    /// What is due now, the pot being in `mode`; `answering`: whether the controller answers.
+    ///
+    /// Until the controller has answered once since start (at most [`STARTUP_GRACE`]), nothing
+    /// is due: after a restart a missed brew then starts, rather than being skipped because
+    /// the link had not come up yet.
+    pub fn poll(&mut self, now: DateTime<Utc>, mode: Mode, answering: bool) -> Option<Due> {
+        self.heard |= answering;
+        let since = *self.first_poll.get_or_insert(now);
+        if !self.heard && now - since < STARTUP_GRACE {
+            return None;
+        }
         let brew = self.next(now)?;
         if brew.start_at > now {
             return None;
@@ -299,9 +338,12 @@ async fn refresh_task(
     // The condition last logged: `None` while reads succeed.
     let mut failing: Option<String> = None;
     let mut first = true;
+    // A read never outlasts half the refresh interval, so a server that hangs cannot delay the
+    // next attempt by more than that.
+    let timeout = CALENDAR_TIMEOUT.min(refresh / 2);
     loop {
         let from = source.clone();
-        let result = tokio::task::spawn_blocking(move || source::load(&from, CALENDAR_TIMEOUT))
+        let result = tokio::task::spawn_blocking(move || source::load(&from, timeout))
             .await
             .unwrap_or_else(|e| {
                 Err(source::SourceError::Fetch(format!(
@@ -406,15 +448,56 @@ mod tests {
             "the skip is kept"
         );
         // A brew that was started is handled: a restart does not start it again.
-        let due = shell.poll(at("2026-06-02T06:55:00Z"), Mode::Off);
+        let due = shell.poll(at("2026-06-02T06:55:00Z"), Mode::Off, true);
         assert!(matches!(due, Some(Due::Start(_))), "{due:?}");
         drop(shell);
         let mut shell = start(&settings(&d, true));
-        assert_eq!(shell.poll(at("2026-06-02T06:55:01Z"), Mode::Off), None);
+        assert_eq!(
+            shell.poll(at("2026-06-02T06:55:01Z"), Mode::Off, true),
+            None
+        );
         let kept: Kept =
             serde_json::from_slice(&std::fs::read(d.join(Kept::FILE)).unwrap()).unwrap();
         assert_eq!(kept.preheats_s, vec![200.0]);
         assert_eq!(kept.handled_until.as_deref(), Some("2026-06-02T07:00:00Z"));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn after_start_a_due_brew_waits_for_the_controller_at_most_the_grace() {
+        let d = dir("grace");
+        // Started 30 s after the brew's start (06:54:30): missed by less than max_late_s.
+        let t0 = at("2026-06-01T06:55:00Z");
+        let mut shell = start(&settings(&d, true));
+        assert_eq!(shell.poll(t0, Mode::Off, false), None);
+        let due = shell.poll(t0 + chrono::Duration::seconds(2), Mode::Off, true);
+        assert!(matches!(due, Some(Due::Start(_))), "{due:?}");
+        let _ = std::fs::remove_dir_all(&d);
+
+        let d = dir("grace-offline");
+        let mut shell = start(&settings(&d, true));
+        assert_eq!(shell.poll(t0, Mode::Off, false), None);
+        let later = t0 + STARTUP_GRACE - chrono::Duration::seconds(1);
+        assert_eq!(shell.poll(later, Mode::Off, false), None);
+        // Past the grace the brew is handled (the core then refuses it: offline).
+        let due = shell.poll(t0 + STARTUP_GRACE, Mode::Off, false);
+        assert!(matches!(due, Some(Due::Start(_))), "{due:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_planner_command_reads_the_kept_preheats() {
+        let d = dir("command");
+        let settings = settings(&d, true);
+        assert_eq!(expected_preheat(&settings), Duration::from_secs(120));
+        let mut shell = start(&settings);
+        let t0 = at("2026-06-01T05:00:00Z");
+        shell.observe(t0, Mode::Preheating);
+        shell.observe(t0 + chrono::Duration::seconds(90), Mode::Brewing);
+        assert_eq!(expected_preheat(&settings), Duration::from_secs(90));
+        std::fs::write(d.join(Kept::FILE), "{").unwrap();
+        assert_eq!(expected_preheat(&settings), Duration::from_secs(120));
+        assert!(d.join(Kept::FILE).exists(), "only read");
         let _ = std::fs::remove_dir_all(&d);
     }
 
