@@ -373,7 +373,7 @@ async fn skip_skips_the_next_brew_even_across_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interlock_at_start_time_gives_brew_skipped() {
     let dir = test_dir("interlock");
-    let ready = now_s() + chrono::Duration::seconds(20);
+    let ready = now_s() + chrono::Duration::seconds(30);
     let calendar = calendar_file(&dir, &ics(&[(ready, "Coffee 1")]));
     let launch = Launch::default().with("SCHEDULE__CALENDAR", calendar);
     let mut s = Setup::start("interlock", &dir, launch).await;
