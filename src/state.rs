@@ -307,6 +307,18 @@ impl StateDoc {
             || self.counters.differs_from(&published.counters)
     }
 
+    /// Whether `self` differs from `published` in anything but the readings (temperature and
+    /// water): a change that goes out at once, where one of readings alone is rate-limited.
+    pub fn differs_beyond_readings(&self, published: &StateDoc, deadbands: Deadbands) -> bool {
+        StateDoc {
+            temperature_c: published.temperature_c,
+            water_distance_in: published.water_distance_in,
+            water_level_pct: published.water_level_pct,
+            ..self.clone()
+        }
+        .differs_from(published, deadbands)
+    }
+
     /// Takes `published`'s `brew_ends_at` when it names the same end (see [`same_end`]): the
     /// end is fixed for a brew, but its wall-clock text is computed afresh from the monotonic
     /// clock at every wake and may move by a millisecond; what goes out keeps one text a brew.
