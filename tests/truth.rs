@@ -8,27 +8,21 @@
 //! - Answers to commands (MQTT 5 request/response): one per command with a Response Topic
 //!   under `B/reply/`, QoS 1, not retained, the same Correlation Data; none anywhere else.
 //! - `B/bridge/info`, retained.
-//! - A command the broker acknowledged while the bridge was away is carried out (it cannot
-//!   heat) or answered as rejected (it could), once the bridge is back.
+//!
+//! Commands sent while the bridge was away are in `tests/client_id.rs`.
 //!
 //! Every wait ends on an observable event (a message, a log line) or fails after a timeout.
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use coffeebot::sim::SimConfig;
 use serde_json::Value;
 use support::bridge::Bridge;
-use support::mosquitto::{
-    json, next_message, Broker, Listener, Login, Message, Protocol, PubAck, TestClient, User,
-};
+use support::mosquitto::{json, Broker, Listener, Login, Message, Protocol, TestClient, User};
 use support::rig::Rig;
 use support::sim::simulator;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast;
 
 const B: &str = "coffeebot";
 const D: &str = "coffeebot/coffeepot";
@@ -320,120 +314,4 @@ async fn bridge_info_is_retained_with_what_a_person_needs() {
     );
     assert_eq!(info["mqtt_protocol"], "5", "{info}");
     assert!(info.get("firmware").is_some(), "{info}");
-}
-
-/// A TCP relay between the bridge and the broker whose connections can be cut (reset, as a
-/// lost network does) and kept down.
-struct Relay {
-    port: u16,
-    up: Arc<AtomicBool>,
-    cut: broadcast::Sender<()>,
-}
-
-impl Relay {
-    async fn start(upstream: u16) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let (cut, _) = broadcast::channel(4);
-        let (accept_up, accept_cut) = (Arc::clone(&up), cut.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !accept_up.load(Ordering::SeqCst) {
-                    let _ = client.set_zero_linger();
-                    continue;
-                }
-                let mut cut = accept_cut.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
-                        return;
-                    };
-                    let was_cut = tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
-                        _ = cut.recv() => true,
-                    };
-                    if was_cut {
-                        let _ = client.set_zero_linger();
-                        let _ = server.set_zero_linger();
-                    }
-                });
-            }
-        });
-        Relay { port, up, cut }
-    }
-
-    /// Resets every connection and refuses new ones until [`Relay::restore`].
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        let _ = self.cut.send(());
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commands_acknowledged_while_the_bridge_was_away_are_carried_out_or_answered() {
-    let broker = Broker::start();
-    let relay = Relay::start(broker.lan_port()).await;
-    let sim = simulator("truth", "away", SimConfig::default()).await;
-    let watcher = broker.watcher(&[&format!("{B}/#")]).await;
-    let port = relay.port.to_string();
-    let bridge = Bridge::start(
-        sim.path(),
-        &broker,
-        &broker.credentials(User::Coffeebot),
-        &[("MQTT__PORT", port.as_str())],
-    );
-    let mut rig = Rig::answering(broker, sim, watcher, bridge, |s| s["link"] == "up").await;
-    let mut lan = requester(&rig.broker).await;
-    rig.command("heater", "ON").await;
-    rig.state_where("manual", |s| s["mode"] == "manual" && s["heater"] == "ON")
-        .await;
-
-    relay.cut();
-    // The broker has seen the bridge go: its last will.
-    next_message(&mut rig.watcher, "the bridge's will", |m| {
-        m.topic == format!("{B}/bridge/availability") && m.text() == "offline"
-    })
-    .await;
-    // Acknowledged by the broker for the bridge's session (a subscriber matched).
-    let ack = lan
-        .request(
-            &format!("{D}/brew/set"),
-            "2",
-            &format!("{B}/reply/lan/away"),
-            b"late",
-        )
-        .await
-        .unwrap();
-    assert_eq!(ack, PubAck::Ok, "the session holds the command");
-    lan.command("heater", "OFF", false).await;
-    relay.restore();
-
-    let (_, doc) = answer(&mut lan, "late").await;
-    assert_eq!(doc["status"], "rejected", "{doc}");
-    assert!(
-        doc["reason"]
-            .as_str()
-            .unwrap()
-            .contains("disconnected from the broker"),
-        "{doc}"
-    );
-    rig.state_where("the OFF carried out", |s| {
-        s["mode"] == "off" && s["heater"] == "OFF"
-    })
-    .await;
-    assert!(
-        rig.bridge.wait_for_log("resumed=true", WAIT).is_some(),
-        "the session resumed"
-    );
-    assert!(
-        !rig.watcher
-            .seen()
-            .iter()
-            .any(|m| m.topic == format!("{D}/event") && json(m)["event_type"] == "brew_started"),
-        "a brew started late"
-    );
 }
