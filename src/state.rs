@@ -657,6 +657,25 @@ mod tests {
     }
 
     #[test]
+    fn readings_alone_are_told_from_other_changes() {
+        let now = Instant::now();
+        let bands = Deadbands {
+            temperature_c: 0.3,
+            water_in: 0.05,
+        };
+        let a = StateDoc::new(&status(now), &clock(now));
+        let mut s = status(now);
+        s.temperature_c = Some(95.0);
+        s.water_distance_in = Some(4.0);
+        let readings = StateDoc::new(&s, &clock(now));
+        assert!(readings.differs_from(&a, bands));
+        assert!(!readings.differs_beyond_readings(&a, bands));
+        s.heater = Some(!s.heater.unwrap_or(false));
+        let relay = StateDoc::new(&s, &clock(now));
+        assert!(relay.differs_beyond_readings(&a, bands));
+    }
+
+    #[test]
     fn a_countdown_tick_is_not_a_change_but_a_new_brew_end_is() {
         let now = Instant::now();
         let bands = Deadbands {
