@@ -315,3 +315,48 @@ async fn bridge_info_is_retained_with_what_a_person_needs() {
     assert_eq!(info["mqtt_protocol"], "5", "{info}");
     assert!(info.get("firmware").is_some(), "{info}");
 }
+
+/// README's one-liner, with mosquitto's own `mosquitto_rr`: brew 2 cups and see the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_mosquitto_rr_one_liner_brews_and_prints_the_answer() {
+    let rig = start("mosquitto_rr", &settings("30.0")).await;
+    let lan = rig.broker.credentials(User::Lan);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("mosquitto_rr "))
+        .expect("README shows a mosquitto_rr line");
+    let args: Vec<String> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|a| match a {
+            "BROKER" => rig.broker.host().to_owned(),
+            "\"$LAN_PASSWORD\"" => lan.password.clone(),
+            a => a.to_owned(),
+        })
+        .chain(["-p".to_owned(), rig.broker.lan_port().to_string()])
+        .chain(["-W".to_owned(), "10".to_owned()])
+        .collect();
+    // `-W 10` bounds the wait for the answer; the run blocks a thread, not the runtime.
+    let program = support::mosquitto::find_program("mosquitto_rr");
+    let run_args = args.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(program).args(&run_args).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["status"], "accepted", "{answer}");
+    assert_eq!(
+        (&answer["command"], &answer["payload"]),
+        (&"brew".into(), &"2".into())
+    );
+    assert_eq!(
+        (&answer["state"]["mode"], &answer["state"]["heater"]),
+        (&"preheating".into(), &"ON".into()),
+        "{answer}"
+    );
+}
