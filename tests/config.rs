@@ -510,9 +510,9 @@ fn the_password_is_never_printed() {
     let path = file(
         "redaction",
         "coffeebot.toml",
-        &format!("[mqtt]\npassword = \"{secret}\"\n"),
+        "[mqtt]\nusername = \"coffeebot\"\n",
     );
-    let settings = load_with(Some(&path), &[]).unwrap();
+    let settings = load_with(Some(&path), &env(&[("COFFEEBOT__MQTT__PASSWORD", secret)])).unwrap();
     assert_eq!(settings.mqtt_password().unwrap().as_deref(), Some(secret));
     assert!(!format!("{settings:?}").contains(secret));
     assert!(!format!("{settings:#?}").contains(secret));
@@ -542,10 +542,55 @@ fn the_password_is_never_printed() {
         &env(&[
             ("COFFEEBOT__SERIAL__BAUD", "0"),
             ("COFFEEBOT__MQTT__X", "1"),
+            ("COFFEEBOT__MQTT__PASSWORD", secret),
         ]),
     )
     .unwrap_err();
     assert!(!error.to_string().contains(secret));
+}
+
+/// A password in the configuration file is refused (the README: "never in the config file"),
+/// with a message that names the file and the two right places and never echoes the password;
+/// an empty one (as in config/default.toml) and one from the environment are accepted.
+#[test]
+fn a_password_in_the_config_file_is_refused() {
+    let secret = "correct-horse-battery";
+    let path = file(
+        "password-in-file",
+        "coffeebot.toml",
+        &format!("[mqtt]\nhost = \"broker\"\npassword = \"{secret}\"\n"),
+    );
+    let error = load_with(Some(&path), &[]).unwrap_err();
+    assert_eq!(error.key(), Some("mqtt.password"));
+    let message = error.to_string();
+    assert!(!message.contains(secret), "{message}");
+    for needed in [
+        path.display().to_string(),
+        "mqtt.password_file".to_owned(),
+        "COFFEEBOT__MQTT__PASSWORD".to_owned(),
+    ] {
+        assert!(message.contains(&needed), "{needed}: {message}");
+    }
+    // Refused even when the environment sets the password too: it is still in the file.
+    let both = load_with(Some(&path), &env(&[("COFFEEBOT__MQTT__PASSWORD", "other")]));
+    assert_eq!(both.unwrap_err().key(), Some("mqtt.password"));
+    // Reported beside the file's other problems, all at once.
+    let several = file(
+        "password-and-typo",
+        "coffeebot.toml",
+        &format!("[mqtt]\npasword = 1\npassword = \"{secret}\"\n"),
+    );
+    let error = load_with(Some(&several), &[]).unwrap_err();
+    assert_eq!(error.problems().len(), 2, "{error}");
+    assert!(!error.to_string().contains(secret));
+    // An empty password in the file means none; the shipped defaults say so.
+    let empty = file(
+        "password-empty-in-file",
+        "coffeebot.toml",
+        "[mqtt]\npassword = \"\"\n",
+    );
+    assert!(load_with(Some(&empty), &[]).is_ok());
+    assert!(load_with(Some(&empty), &env(&[("COFFEEBOT__MQTT__PASSWORD", secret)])).is_ok());
 }
 
 #[test]

@@ -150,16 +150,19 @@ class Broker:
         self.dir = workdir / "mosquitto"
         (self.dir / "config").mkdir(parents=True)
         (self.dir / "data").mkdir()
-        for name in ("mosquitto.conf", "acl-lan", "acl-public"):
+        # The LAN broker only: Home Assistant and the bridge never use the public broker.
+        for name in ("mosquitto.conf", "acl-lan", "acl-feed"):
             shutil.copy(REPO / "mosquitto" / "config" / name, self.dir / "config" / name)
         self.port = free_port()
-        self.ws_port = free_port()
+        self.feed_port = free_port()
         conf = self.dir / "config" / "mosquitto.conf"
         text = conf.read_text()
         moved = text.replace("\nlistener 1883\n", f"\nlistener {self.port} 127.0.0.1\n").replace(
-            "\nlistener 9001\n", f"\nlistener {self.ws_port} 127.0.0.1\n"
+            "\nlistener 1884 127.0.0.1\n", f"\nlistener {self.feed_port} 127.0.0.1\n"
         )
-        assert moved.count("127.0.0.1") >= 2, "cannot move the listeners in mosquitto.conf"
+        assert f"listener {self.port} 127.0.0.1" in moved and f"listener {self.feed_port} 127.0.0.1" in moved, (
+            "cannot move the listeners in mosquitto.conf"
+        )
         conf.write_text(moved)
         self.passwords = {u: secrets.token_hex(12) for u in ("coffeebot", "homeassistant", "lan")}
         subprocess.run(

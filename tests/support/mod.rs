@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bridge;
+pub mod cdp;
 pub mod http;
 pub mod mosquitto;
 pub mod realfw;
