@@ -192,6 +192,7 @@ fn components_mode_has_every_entity_of_the_spec() {
         "button:stop",
         "number:cups",
         "binary_sensor:link",
+        "sensor:bridge_started",
         "binary_sensor:fault",
         "button:restart_controller",
         "switch:schedule",
@@ -273,7 +274,7 @@ fn device_mode_is_one_message_with_every_component() {
     let cmps = config["cmps"].as_object().unwrap();
     assert_eq!(
         cmps.len(),
-        26 + discovery::RETIRED.len() + discovery::TRIGGERS.len()
+        27 + discovery::RETIRED.len() + discovery::TRIGGERS.len()
     );
     for (key, platform) in discovery::RETIRED {
         assert_eq!(cmps[*key], serde_json::json!({ "p": platform }), "{key}");
@@ -329,7 +330,7 @@ fn water_off_removes_the_water_entities_only_where_retained() {
     let s = settings(&[("WATER__ENABLED", "false")]);
     let messages = discovery::messages(&s, None, None);
     let water = |key: &str| format!("homeassistant/sensor/coffeebot_coffeepot/{key}/config");
-    assert_eq!(messages.len(), 24 + discovery::TRIGGERS.len());
+    assert_eq!(messages.len(), 25 + discovery::TRIGGERS.len());
     assert!(messages
         .iter()
         .all(|(t, p)| !p.is_empty() && !t.contains("water")));
@@ -391,7 +392,7 @@ fn switching_modes_migrates_what_is_retained_the_way_home_assistant_documents() 
     let cleared: Value = serde_json::from_str(&plan[1].1).unwrap();
     assert_eq!(
         cleared["cmps"].as_object().unwrap().len(),
-        26 + discovery::TRIGGERS.len()
+        27 + discovery::TRIGGERS.len()
     );
     assert!(cleared["device"]["identifiers"].is_array());
     assert!(discovery::cleanup(&device, &retained).before.is_empty());
