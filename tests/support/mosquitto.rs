@@ -201,6 +201,22 @@ impl Broker {
         panic!("mosquitto did not start: {last_error}");
     }
 
+    /// [`Setup::Shipped`] with `acl` as the LAN listener's ACL file instead of the shipped
+    /// `acl-lan`: a broker whose ACL is someone else's (coffeebot added to an existing one).
+    pub fn start_with_lan_acl(acl: &str) -> Broker {
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let mut broker = Broker::prepare(Setup::Shipped);
+            fs::write(broker.dir.join("acl-lan"), acl).expect("write the LAN ACL");
+            give_to_mosquitto_user(&broker.dir);
+            match broker.spawn() {
+                Ok(()) => return broker,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("mosquitto did not start: {last_error}");
+    }
+
     fn prepare(setup: Setup) -> Broker {
         let dir = unique_temp_dir();
         let ports = free_ports(if setup == Setup::Shipped { 4 } else { 1 });
