@@ -132,6 +132,10 @@ enum Fault {
     RebootMidReply,
     Unplug,
     SensorError,
+    /// The plate jumps to boiling while heating: a dry boil.
+    Boiling,
+    /// The reservoir empty and the plate past `safety.max_plate_c` (with water in it, the
+    /// simulated plate stays at boiling).
     Overtemp,
     Mute,
 }
@@ -141,6 +145,7 @@ const FAULTS: &[Fault] = &[
     Fault::RebootMidReply,
     Fault::Unplug,
     Fault::SensorError,
+    Fault::Boiling,
     Fault::Overtemp,
     Fault::Mute,
 ];
@@ -756,8 +761,8 @@ async fn act(
                 (KEEP_WARM_SET, ""),
             ];
             let before = observer.count("command_rejected");
-            let cups = rng.u32(1..=12).to_string();
-            observer.publish(CUPS_SET, &cups).await?;
+            let cups = rng.u64(1..=12);
+            observer.publish(CUPS_SET, &cups.to_string()).await?;
             let mut sent = 0;
             for (topic, payload) in invalid {
                 if rng.bool() {
@@ -775,11 +780,8 @@ async fn act(
                     .await
                     .with_context(|| format!("{sent} invalid commands sent"))?;
             }
-            let want = cups.clone();
             observer
-                .until(WAIT, "the cups selected", true, |d| {
-                    d["cups"].to_string() == want
-                })
+                .until(WAIT, "the cups selected", true, |d| d["cups"] == cups)
                 .await?;
         }
         Action::ControllerFault => {
@@ -804,7 +806,12 @@ async fn act(
                 Fault::RebootMidReply => sim.reboot(true).await?,
                 Fault::Unplug => sim.unplug().await?,
                 Fault::SensorError => sim.crc_error(true).await?,
-                Fault::Overtemp => sim.set_temperature(MAX_PLATE_C + 5.0).await?,
+                Fault::Boiling => sim.set_temperature(100.0).await?,
+                Fault::Overtemp => {
+                    sim.set_water_distance(SimConfig::default().empty_distance_in)
+                        .await?;
+                    sim.set_temperature(MAX_PLATE_C + 5.0).await?;
+                }
                 Fault::Mute => sim.mute(true).await?,
             }
             let ended = observer
@@ -1177,6 +1184,7 @@ impl Report {
             "broker_back": Stats::of(&self.tally.broker_back).to_json(),
             "bridge_restarts": self.tally.bridge_restarts,
             "violations": f.violations,
+            "feeds_while_denied": f.feeds_while_denied,
             "driver_errors": self.driver_errors,
             "controller": {
                 "feeds": f.feeds, "offs": f.offs, "polls": f.polls, "resets": f.resets,

@@ -34,6 +34,8 @@ const DISTURBANCE_REACH: Duration = Duration::from_secs(1);
 pub(crate) struct Findings {
     /// Broken invariants, each with the soak time (s) it happened at.
     pub(crate) violations: Vec<String>,
+    /// `B+1` lines handled while heating was not allowed (each episode is one violation).
+    pub(crate) feeds_while_denied: u64,
     /// Gaps between consecutive `B+1` handled by the controller while heating.
     pub(crate) feed_gaps: Vec<Duration>,
     /// Gaps over [`LATE`]: soak time (s) of the feed that ended them, and the gap (ms).
@@ -62,6 +64,8 @@ struct State {
     allowed: bool,
     /// When it stopped being allowed, and why.
     denied_since: Option<(Instant, String)>,
+    /// A `B+1` while denied was reported in this episode already.
+    reported: bool,
     /// The latest controller fault the driver injected.
     disturbed_at: Option<Instant>,
     /// The previous handled line was this `B+1`.
@@ -88,6 +92,7 @@ impl Monitor {
             started,
             allowed: false,
             denied_since: Some((started, "start-up".to_owned())),
+            reported: false,
             disturbed_at: None,
             last_feed: None,
             relay_on_since: None,
@@ -106,6 +111,7 @@ impl Monitor {
         let mut s = self.lock();
         s.allowed = true;
         s.denied_since = None;
+        s.reported = false;
     }
 
     /// The program is over (the bridge said so at `at`): no `B+1` from `at + GRACE` on.
@@ -120,9 +126,7 @@ impl Monitor {
 
     /// Records a broken invariant the driver found (a missing event, a counter going back).
     pub(crate) fn violation(&self, what: String) {
-        let mut s = self.lock();
-        let t = s.started.elapsed().as_secs_f64();
-        s.findings.violations.push(format!("{t:8.1} s: {what}"));
+        violation(&mut self.lock(), Instant::now(), what);
     }
 
     /// The violations so far.
@@ -157,13 +161,16 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 fn deny(s: &mut State, at: Instant, why: &str) {
     if s.allowed || s.denied_since.is_none() {
         s.denied_since = Some((at, why.to_owned()));
+        s.reported = false;
     }
     s.allowed = false;
 }
 
 fn violation(s: &mut State, at: Instant, what: String) {
     let t = at.saturating_duration_since(s.started).as_secs_f64();
-    s.findings.violations.push(format!("{t:8.1} s: {what}"));
+    let line = format!("{t:8.1} s: {what}");
+    crate::say(&format!("VIOLATION at {line}"));
+    s.findings.violations.push(line);
 }
 
 /// The checker's task: every handled line, and the device after every simulator step.
@@ -253,11 +260,15 @@ fn on_feed(s: &mut State, at: Instant) {
     if !s.allowed {
         if let Some((since, why)) = &s.denied_since {
             if at > *since + GRACE {
-                let what = format!(
-                    "B+1 handled {:.2} s after heating ended ({why})",
-                    (at - *since).as_secs_f64()
-                );
-                violation(s, at, what);
+                s.findings.feeds_while_denied += 1;
+                if !s.reported {
+                    let what = format!(
+                        "B+1 handled {:.2} s after heating ended ({why})",
+                        (at - *since).as_secs_f64()
+                    );
+                    s.reported = true;
+                    violation(s, at, what);
+                }
             }
         }
     }
