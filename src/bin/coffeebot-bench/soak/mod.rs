@@ -180,6 +180,8 @@ fn sample(pid: u32, started: Instant, steady: bool) -> Sample {
 struct Observer {
     client: Client,
     events: BTreeMap<String, u64>,
+    /// The reason of the latest `command_rejected`.
+    last_rejected: Option<String>,
     state: Value,
 }
 
@@ -191,6 +193,7 @@ impl Observer {
         Ok(Observer {
             client,
             events: BTreeMap::new(),
+            last_rejected: None,
             state: Value::Null,
         })
     }
@@ -209,6 +212,9 @@ impl Observer {
         if topic == EVENT {
             if let Some(kind) = doc["event_type"].as_str() {
                 *self.events.entry(kind.to_owned()).or_default() += 1;
+                if kind == "command_rejected" {
+                    self.last_rejected = doc["reason"].as_str().map(str::to_owned);
+                }
             }
             None
         } else if topic == STATE && doc.is_object() {
@@ -275,9 +281,17 @@ fn idle(doc: &Value) -> bool {
     doc["mode"] == "off" && doc["heater"] != "ON"
 }
 
-/// Idle with the controller answering.
+/// Idle with the controller answering, a reading below boiling and no interlock holding but
+/// the latched ones (which the next start command clears): a start would be accepted. Waiting
+/// for it after the plant was restored keeps the driver from racing the bridge's next reading.
 fn ready(doc: &Value) -> bool {
-    idle(doc) && doc["link"] == "up" && doc["temperature_c"].is_number()
+    let latched = |f: &Value| f == "overtemp" || f == "dry_boil";
+    idle(doc)
+        && doc["link"] == "up"
+        && doc["temperature_c"].as_f64().is_some_and(|c| c < 100.0)
+        && doc["faults"]
+            .as_array()
+            .is_some_and(|faults| faults.iter().all(latched))
 }
 
 /// The `/metrics` samples of the bridge: `name{labels}` → value.
@@ -466,7 +480,8 @@ pub(crate) async fn run(args: &Args, minutes: f64) -> Result<()> {
     let mut bridge = run.start(&mut observer).await?;
     let mut tally = Tally {
         metrics_first: scrape(bridge.http_port).unwrap_or_default(),
-        gaps_first: feed_gap_histogram(bridge.http_port),
+        // Before the first feed the histogram has no buckets yet: counted from zero.
+        gaps_first: feed_gap_histogram(bridge.http_port).filter(|h| !h.buckets.is_empty()),
         ..Tally::default()
     };
     let boots_at_start = sim.snapshot().await?.device.boots;
@@ -875,16 +890,20 @@ async fn start(
     payload: &str,
 ) -> Result<()> {
     monitor.allow();
+    let rejected = observer.count("command_rejected");
     observer.publish(topic, payload).await?;
-    observer
-        .until(
-            WAIT,
-            &format!("a program after {payload} on {topic}"),
-            false,
-            |d| d["mode"] != "off",
-        )
-        .await?;
-    Ok(())
+    let what = format!("a program after {payload} on {topic}");
+    let outcome = observer
+        .until(WAIT, &what, false, |d| d["mode"] != "off")
+        .await;
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(_) if observer.count("command_rejected") > rejected => bail!(
+            "{payload} on {topic} was refused: {}",
+            observer.last_rejected.as_deref().unwrap_or("?")
+        ),
+        Err(e) => Err(e),
+    }
 }
 
 /// Waits (≤ `within`) for the program to end; heating is no longer allowed from then on.
