@@ -984,7 +984,7 @@ impl Report {
         growth(&self.samples, self.soaked.as_secs_f64(), |s| s.fds)
     }
 
-    /// The household heater seconds the bridge counted over the first process.
+    /// The household heater seconds the bridge counted up to the restart.
     fn bridge_heater_s(&self) -> f64 {
         total(
             &self.tally.metrics_last,
@@ -1122,7 +1122,7 @@ impl Report {
         let _ = writeln!(
             t,
             "relay: on {:.1} s in all (simulated relay), longest run {:.1} s (limit {} s); the \
-             bridge counted {:.0} s (coffeebot_heater_on_seconds_total, first process)",
+             bridge counted {:.0} s (coffeebot_heater_on_seconds_total, before the restart)",
             f.relay_on_total.as_secs_f64(),
             f.longest_on.as_secs_f64(),
             MAX_ON_S,
