@@ -5,7 +5,7 @@
 # $COFFEEBOT_REALFW) when it is there. Prints a table per device and writes
 # target/bench/latest.json, target/bench/latest-realfw.json (and timestamped copies).
 #
-#   scripts/bench.sh                  full run, both devices (about 12 minutes on 2 cores)
+#   scripts/bench.sh                  full run, both devices (about 17 minutes on 2 cores)
 #   scripts/bench.sh --short          seconds per figure: proves the benchmark works on both
 #                                     devices (CI); no figure is meaningful or asserted
 #   scripts/bench.sh --device realfw  one device only (sim or realfw)

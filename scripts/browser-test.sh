@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs the status-page test in a real browser: installs Debian's chromium when missing
-# (through install-test-deps.sh), then the Rust test that starts the bridge in-process with a
-# simulated controller, loads the page in headless Chromium, checks what it renders against
-# /status.json and saves screenshots: target/status-page.png (phone, light) and
-# target/status-page-tablet.png (tablet, dark).
+# Runs the status-page tests in a real browser: installs Debian's chromium when missing
+# (through install-test-deps.sh), then the Rust tests that start the bridge in-process with a
+# simulated controller and drive headless Chromium through the DevTools protocol: the page
+# follows a state change within 1 s over /events, falls back to polling when /events is
+# refused, shows the current values with JavaScript off, reports no CSP violation; they save
+# screenshots: target/status-page.png (phone, light) and target/status-page-tablet.png (tablet,
+# dark).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh

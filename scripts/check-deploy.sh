@@ -24,7 +24,10 @@
 #      strict: unknown fields are errors);
 #   4. the render is what the product promises (one bridge replica with Recreate, probes,
 #      no privileged container but where documented, ConfigMaps byte-identical to
-#      config/k8s.toml and mosquitto/config/, paths and ports agreeing across files, ...);
+#      config/k8s.toml and mosquitto/config/, paths and ports agreeing across files, the
+#      bridge's state directory on a PVC, the public broker fed one way and keeping nothing,
+#      memory limits above the bounds measured by tests/broker_limits.rs, the LAN range the
+#      one setting of k8s/lan.yaml and covering no usual pod range, ...);
 #   5. `coffeebot check-config` accepts the ConfigMap's configuration and rejects a bad one;
 #   6. the systemd unit passes `systemd-analyze verify` and `systemd-analyze security`.
 # Ends with `check-deploy: N checks passed`, or `check-deploy: FAIL: <what>` and exit 1.

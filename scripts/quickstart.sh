@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Runs the whole product on this machine with a simulated coffee maker: a local mosquitto
-# (the shipped mosquitto/ configuration, loopback only, fresh random passwords in a temporary
-# directory) and `coffeebot run --simulate`, then prints the mosquitto_sub / mosquitto_pub
+# Runs the whole product on this machine with a simulated coffee maker: the local pair of
+# mosquitto brokers (the shipped mosquitto/ configuration: the LAN broker and the public broker
+# fed one way from it; loopback only, fresh random passwords in a temporary directory) and
+# `coffeebot run --simulate`, then prints the mosquitto_sub / mosquitto_pub
 # lines to watch it and to brew. Ctrl-C stops both and removes the temporary directory.
 #
 #   scripts/quickstart.sh
 #
 # Installs mosquitto from the distribution's packages first if it is missing
 # (scripts/install-test-deps.sh). Environment: QUICKSTART_MQTT_PORT (default: 1883, or the
-# first free of 11883, 21883), QUICKSTART_WS_PORT (default 9001 likewise), RUST_LOG,
+# first free of 11883, 21883), QUICKSTART_FEED_PORT (the LAN broker's loopback feed listener,
+# 1884 likewise), QUICKSTART_WS_PORT (the public broker's websockets, 9001 likewise),
+# QUICKSTART_PUBLIC_PORT (the public broker's loopback MQTT, 9002 likewise), RUST_LOG,
 # QUICKSTART_SERIAL_PORT (a controller's port, e.g. the link of ../shared/realfw/run.sh: the
 # bridge drives it instead of the simulator).
 set -euo pipefail
@@ -29,19 +32,24 @@ pick_port() {
   for p in "$@"; do
     if port_free "$p"; then echo "$p"; return 0; fi
   done
-  say "ports $* are all taken; set QUICKSTART_MQTT_PORT / QUICKSTART_WS_PORT" >&2
+  say "ports $* are all taken; set QUICKSTART_MQTT_PORT, _FEED_PORT, _WS_PORT, _PUBLIC_PORT" >&2
   return 1
 }
 mqtt_port="${QUICKSTART_MQTT_PORT:-$(pick_port 1883 11883 21883)}"
+feed_port="${QUICKSTART_FEED_PORT:-$(pick_port 1884 11884 21884)}"
 ws_port="${QUICKSTART_WS_PORT:-$(pick_port 9001 19001 29001)}"
+public_port="${QUICKSTART_PUBLIC_PORT:-$(pick_port 9002 19002 29002)}"
 
 dir="$(mktemp -d "${TMPDIR:-/tmp}/coffeebot-quickstart.XXXXXX")"
 mosquitto_pid=""
+public_pid=""
 bridge_pid=""
 cleanup() {
   trap - INT TERM EXIT
   [ -z "$bridge_pid" ] || kill -TERM "$bridge_pid" 2>/dev/null || true
   [ -z "$bridge_pid" ] || wait "$bridge_pid" 2>/dev/null || true
+  [ -z "$public_pid" ] || kill -TERM "$public_pid" 2>/dev/null || true
+  [ -z "$public_pid" ] || wait "$public_pid" 2>/dev/null || true
   [ -z "$mosquitto_pid" ] || kill -TERM "$mosquitto_pid" 2>/dev/null || true
   [ -z "$mosquitto_pid" ] || wait "$mosquitto_pid" 2>/dev/null || true
   rm -rf "$dir"
@@ -51,12 +59,18 @@ trap cleanup INT TERM EXIT
 
 # The shipped configuration, moved onto loopback ports; nothing else changes.
 mkdir -p "$dir/config" "$dir/data"
-cp "$root/mosquitto/config/mosquitto.conf" "$root/mosquitto/config/acl-lan" \
+cp "$root/mosquitto/config/mosquitto.conf" "$root/mosquitto/config/public.conf" \
+  "$root/mosquitto/config/acl-lan" "$root/mosquitto/config/acl-feed" \
   "$root/mosquitto/config/acl-public" "$dir/config/"
 sed -i -e "s/^listener 1883\$/listener $mqtt_port 127.0.0.1/" \
-  -e "s/^listener 9001\$/listener $ws_port 127.0.0.1/" "$dir/config/mosquitto.conf"
-grep -q "^listener $mqtt_port 127.0.0.1\$" "$dir/config/mosquitto.conf" ||
-  { say "cannot move the LAN listener in mosquitto.conf" >&2; exit 1; }
+  -e "s/^listener 1884 127.0.0.1\$/listener $feed_port 127.0.0.1/" "$dir/config/mosquitto.conf"
+sed -i -e "s/^listener 9001\$/listener $ws_port 127.0.0.1/" \
+  -e "s/^listener 9002 127.0.0.1\$/listener $public_port 127.0.0.1/" \
+  -e "s/^address 127.0.0.1:1884\$/address 127.0.0.1:$feed_port/" "$dir/config/public.conf"
+grep -q "^listener $mqtt_port 127.0.0.1\$" "$dir/config/mosquitto.conf" &&
+  grep -q "^listener $feed_port 127.0.0.1\$" "$dir/config/mosquitto.conf" &&
+  grep -q "^address 127.0.0.1:$feed_port\$" "$dir/config/public.conf" ||
+  { say "cannot move the listeners in mosquitto.conf / public.conf" >&2; exit 1; }
 "$root/mosquitto/make-passwords.sh" -f "$dir/config/passwd" >/dev/null
 password() { sed -n "s/^$1=//p" "$dir/config/passwd.generated"; }
 bridge_password="$(password coffeebot)"
@@ -67,12 +81,20 @@ chmod 0755 "$dir" "$dir/config"
 # Run as root, mosquitto drops to the mosquitto user, which must write data/.
 if [ "$(id -u)" -eq 0 ] && id mosquitto >/dev/null 2>&1; then chown mosquitto "$dir/data"; fi
 
-say "starting mosquitto on 127.0.0.1:$mqtt_port (websockets :$ws_port)"
+say "starting the LAN mosquitto on 127.0.0.1:$mqtt_port"
 (cd "$dir" && exec "$mosquitto_bin" -c config/mosquitto.conf) >"$dir/mosquitto.log" 2>&1 &
 mosquitto_pid=$!
 for _ in $(seq 100); do
   port_free "$mqtt_port" || break
   kill -0 "$mosquitto_pid" 2>/dev/null || { cat "$dir/mosquitto.log" >&2; exit 1; }
+  sleep 0.1
+done
+say "starting the public mosquitto on 127.0.0.1:$ws_port (websockets), fed from :$feed_port"
+(cd "$dir" && exec "$mosquitto_bin" -c config/public.conf) >"$dir/public.log" 2>&1 &
+public_pid=$!
+for _ in $(seq 100); do
+  port_free "$ws_port" || break
+  kill -0 "$public_pid" 2>/dev/null || { cat "$dir/public.log" >&2; exit 1; }
   sleep 0.1
 done
 
@@ -93,6 +115,9 @@ cat <<EOF_HELP
 
   Home Assistant: MQTT integration, broker 127.0.0.1:$mqtt_port, user homeassistant,
   password '$ha_password'. The device appears as "Coffee Pot".
+
+  what the public sees (the public broker, anonymous, read-only; websockets on :$ws_port):
+    mosquitto_sub -h 127.0.0.1 -p $public_port -t 'coffeebot/#' -v
 
   Ctrl-C stops everything.
 

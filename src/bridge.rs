@@ -88,6 +88,13 @@ pub fn channels(device_name: &str) -> Channels {
     }
 }
 
+/// Binds one of HTTP's listeners; the error names the setting that asked for it.
+async fn listen(addr: SocketAddr, key: &'static str) -> Result<tokio::net::TcpListener, Error> {
+    http::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { addr, key, source })
+}
+
 /// Runs the bridge until `shutdown` is cancelled and the heater is confirmed off, then lets
 /// MQTT say `offline` (at most [`MQTT_FINISH`]) and stops HTTP. Installs the metrics recorder
 /// first, so that no count is lost.
@@ -97,22 +104,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let Channels { driver, mqtt, http } = channels(&settings.device.name);
     let mut listeners = http::Listeners::default();
     if let Some(addr) = settings.http.listen_addr() {
-        let listener = http::bind(addr).await.map_err(|source| Error::Listen {
-            addr,
-            key: "http.listen",
-            source,
-        })?;
+        listeners.public = Some(listen(addr, "http.listen").await?);
         info!(%addr, "status page on http://{addr}/");
-        listeners.public = Some(listener);
     }
     if let Some(addr) = settings.http.ops_listen_addr() {
-        let listener = http::bind(addr).await.map_err(|source| Error::Listen {
-            addr,
-            key: "http.ops_listen",
-            source,
-        })?;
+        listeners.ops = Some(listen(addr, "http.ops_listen").await?);
         info!(%addr, "metrics and probes on http://{addr}/");
-        listeners.ops = Some(listener);
     }
     let http_task = (listeners.public.is_some() || listeners.ops.is_some()).then(|| {
         let options = http::Options::from_settings(&settings);

@@ -76,7 +76,7 @@ pub async fn run(settings: &Settings, io: Io, shutdown: CancellationToken) {
         link_events_tx,
     ));
     let now = Instant::now();
-    let store = Store::new(
+    let store: Store = Store::new(
         Some(PathBuf::from(&settings.counters.state_dir)).filter(|d| !d.as_os_str().is_empty()),
         Duration::from_secs_f64(settings.counters.save_interval_s),
     );
@@ -282,9 +282,10 @@ impl Driver {
         let wall = chrono::DateTime::<chrono::Utc>::from(now.clock.wall);
         let clock = now.clock;
         let now = now.clock.now;
-        let mode = self.core.status(now).mode;
+        let status = self.core.status(now);
+        let mode = status.mode;
         self.schedule.observe(wall, mode);
-        while let Some(due) = self.schedule.poll(wall, mode) {
+        while let Some(due) = self.schedule.poll(wall, mode, status.answering) {
             let (brew, reason) = match due {
                 Due::Start(brew) => {
                     let request = Request::BrewStart {

@@ -225,7 +225,7 @@ fn print_schedule(settings: &Settings, from: Option<&str>, count: usize) -> Exit
     if !settings.schedule.enabled {
         eprintln!("coffeebot: schedule.enabled is false: these brews would not start");
     }
-    let preheat = std::time::Duration::from_secs_f64(settings.schedule.default_preheat_s);
+    let preheat = schedule::shell::expected_preheat(settings);
     let mut out = std::io::stdout().lock();
     for brew in planner.plan(from, count, preheat) {
         if writeln!(out, "{}", brew.doc(planner.zone)).is_err() {
@@ -240,9 +240,10 @@ async fn run(mut settings: Settings, simulate: Option<sim::Build>) -> anyhow::Re
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
     let _sim = if let Some(firmware) = simulate {
-        let link = std::env::temp_dir().join(format!("coffeebot-sim-{}", std::process::id()));
-        std::fs::create_dir_all(&link).context("cannot create the simulator's directory")?;
-        let link = link.join("tty");
+        let dir = std::env::temp_dir().join(format!("coffeebot-sim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).context("cannot create the simulator's directory")?;
+        let dir = TempDir(dir);
+        let link = dir.0.join("tty");
         let cfg = sim::SimConfig {
             firmware,
             ..sim::SimConfig::default()
@@ -252,13 +253,40 @@ async fn run(mut settings: Settings, simulate: Option<sim::Build>) -> anyhow::Re
             .context("cannot start the simulated controller")?;
         info!(port = %link.display(), %firmware, "simulated controller started");
         settings.serial.port = link.to_string_lossy().into_owned();
-        Some(handle)
+        Some(Simulated {
+            _handle: handle,
+            _dir: dir,
+        })
     } else {
         None
     };
     bridge::run(settings, shutdown).await?;
     info!("stopped");
     Ok(())
+}
+
+/// The built-in simulated controller of `--simulate` and its directory. Fields drop in order:
+/// the simulator stops first, then its directory goes.
+struct Simulated {
+    _handle: sim::SimHandle,
+    _dir: TempDir,
+}
+
+/// A directory of this run that is removed when the run ends, however it ends (a return, an
+/// error, or SIGTERM/SIGINT, which end the run through `shutdown`): `--simulate` leaves no
+/// `coffeebot-sim-<pid>` folder behind.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        match std::fs::remove_dir_all(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %self.0.display(), "cannot remove the simulator's directory: {e}")
+            }
+        }
+    }
 }
 
 /// Cancels `shutdown` on SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).

@@ -479,23 +479,8 @@ mod tests {
     /// A status with nothing known yet, as at start before the controller answered.
     fn unknown() -> Status {
         Status {
-            mode: Mode::Off,
-            heater: None,
-            temperature_c: None,
-            water_distance_in: None,
-            water_level_pct: None,
             cups: 4,
-            brew_remaining_s: None,
-            brew_ends_at: None,
-            keep_warm: false,
-            faults: FaultSet::default(),
-            last_fault: None,
-            link_up: false,
-            answering: false,
-            controller_reboots: 0,
-            firmware: None,
-            reply_format: None,
-            updated_at: None,
+            ..Status::default()
         }
     }
 

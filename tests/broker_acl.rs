@@ -16,8 +16,8 @@ use coffeebot::mqtt::command::CommandName;
 use coffeebot::mqtt::topics::Topics;
 
 use support::mosquitto::{
-    shipped_config, topic_matches, Broker, ConnectError, Listener, Login, Protocol, PubAck,
-    TestClient, User, WAIT,
+    shipped_config, shipped_public_config, topic_matches, Broker, ConnectError, Listener, Login,
+    Protocol, PubAck, TestClient, User, WAIT,
 };
 
 /// Who connects, where, and whether the broker lets them in.
@@ -488,13 +488,22 @@ async fn public_listener_gets_retained_status_never_spoofs() {
     }
 }
 
-/// The test broker runs the shipped files: only listener ports and paths differ, and the ACL
-/// files are byte for byte the shipped ones.
+/// The test brokers run the shipped files: only listener ports, the feed's address and paths
+/// differ, and the ACL files are byte for byte the shipped ones.
 #[test]
 fn test_broker_runs_the_shipped_config_with_only_ports_and_paths_changed() {
     let broker = Broker::start();
-    let shipped = std::fs::read_to_string(shipped_config()).unwrap();
-    let running = std::fs::read_to_string(broker.config_path()).unwrap();
+    broker.ws_port();
+    same_but_ports_and_paths(&shipped_config(), broker.config_path());
+    same_but_ports_and_paths(
+        &shipped_public_config(),
+        &broker.public_config_path().unwrap(),
+    );
+}
+
+fn same_but_ports_and_paths(shipped: &std::path::Path, running: &std::path::Path) {
+    let shipped = std::fs::read_to_string(shipped).unwrap();
+    let running = std::fs::read_to_string(running).unwrap();
     assert_eq!(shipped.lines().count(), running.lines().count());
     for (a, b) in shipped.lines().zip(running.lines()) {
         if a == b {
@@ -506,7 +515,8 @@ fn test_broker_runs_the_shipped_config_with_only_ports_and_paths_changed() {
                 "listener",
                 "password_file",
                 "acl_file",
-                "persistence_location"
+                "persistence_location",
+                "address"
             ]
             .contains(&key),
             "the harness changed `{a}` into `{b}`"

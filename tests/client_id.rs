@@ -143,3 +143,66 @@ async fn an_exact_id_is_used_as_configured() {
     let rig = start("exact_id", &[("MQTT__CLIENT_ID_SUFFIX", "false")]).await;
     assert_eq!(connected_ids(&rig.bridge), ["coffeebot"]);
 }
+
+/// The attack in its worst case: the bridge under its exact, known id (suffix off),
+/// and public clients retaking that id again and again. The public broker is another broker:
+/// the id there is not the bridge's, so the bridge is never kicked, never goes offline, and
+/// every LAN command gets through; the state still reaches the public side through the feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_clients_retaking_the_exact_id_never_reach_the_bridge() {
+    let mut rig = start("public_takeover", &[("MQTT__CLIENT_ID_SUFFIX", "false")]).await;
+    let mut public_reader = TestClient::connect(
+        &rig.broker,
+        Protocol::V311,
+        Listener::Public,
+        Login::Anonymous,
+    )
+    .await
+    .expect("a public reader connects");
+    public_reader
+        .subscribe(&format!("{B}/coffeepot/state"))
+        .await
+        .unwrap();
+    const ROUNDS: usize = 20;
+    let mut impostors = Vec::new();
+    for round in 0..ROUNDS {
+        // Each new client with the id closes the previous one's session, as it did the bridge's.
+        let impostor = TestClient::connect_as(
+            &rig.broker,
+            Protocol::V311,
+            Listener::Public,
+            Login::Anonymous,
+            "coffeebot",
+        )
+        .await
+        .expect("a public client connects as coffeebot");
+        impostors.push(impostor);
+        let (payload, want) = if round % 2 == 0 {
+            ("ON", "ON")
+        } else {
+            ("OFF", "OFF")
+        };
+        rig.command("heater", payload).await;
+        rig.state_where(&format!("round {round}: heater {want}"), |s| {
+            s["heater"] == want
+        })
+        .await;
+    }
+    assert!(!saw_offline(&rig), "{:?}", rig.watcher.seen());
+    assert_eq!(
+        connected_ids(&rig.bridge),
+        ["coffeebot"],
+        "{:?}",
+        rig.bridge.log()
+    );
+    assert_eq!(rig.bridge.log_count(TAKEN), 0);
+    // The public side still gets the status, through the feed.
+    public_reader
+        .wait_for("a state on the public side", WAIT, |m| {
+            m.topic == format!("{B}/coffeepot/state")
+        })
+        .await
+        .unwrap();
+    println!("FIGURE public takeover: {ROUNDS} of {ROUNDS} LAN heater commands executed while public clients retook the bridge's exact id {ROUNDS} times; bridge never offline");
+    drop(impostors);
+}

@@ -1,23 +1,31 @@
 //! The status page in a real browser: headless Chromium from the distribution's packages
 //! (`scripts/install-test-deps.sh` installs it) loads the page from the running bridge — the
 //! simulated controller on a real pseudo-terminal, the real serial link and driver, the HTTP
-//! server on port 0 — lets its script poll `status.json`, and the rendered DOM must show the
-//! temperature and mode of `/status.json`. A second run takes screenshots during a brew
-//! (`target/status-page.png`, phone size, and `target/status-page-tablet.png`) for a person to
-//! look at. A third run loads a saved page whose embedded state differs from its server-side
-//! text, so the script's wording must match the server's, from the labels the page carries.
+//! server on port 0.
 //!
-//! Without Chromium the test fails when `CI=true` and is skipped with a notice otherwise.
+//! Driven through the DevTools protocol (`support::cdp`), the page must follow a state change
+//! within a second over `/events` (no reload, no poll: Chromium's network log shows the
+//! `EventSource` and no `status.json` request), fall back to polling when `/events` is
+//! refused, and with JavaScript off show the current values as the server rendered them;
+//! Chromium reports no Content-Security-Policy violation in any of them. A further run takes
+//! screenshots during a brew (`target/status-page.png`, phone size, and
+//! `target/status-page-tablet.png`) for a person to look at. The last loads a saved page whose
+//! embedded state differs from its server-side text, so the script's wording must match the
+//! server's, from the labels the page carries.
+//!
+//! Without Chromium the tests fail when `CI=true` and are skipped with a notice otherwise.
 
 mod support;
 
 use coffeebot::core::{Cutoff, Fault, Mode};
 use coffeebot::http::page;
+use coffeebot::http::Options;
 use coffeebot::protocol::ReplyFormat;
 use coffeebot::state::{LastFault, Link, OnOff, StateDoc};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
+use support::cdp;
 use support::http::{brew, Bridge};
 
 /// Longest a Chromium run may take (enforced with coreutils' `timeout`).
@@ -142,48 +150,242 @@ fn attr_of(dom: &str, id: &str, name: &str) -> String {
     rest[..rest.find('"').unwrap()].to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_page_shows_the_live_state_in_a_real_browser() {
-    let Some(browser) = chromium_or_skip() else {
-        return;
-    };
-    // Slow enough brews for the screenshots to show one in progress.
-    let mut bridge = Bridge::start(
-        "browser",
+/// One browser test at a time: each runs a bridge and a Chromium on a machine of two cores,
+/// and the live test holds the page to a one-second deadline.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How soon after the bridge publishes a state the page must show it over `/events`.
+const PUSHED_WITHIN: Duration = Duration::from_secs(1);
+/// How soon when it polls (every second, plus the request).
+const POLLED_WITHIN: Duration = Duration::from_millis(2500);
+
+/// A bridge whose brews stay in one mode long enough to be seen, answering already.
+async fn live_bridge(name: &str, options: Options) -> Bridge {
+    let bridge = Bridge::start_with(
+        name,
         &[
             ("COFFEEBOT__BREW__SECONDS_PER_CUP", "40"),
             ("COFFEEBOT__BREW__PREHEAT_C", "23"),
         ],
+        options,
     )
     .await;
     bridge.set_broker_connected(true);
     bridge
         .wait_state("the controller answers", |s| {
-            s.online() && s.temperature_c.is_some()
+            s.online() && s.temperature_c.is_some() && s.mode == Mode::Off
         })
         .await;
-    let url = format!("http://{}/", bridge.addr);
+    bridge
+}
 
-    // Idle, the published state only moves beyond the deadband: what the page shows after its
-    // polls must be what status.json says.
-    let before = bridge.get("/status.json").await.body;
-    let (dom, log) = run_chromium_logged(
-        &browser,
-        &url,
-        &["--timeout=4000".into(), "--dump-dom".into()],
-    )
-    .await;
-    let after = bridge.get("/status.json").await.body;
-    assert_eq!(csp_violations(&log), Vec::<&str>::new(), "CSP violations");
+/// `document.getElementById(id)` in page expressions.
+fn el(id: &str) -> String {
+    format!("document.getElementById('{id}')")
+}
 
-    // Not yet asserted: that the update arrived through /events within 1 s. Chromium's
-    // virtual time never ends while a stream is open, and `--timeout` dumps before it opens.
+/// Starts a brew and waits for the bridge to publish it; then the page must show a mode other
+/// than off within `within` of that publication. Returns how long the page took.
+async fn page_follows_a_brew(
+    bridge: &mut Bridge,
+    browser: &mut cdp::Browser,
+    tab: &cdp::Tab,
+    within: Duration,
+) -> Duration {
+    bridge.command(brew(1)).await;
+    let published = bridge
+        .wait_state("the brew started", |s| s.mode != Mode::Off)
+        .await;
+    let shown = browser
+        .wait_until(
+            tab,
+            &format!("{}.dataset.value !== 'off'", el("mode")),
+            &format!(
+                "{m}.dataset.value + ' via ' + document.body.dataset.source",
+                m = el("mode")
+            ),
+            within,
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the page did not follow the bridge to {:?} within {within:?}: {e}",
+                published.mode
+            )
+        });
     eprintln!(
-        "page source {}, {} events",
-        attr_of(&dom, "page", "data-source"),
-        attr_of(&dom, "page", "data-events")
+        "the page showed {:?} {shown:?} after the bridge published it",
+        published.mode
     );
+    shown
+}
 
+/// With JavaScript on, the page opens `/events` and shows a new state within a second of the
+/// bridge publishing it, without a reload and without polling: Chromium's own network log
+/// shows the `EventSource` request and no `status.json` request, and the page says each value
+/// came from the stream. Chromium reports no Content-Security-Policy violation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_follows_the_state_over_events_within_a_second() {
+    let Some(path) = chromium_or_skip() else {
+        return;
+    };
+    let _one = ONE_BROWSER.lock().await;
+    let mut bridge = live_bridge("browser-sse", Options::default()).await;
+    let mut browser = cdp::Browser::launch(&path, &target_dir());
+    let tab = browser.open_tab().await;
+    browser
+        .navigate(&tab, &format!("http://{}/", bridge.addr))
+        .await;
+    // The stream delivers the current state at once.
+    browser
+        .wait_until(
+            &tab,
+            "document.body.dataset.source === 'sse'",
+            "document.body.dataset.source",
+            cdp::CALL_TIMEOUT,
+        )
+        .await
+        .expect("the page receives the stream");
+    let navigations = browser
+        .events
+        .iter()
+        .filter(|e| e["method"] == "Page.frameNavigated")
+        .count();
+
+    let took = page_follows_a_brew(&mut bridge, &mut browser, &tab, PUSHED_WITHIN).await;
+    assert!(took <= PUSHED_WITHIN);
+    let said = browser
+        .eval(
+            &tab,
+            "[document.body.dataset.source, document.body.dataset.polls, \
+              document.body.dataset.events]",
+        )
+        .await
+        .unwrap();
+    assert_eq!(said[0], "sse", "the last value came from the stream");
+    assert_eq!(said[1], "0", "the page never polled");
+    let events: u32 = said[2].as_str().unwrap().parse().unwrap();
+    assert!(
+        events >= 2,
+        "the first state and the brew arrived as events"
+    );
+    let requests = browser.requests(&tab);
+    let events_url = format!("http://{}/events", bridge.addr);
+    assert!(
+        requests
+            .iter()
+            .any(|(url, kind)| *url == events_url && kind == "EventSource"),
+        "an EventSource request for /events: {requests:?}"
+    );
+    assert!(
+        !requests.iter().any(|(url, _)| url.contains("status.json")),
+        "no status.json request: {requests:?}"
+    );
+    assert_eq!(
+        browser
+            .events
+            .iter()
+            .filter(|e| e["method"] == "Page.frameNavigated")
+            .count(),
+        navigations,
+        "no reload"
+    );
+    assert_eq!(
+        browser.csp_reports(&tab),
+        Vec::<String>::new(),
+        "CSP reports"
+    );
+    browser.close().await;
+    bridge.stop().await;
+}
+
+/// When `/events` is refused (here: no stream slot, so 503), the page falls back to polling
+/// `status.json` and still follows the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_events_the_page_polls() {
+    let Some(path) = chromium_or_skip() else {
+        return;
+    };
+    let _one = ONE_BROWSER.lock().await;
+    let options = Options {
+        max_streams: 0,
+        ..Options::default()
+    };
+    let mut bridge = live_bridge("browser-poll", options).await;
+    let mut browser = cdp::Browser::launch(&path, &target_dir());
+    let tab = browser.open_tab().await;
+    browser
+        .navigate(&tab, &format!("http://{}/", bridge.addr))
+        .await;
+    browser
+        .wait_until(
+            &tab,
+            "document.body.dataset.source === 'poll'",
+            "document.body.dataset.source",
+            cdp::CALL_TIMEOUT,
+        )
+        .await
+        .expect("the page falls back to polling");
+
+    page_follows_a_brew(&mut bridge, &mut browser, &tab, POLLED_WITHIN).await;
+    let said = browser
+        .eval(
+            &tab,
+            "[document.body.dataset.source, document.body.dataset.events]",
+        )
+        .await
+        .unwrap();
+    assert_eq!(said, serde_json::json!(["poll", "0"]));
+    let refused = browser.events.iter().any(|e| {
+        e["method"] == "Network.responseReceived"
+            && e["params"]["response"]["url"]
+                .as_str()
+                .is_some_and(|u| u.ends_with("/events"))
+            && e["params"]["response"]["status"] == 503
+    });
+    assert!(refused, "the page tried /events and got 503");
+    assert_eq!(
+        browser.csp_reports(&tab),
+        Vec::<String>::new(),
+        "CSP reports"
+    );
+    browser.close().await;
+    bridge.stop().await;
+}
+
+/// With JavaScript off, the page as the server renders it shows the current values: the
+/// temperature and mode of `status.json` at the time, and the script never ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_javascript_the_page_shows_the_current_values() {
+    let Some(path) = chromium_or_skip() else {
+        return;
+    };
+    let _one = ONE_BROWSER.lock().await;
+    let bridge = live_bridge("browser-nojs", Options::default()).await;
+    let mut browser = cdp::Browser::launch(&path, &target_dir());
+    let tab = browser.open_tab().await;
+    browser
+        .call(
+            Some(&tab.session),
+            "Emulation.setScriptExecutionDisabled",
+            serde_json::json!({ "value": true }),
+        )
+        .await
+        .expect("scripts off");
+    // Idle, the published state only moves beyond the deadband: the page must show what
+    // status.json says just before or just after it was rendered.
+    let before = bridge.get("/status.json").await.body;
+    browser
+        .navigate(&tab, &format!("http://{}/", bridge.addr))
+        .await;
+    let after = bridge.get("/status.json").await.body;
+    let dom = browser.outer_html(&tab).await;
+    assert_eq!(
+        attr_of(&dom, "page", "data-source"),
+        "server",
+        "no script ran"
+    );
+    assert_eq!(attr_of(&dom, "page", "data-events"), "0");
     let shown_temperature = text_of(&dom, "temperature");
     let shown_mode = (attr_of(&dom, "mode", "data-value"), text_of(&dom, "mode"));
     let matches = |json: &str| {
@@ -200,9 +402,33 @@ async fn the_page_shows_the_live_state_in_a_real_browser() {
     );
     assert!(text_of(&dom, "updated-ago").ends_with("ago"));
     assert!(!text_of(&dom, "updated-clock").is_empty());
+    let requests = browser.requests(&tab);
+    assert!(
+        !requests
+            .iter()
+            .any(|(url, _)| url.ends_with("/events") || url.contains("status.json")),
+        "without a script the page makes no data request: {requests:?}"
+    );
+    assert_eq!(
+        browser.csp_reports(&tab),
+        Vec::<String>::new(),
+        "CSP reports"
+    );
+    browser.close().await;
+    bridge.stop().await;
+}
 
-    // During a brew: screenshots with the heater on and the temperature rising (the server
-    // keeps the history the sparkline starts from).
+/// Screenshots during a brew (`target/status-page.png`, phone size, light, and
+/// `target/status-page-tablet.png`, dark) for a person to look at, with the heater on and the
+/// temperature rising (the server keeps the history the sparkline starts from).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screenshots_during_a_brew() {
+    let Some(browser) = chromium_or_skip() else {
+        return;
+    };
+    let _one = ONE_BROWSER.lock().await;
+    let mut bridge = live_bridge("browser-shots", Options::default()).await;
+    let url = format!("http://{}/", bridge.addr);
     bridge.command(brew(2)).await;
     bridge.wait_event("brew_started").await;
     bridge
@@ -217,7 +443,7 @@ async fn the_page_shows_the_live_state_in_a_real_browser() {
     for (name, size, scheme) in shots {
         let path = target_dir().join(name);
         let _ = std::fs::remove_file(&path);
-        run_chromium(
+        let (_, log) = run_chromium_logged(
             &browser,
             &url,
             &[
@@ -231,6 +457,7 @@ async fn the_page_shows_the_live_state_in_a_real_browser() {
             ],
         )
         .await;
+        assert_eq!(csp_violations(&log), Vec::<&str>::new(), "CSP violations");
         let png = std::fs::read(&path).expect("a screenshot");
         assert!(
             png.starts_with(b"\x89PNG"),
@@ -250,6 +477,7 @@ async fn the_script_words_values_as_the_server_does() {
     let Some(browser) = chromium_or_skip() else {
         return;
     };
+    let _one = ONE_BROWSER.lock().await;
     let doc = StateDoc {
         mode: Mode::KeepWarm,
         heater: Some(OnOff::Off),

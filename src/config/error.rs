@@ -80,6 +80,20 @@ pub enum ConfigError {
         /// Why it cannot be used.
         message: String,
     },
+    /// A password written into the configuration file, which is refused: the file is the
+    /// least guarded place for it (copied, committed, mounted as a Kubernetes ConfigMap,
+    /// readable by everyone by default). The message never contains the password.
+    #[error(
+        "{key} is set in {origin}: a password never belongs in the configuration file; put it \
+         in mqtt.password_file (a file of its own, mode 0600) or in COFFEEBOT__MQTT__PASSWORD, \
+         and remove it from {origin}"
+    )]
+    SecretInFile {
+        /// The dotted key, `mqtt.password`.
+        key: String,
+        /// The configuration file.
+        origin: String,
+    },
     /// More than one problem; each displays on its own line.
     #[error("{}", join_lines(.0))]
     Several(Vec<ConfigError>),
@@ -92,7 +106,8 @@ impl ConfigError {
             ConfigError::UnknownKey { key, .. }
             | ConfigError::Type { key, .. }
             | ConfigError::OutOfRange { key, .. }
-            | ConfigError::Invalid { key, .. } => Some(key),
+            | ConfigError::Invalid { key, .. }
+            | ConfigError::SecretInFile { key, .. } => Some(key),
             ConfigError::PasswordFile { .. } => Some("mqtt.password_file"),
             ConfigError::Several(errors) => errors.first().and_then(ConfigError::key),
             ConfigError::Read { .. } | ConfigError::Parse { .. } | ConfigError::Env { .. } => None,

@@ -217,7 +217,7 @@ pub const KEYS: &[Key] = &[
     row("http.max_connections_per_peer", range(1.0, 10000.0), "", "one client cannot take every connection slot; behind a proxy every viewer comes from the proxy's address"),
     row("heater.watts", range(0.0, 5000.0), "W", "the plate's rated power, for the energy estimate; no coffee maker's plate draws 5 kW"),
     row("maintenance.descale_every_brews", range(0.0, 100000.0), "brews", "descale reminders; 0 turns them off"),
-    row("counters.state_dir", ANY_TEXT, "", "counters.json lives there; empty keeps counters in memory only"),
+    row("counters.state_dir", ANY_TEXT, "", "counters.json and schedule.json live there; empty keeps counters and schedule state in memory only"),
     row("counters.save_interval_s", range(1.0, 3600.0), "s", "fewer writes spare an SD card; a crash loses at most this much counting"),
     row("schedule.enabled", Check::Flag, "", "scheduled brews start only while it is on"),
     row("schedule.timezone", Check::Text { allowed: "empty (the machine's zone) or an IANA zone like Europe/Berlin", ok: is_zone }, "", "ready times are wall-clock times in it"),

@@ -57,6 +57,12 @@ pub fn load_with(file: Option<&Path>, env: &[(String, String)]) -> Result<Settin
                 message: one_line(&e.to_string()),
             })?;
         known.unknown_keys(&tree, "", &|_| format!("in {origin}"), &mut errors);
+        if password_in(&tree) {
+            errors.push(ConfigError::SecretInFile {
+                key: "mqtt.password".to_owned(),
+                origin: origin.clone(),
+            });
+        }
         builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
     }
 
@@ -93,6 +99,17 @@ pub fn load_with(file: Option<&Path>, env: &[(String, String)]) -> Result<Settin
     settings.validate().map_err(ConfigError::from_list)?;
     settings.mqtt_password()?;
     Ok(settings)
+}
+
+/// Whether a file's settings hold a password (`mqtt.password`, not empty): refused, because
+/// a configuration file is no place for a secret. An empty one (as in config/default.toml)
+/// says "no password" and is accepted.
+fn password_in(tree: &serde_json::Value) -> bool {
+    match tree.pointer("/mqtt/password") {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::String(text)) => !text.is_empty(),
+        Some(_) => true,
+    }
 }
 
 /// Whether an environment variable name is a setting (`COFFEEBOT__…`, any case).

@@ -39,7 +39,8 @@ impl From<Request> for Order {
 /// `schedule/set ON|OFF|SKIP`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScheduleOrder {
-    /// `ON`/`OFF`: scheduled brews start, or not (until the next restart; not stored).
+    /// `ON`/`OFF`: scheduled brews start, or not (kept across restarts while
+    /// `schedule.enabled` in the configuration stays as it was).
     Enable(bool),
     /// `SKIP`: the next planned brew does not start.
     SkipNext,

@@ -90,7 +90,8 @@ def stack(request):
         mark = watcher.mark()
         bridge.start()
         parts.append(bridge)
-        ha = HomeAssistant(work, broker)
+        # A module that sets HA_EXAMPLES gets HA with examples/homeassistant/ installed.
+        ha = HomeAssistant(work, broker, examples=getattr(request.module, "HA_EXAMPLES", False))
         ha.start()
         parts.append(ha)
         s = SimpleNamespace(work=work, broker=broker, watcher=watcher, sim=sim, bridge=bridge, ha=ha)

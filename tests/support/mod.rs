@@ -3,7 +3,10 @@
 #![allow(dead_code)]
 
 pub mod bridge;
+pub mod cdp;
 pub mod http;
+#[path = "../../src/bin/coffeebot-bench/listen.rs"]
+pub mod listen;
 pub mod mosquitto;
 pub mod realfw;
 pub mod rig;

@@ -1,9 +1,12 @@
 //! A real mosquitto for tests, and small MQTT clients to talk to it.
 //!
-//! [`Broker::start`] runs the shipped `mosquitto/config/mosquitto.conf` with exactly the
-//! shipped ACL files; only the listeners' ports (free loopback ports) and the paths (a fresh
-//! temporary directory, with a password file holding the known [`User::test_password`]s) are
-//! rewritten, and the rewrite refuses anything it does not know how to move.
+//! [`Broker::start`] runs the shipped `mosquitto/config/mosquitto.conf` (the LAN broker) with
+//! exactly the shipped ACL files; only the listeners' ports (free loopback ports) and the paths
+//! (a fresh temporary directory, with a password file holding the known
+//! [`User::test_password`]s) are rewritten, and the rewrite refuses anything it does not know
+//! how to move. The public broker of the pair, `mosquitto/config/public.conf` fed one way from
+//! the LAN broker, is rewritten the same way and started on first use of the public side
+//! ([`Broker::ws_port`]): tests that never touch it run one mosquitto, as before.
 //! [`Broker::start_anonymous`] is a plain anonymous loopback broker for tests that do not care
 //! about ACLs. Both wait until their ports accept connections, keep their ports across
 //! [`Broker::restart`], and kill mosquitto on drop.
@@ -17,12 +20,11 @@
 //! message a reader was going to get has arrived before a later message (or SUBACK) that the
 //! reader waits for.
 
-use std::fmt;
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rumqttc::v5::mqttbytes::v5::{Packet as V5Packet, PubAckReason, SubscribeReasonCode as V5Sub};
@@ -31,9 +33,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+use super::listen::{free_ports, spawn_listening};
+
 /// The address every test broker listens on.
 pub const HOST: &str = "127.0.0.1";
-const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
 /// Upper bound for anything a test waits for; only reached when the test is failing.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -46,9 +49,14 @@ fn shipped_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("mosquitto")
 }
 
-/// The shipped mosquitto configuration file.
+/// The shipped mosquitto configuration file (the LAN broker).
 pub fn shipped_config() -> PathBuf {
     shipped_root().join("config").join("mosquitto.conf")
+}
+
+/// The shipped public broker's configuration file.
+pub fn shipped_public_config() -> PathBuf {
+    shipped_root().join("config").join("public.conf")
 }
 
 /// The users of the LAN listener's password file.
@@ -103,15 +111,32 @@ pub enum Setup {
     Anonymous,
 }
 
-/// A mosquitto child process on free loopback ports; killed on drop.
+/// A mosquitto child process on free loopback ports (with [`Setup::Shipped`], the LAN broker,
+/// and the public broker once used); killed on drop.
 pub struct Broker {
     setup: Setup,
     dir: PathBuf,
     conf: PathBuf,
     lan_port: u16,
-    ws_port: Option<u16>,
+    feed_port: Option<u16>,
+    public: Option<Mutex<PublicBroker>>,
     child: Option<Child>,
 }
+
+/// The public broker of [`Setup::Shipped`]: `mosquitto/config/public.conf`, its bridge feature
+/// reading the LAN broker's feed listener.
+struct PublicBroker {
+    conf: PathBuf,
+    ws_port: u16,
+    tcp_port: u16,
+    /// Whether a test has used the public side: then it runs whenever the LAN broker does.
+    wanted: bool,
+    child: Option<Child>,
+}
+
+/// The topic the harness sends through the feed to see it connected (a device state topic,
+/// so that the shipped feed carries it; no test's device is called this).
+pub const FEED_PROBE_TOPIC: &str = "coffeebot/harness-feed-probe/state";
 
 impl Broker {
     /// Starts the shipped configuration ([`Setup::Shipped`]).
@@ -175,17 +200,47 @@ impl Broker {
         panic!("mosquitto did not start: {last_error}");
     }
 
+    /// [`Setup::Shipped`] with `acl` as the LAN listener's ACL file instead of the shipped
+    /// `acl-lan`: a broker whose ACL is someone else's (coffeebot added to an existing one).
+    pub fn start_with_lan_acl(acl: &str) -> Broker {
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let mut broker = Broker::prepare(Setup::Shipped);
+            fs::write(broker.dir.join("acl-lan"), acl).expect("write the LAN ACL");
+            give_to_mosquitto_user(&broker.dir);
+            match broker.spawn() {
+                Ok(()) => return broker,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("mosquitto did not start: {last_error}");
+    }
+
     fn prepare(setup: Setup) -> Broker {
         let dir = unique_temp_dir();
-        let ports = free_ports(if setup == Setup::Shipped { 2 } else { 1 });
+        let ports = free_ports(if setup == Setup::Shipped { 4 } else { 1 }).expect("free ports");
         let lan_port = ports[0];
-        let ws_port = ports.get(1).copied();
+        let feed_port = ports.get(1).copied();
+        let mut public = None;
         let text = match setup {
             Setup::Shipped => {
                 let shipped = fs::read_to_string(shipped_config()).expect("read shipped conf");
-                let ws = ws_port.expect("two ports");
-                let text = rewrite_shipped(&shipped, &dir, lan_port, ws);
+                let feed = feed_port.expect("four ports");
+                let text = rewrite_shipped(&shipped, &dir, lan_port, feed);
                 write_password_file(&dir.join("passwd"));
+                let (ws_port, tcp_port) = (ports[2], ports[3]);
+                let public_text =
+                    fs::read_to_string(shipped_public_config()).expect("read shipped public conf");
+                let conf = dir.join("public.conf");
+                let rewritten = rewrite_public(&public_text, &dir, ws_port, tcp_port, feed);
+                fs::write(&conf, rewritten).expect("write public conf");
+                public = Some(Mutex::new(PublicBroker {
+                    conf,
+                    ws_port,
+                    tcp_port,
+                    wanted: false,
+                    child: None,
+                }));
                 text
             }
             Setup::Anonymous => format!(
@@ -207,54 +262,44 @@ impl Broker {
             dir,
             conf,
             lan_port,
-            ws_port,
+            feed_port,
+            public,
             child: None,
         }
     }
 
-    /// Spawns mosquitto on this broker's config and waits for its ports.
-    fn spawn(&mut self) -> Result<(), String> {
+    /// `mosquitto -c CONF` in this broker's directory, its output appended to `log` there.
+    fn mosquitto(&self, conf: &Path, log: &str) -> Command {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("mosquitto.log"))
-            .expect("open log");
-        let mut child = Command::new(find_program("mosquitto"))
+            .open(self.dir.join(log))
+            .expect("open the mosquitto log");
+        let mut command = Command::new(find_program("mosquitto"));
+        command
             .arg("-c")
-            .arg(&self.conf)
+            .arg(conf)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn mosquitto");
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let ports: Vec<u16> = [Some(self.lan_port), self.ws_port]
+            .stderr(log);
+        command
+    }
+
+    /// Spawns mosquitto on this broker's config and waits for its ports.
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut command = self.mosquitto(&self.conf, "mosquitto.log");
+        let ports: Vec<u16> = [Some(self.lan_port), self.feed_port]
             .into_iter()
             .flatten()
             .collect();
-        loop {
-            if let Some(status) = child.try_wait().expect("poll mosquitto") {
-                return Err(format!(
-                    "mosquitto exited with {status}; log:\n{}",
-                    self.log()
-                ));
-            }
-            let ready = ports.iter().all(|port| {
-                let addr = SocketAddr::from((LOOPBACK, *port));
-                StdTcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
-            });
-            if ready {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("ports {ports:?} not open; log:\n{}", self.log()));
-            }
-            // Polling interval of a readiness check with a deadline, not synchronisation.
-            std::thread::sleep(Duration::from_millis(10));
+        let child = spawn_listening(&mut command, &ports, READY_TIMEOUT, || self.log())?;
+        self.child = Some(child);
+        let public_wanted = self.public.as_ref().is_some_and(|p| lock(p).wanted);
+        if public_wanted {
+            self.spawn_public()
+        } else {
+            Ok(())
         }
     }
 
@@ -269,10 +314,89 @@ impl Broker {
         self.lan_port
     }
 
-    /// The public (anonymous, read-only, websockets) listener's port.
+    /// The public broker's (anonymous, read-only, websockets) listener's port. The public
+    /// broker starts at the first call, and its feed is connected when this returns.
     pub fn ws_port(&self) -> u16 {
-        self.ws_port
-            .expect("this broker has no websockets listener (Setup::Anonymous)")
+        self.use_public();
+        lock(self.public.as_ref().expect("checked")).ws_port
+    }
+
+    /// The public broker's loopback plain-MQTT listener (same rights as the websockets one);
+    /// starts the public broker like [`Broker::ws_port`].
+    pub fn public_tcp_port(&self) -> u16 {
+        self.use_public();
+        lock(self.public.as_ref().expect("checked")).tcp_port
+    }
+
+    /// The public broker's process id while it runs.
+    pub fn public_pid(&self) -> Option<u32> {
+        let public = lock(self.public.as_ref()?);
+        public.child.as_ref().map(Child::id)
+    }
+
+    /// What the public broker has written to its log so far.
+    pub fn public_log(&self) -> String {
+        fs::read_to_string(self.dir.join("public.log")).unwrap_or_default()
+    }
+
+    /// The rewritten public broker configuration ([`Setup::Shipped`] only).
+    pub fn public_config_path(&self) -> Option<PathBuf> {
+        self.public.as_ref().map(|p| lock(p).conf.clone())
+    }
+
+    /// Starts the public broker if no test has used it yet (panics with
+    /// [`Setup::Anonymous`], which has none, or if it does not come up).
+    fn use_public(&self) {
+        let public = self
+            .public
+            .as_ref()
+            .expect("this broker has no public side (Setup::Anonymous)");
+        if lock(public).wanted {
+            return;
+        }
+        lock(public).wanted = true;
+        if self.child.is_some() {
+            if let Err(e) = self.spawn_public() {
+                panic!("the public mosquitto did not start: {e}");
+            }
+        }
+    }
+
+    /// Stops the public broker (SIGTERM) and starts it again on the same ports: whatever
+    /// public clients left there is gone unless mosquitto kept it on disk.
+    pub fn restart_public(&mut self) {
+        self.use_public();
+        if let Some(public) = &self.public {
+            if let Some(child) = lock(public).child.take() {
+                terminate(child);
+            }
+        }
+        if let Err(e) = self.spawn_public() {
+            panic!("the public mosquitto did not restart: {e}");
+        }
+    }
+
+    /// Spawns the public broker and waits until its ports accept connections and a message
+    /// published on the LAN broker arrives through the feed.
+    fn spawn_public(&self) -> Result<(), String> {
+        let public = self.public.as_ref().expect("a public side");
+        let mut public = lock(public);
+        let mut command = self.mosquitto(&public.conf, "public.log");
+        let ports = [public.ws_port, public.tcp_port];
+        let mut child = spawn_listening(&mut command, &ports, READY_TIMEOUT, || self.public_log())
+            .map_err(|e| format!("public mosquitto: {e}"))?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        match raw::feed_probe(self.lan_port, public.tcp_port, deadline) {
+            Ok(()) => {
+                public.child = Some(child);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(format!("{e}; public log:\n{}", self.public_log()))
+            }
+        }
     }
 
     /// Which configuration this broker runs.
@@ -319,28 +443,20 @@ impl Broker {
     /// Stops mosquitto gracefully (SIGTERM: it saves retained messages), killing it if it
     /// has not exited within [`WAIT`].
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // The shell's builtin `kill`: std can only send SIGKILL, and /bin/kill may be missing.
-        let _ = Command::new("sh")
-            .args(["-c", &format!("kill -TERM {}", child.id())])
-            .status();
-        let deadline = Instant::now() + WAIT;
-        while child.try_wait().expect("poll mosquitto").is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break;
+        if let Some(public) = &self.public {
+            if let Some(child) = lock(public).child.take() {
+                terminate(child);
             }
-            // Polling for the exit with a deadline.
-            std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            terminate(child);
+        }
     }
 
     /// Kills mosquitto at once (SIGKILL), as a crash would: unsaved state is lost.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        let public = self.public.as_ref().and_then(|p| lock(p).child.take());
+        for mut child in [self.child.take(), public].into_iter().flatten() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -395,12 +511,22 @@ impl Drop for Broker {
     }
 }
 
-/// Rewrites the shipped configuration: listeners 1883 and 9001 onto `lan` and `ws` on the
-/// loopback address, the password file and persistence into `dir`, the ACL files copied
-/// unchanged into `dir`. Every other line stays as it is; a directive that names a path the
-/// rewrite does not know how to move is refused rather than silently pointing at the
-/// developer's machine.
-fn rewrite_shipped(shipped: &str, dir: &Path, lan: u16, ws: u16) -> String {
+/// Rewrites the shipped LAN broker configuration: listeners 1883 and 1884 (the feed) onto
+/// `lan` and `feed` on the loopback address, the password file and persistence into `dir`, the
+/// ACL files copied unchanged into `dir`. Every other line stays as it is; a directive that
+/// names a path the rewrite does not know how to move is refused rather than silently pointing
+/// at the developer's machine.
+fn rewrite_shipped(shipped: &str, dir: &Path, lan: u16, feed: u16) -> String {
+    rewrite(shipped, dir, &[("1883", lan), ("1884", feed)], None)
+}
+
+/// Rewrites the shipped public broker configuration like [`rewrite_shipped`]: listeners 9001
+/// and 9002 onto `ws` and `tcp`, the feed's `address` onto the LAN broker's `feed` port.
+fn rewrite_public(shipped: &str, dir: &Path, ws: u16, tcp: u16, feed: u16) -> String {
+    rewrite(shipped, dir, &[("9001", ws), ("9002", tcp)], Some(feed))
+}
+
+fn rewrite(shipped: &str, dir: &Path, ports: &[(&str, u16)], feed: Option<u16>) -> String {
     let root = shipped_root();
     let mut out = String::new();
     for line in shipped.lines() {
@@ -409,12 +535,19 @@ fn rewrite_shipped(shipped: &str, dir: &Path, lan: u16, ws: u16) -> String {
             [] => None,
             [first, ..] if first.starts_with('#') => None,
             ["listener", port, ..] => {
-                let new = match *port {
-                    "1883" => lan,
-                    "9001" => ws,
-                    other => panic!("shipped listener {other} unknown to the test harness"),
-                };
+                let new = ports
+                    .iter()
+                    .find(|(shipped, _)| shipped == port)
+                    .map(|(_, new)| *new)
+                    .unwrap_or_else(|| panic!("shipped listener {port} unknown to the harness"));
                 Some(format!("listener {new} {HOST}"))
+            }
+            ["address", "127.0.0.1:1884"] => {
+                let feed = feed.unwrap_or_else(|| panic!("unexpected `{line}`"));
+                Some(format!("address {HOST}:{feed}"))
+            }
+            ["address" | "addresses", ..] => {
+                panic!("the test harness does not know how to move `{line}`")
             }
             ["password_file", _] => Some(format!("password_file {}", dir.join("passwd").display())),
             ["persistence_location", _] => Some(format!(
@@ -456,6 +589,32 @@ fn rewrite_shipped(shipped: &str, dir: &Path, lan: u16, ws: u16) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Sends SIGTERM (mosquitto saves what it persists) and waits for the exit, killing the process
+/// if it has not exited within [`WAIT`].
+fn terminate(mut child: Child) {
+    // The shell's builtin `kill`: std can only send SIGKILL, and /bin/kill may be missing.
+    let _ = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
+        .status();
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().expect("poll mosquitto").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        // Polling for the exit with a deadline.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.wait();
+}
+
+/// The public side's lock; a test that panicked while holding it leaves a usable value.
+fn lock(public: &Mutex<PublicBroker>) -> std::sync::MutexGuard<'_, PublicBroker> {
+    public
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A password file with every [`User`]'s test password, made the way users make theirs: by
@@ -521,17 +680,6 @@ fn unique_temp_dir() -> PathBuf {
     dir
 }
 
-/// `n` distinct ports that were free on the loopback address a moment ago.
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<StdTcpListener> = (0..n)
-        .map(|_| StdTcpListener::bind((HOST, 0)).expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
-}
-
 /// Finds a mosquitto program on PATH or in the sbin directories (mosquitto lives in
 /// /usr/sbin on Debian, which is not on every PATH); panics with the fix if it is missing.
 pub fn find_program(name: &str) -> PathBuf {
@@ -541,6 +689,157 @@ pub fn find_program(name: &str) -> PathBuf {
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| panic!("`{name}` is not installed: run scripts/install-test-deps.sh"))
+}
+
+/// Appends `n` as MQTT's variable-length "remaining length" (seven bits a byte, low first).
+pub fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        out.push(if n > 0 { byte | 0x80 } else { byte });
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Blocking MQTT 3.1.1 in a few packets, for the harness's own readiness check (it runs in
+/// synchronous code, also inside a test's runtime).
+mod raw {
+    use super::{remaining_length, User, HOST, READY_TIMEOUT};
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    fn string(s: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        remaining_length(body.len(), &mut out);
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// One complete packet `(first byte, body)` off the front of `buf`, if there is one.
+    fn take(buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+        let (mut len, mut shift, mut i) = (0usize, 0, 1);
+        loop {
+            let b = *buf.get(i)?;
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        if buf.len() < i + len {
+            return None;
+        }
+        let body = buf[i..i + len].to_vec();
+        let first = buf[0];
+        buf.drain(..i + len);
+        Some((first, body))
+    }
+
+    /// Reads until a packet with this packet type arrives or `deadline` passes.
+    fn expect(
+        stream: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        kind: u8,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, String> {
+        loop {
+            while let Some((first, body)) = take(buf) {
+                if first >> 4 == kind {
+                    return Ok(body);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no packet of type {kind} in time"));
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk) {
+                Ok(0) => return Err("connection closed".into()),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// A clean-session connection, CONNACK 0 checked.
+    fn connect(
+        port: u16,
+        id: &str,
+        login: Option<User>,
+        deadline: Instant,
+    ) -> Result<(TcpStream, Vec<u8>), String> {
+        let mut stream = TcpStream::connect((HOST, port)).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .map_err(|e| e.to_string())?;
+        let mut body = Vec::new();
+        string("MQTT", &mut body);
+        body.push(4);
+        body.push(if login.is_some() { 0xC2 } else { 0x02 });
+        body.extend_from_slice(&30u16.to_be_bytes());
+        string(id, &mut body);
+        if let Some(user) = login {
+            string(user.name(), &mut body);
+            string(user.test_password(), &mut body);
+        }
+        stream
+            .write_all(&packet(0x10, &body))
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        let connack = expect(&mut stream, &mut buf, 2, deadline)?;
+        if connack.get(1) != Some(&0) {
+            return Err(format!("{id}: CONNACK {connack:?}"));
+        }
+        Ok((stream, buf))
+    }
+
+    /// Waits until a message published on the LAN broker (as the bridge, on `lan_port`)
+    /// reaches a subscriber of the public broker (`public_port`): the feed is connected and
+    /// subscribed. Publishes again every 50 ms until then (or [`READY_TIMEOUT`]).
+    pub fn feed_probe(lan_port: u16, public_port: u16, deadline: Instant) -> Result<(), String> {
+        let deadline = deadline.max(Instant::now() + READY_TIMEOUT);
+        let topic = super::FEED_PROBE_TOPIC;
+        let (mut reader, mut rbuf) = connect(public_port, "harness-probe-reader", None, deadline)?;
+        let mut body = 1u16.to_be_bytes().to_vec();
+        string(topic, &mut body);
+        body.push(0);
+        reader
+            .write_all(&packet(0x82, &body))
+            .map_err(|e| e.to_string())?;
+        expect(&mut reader, &mut rbuf, 9, deadline)?;
+        let (mut writer, _) = connect(
+            lan_port,
+            "harness-probe-writer",
+            Some(User::Coffeebot),
+            deadline,
+        )?;
+        let mut publish = Vec::new();
+        string(topic, &mut publish);
+        publish.extend_from_slice(b"probe");
+        let publish = packet(0x30, &publish);
+        loop {
+            writer.write_all(&publish).map_err(|e| e.to_string())?;
+            let wait = (Instant::now() + Duration::from_millis(50)).min(deadline);
+            match expect(&mut reader, &mut rbuf, 3, wait) {
+                Ok(_) => break,
+                Err(_) if Instant::now() < deadline => continue,
+                Err(e) => return Err(format!("nothing came through the feed: {e}")),
+            }
+        }
+        for mut stream in [reader, writer] {
+            let _ = stream.write_all(&[0xE0, 0]);
+        }
+        Ok(())
+    }
 }
 
 /// Whether an MQTT topic filter (with `+` and `#`) matches a topic name: the bridge's own.
@@ -594,42 +893,45 @@ impl Login {
 }
 
 /// Why [`TestClient::connect`] failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
     /// The broker answered CONNACK with a refusal (the reason code, as text).
+    #[error("connection refused: {0}")]
     Refused(String),
     /// Anything else: no connection, no CONNACK within [`WAIT`], a websocket failure.
+    #[error("connection failed: {0}")]
     Failed(String),
 }
 
-impl fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConnectError::Refused(why) => write!(f, "connection refused: {why}"),
-            ConnectError::Failed(why) => write!(f, "connection failed: {why}"),
+/// Waits (at most [`WAIT`]) for a connecting client's CONNACK: `next` polls its event loop
+/// once and says whether that ended the wait (`Some`: the CONNACK, a refusal or an error).
+async fn until_connack(
+    mut next: impl AsyncFnMut() -> Option<Result<(), ConnectError>>,
+) -> Result<(), ConnectError> {
+    let wait = async {
+        loop {
+            if let Some(done) = next().await {
+                return done;
+            }
         }
-    }
+    };
+    timeout(WAIT, wait)
+        .await
+        .unwrap_or_else(|_| Err(ConnectError::Failed("no CONNACK".into())))
 }
 
 /// Why a [`TestClient`] operation failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     /// What was awaited did not happen within the timeout.
+    #[error("timed out waiting for {0}")]
     Timeout(String),
     /// The connection ended (the event loop's error, as text).
+    #[error("connection closed: {0}")]
     Closed(String),
     /// The client refused the request (e.g. its request channel closed).
+    #[error("request failed: {0}")]
     Request(String),
-}
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Timeout(what) => write!(f, "timed out waiting for {what}"),
-            ClientError::Closed(why) => write!(f, "connection closed: {why}"),
-            ClientError::Request(why) => write!(f, "request failed: {why}"),
-        }
-    }
 }
 
 /// A message a [`TestClient`] received.
@@ -741,23 +1043,16 @@ impl TestClient {
                 }
                 let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
                 eventloop.set_network_options(no_delay());
-                let connack = timeout(WAIT, async {
-                    loop {
-                        match eventloop.poll().await {
-                            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                                return Ok(())
-                            }
-                            Ok(_) => {}
-                            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
-                                return Err(ConnectError::Refused(format!("{code:?}")))
-                            }
-                            Err(e) => return Err(ConnectError::Failed(e.to_string())),
-                        }
+                until_connack(async || match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => Some(Ok(())),
+                    Ok(_) => None,
+                    Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                        Some(Err(ConnectError::Refused(format!("{code:?}"))))
                     }
+                    Err(e) => Some(Err(ConnectError::Failed(e.to_string()))),
                 })
-                .await;
-                connack.unwrap_or_else(|_| Err(ConnectError::Failed("no CONNACK".into())))?;
-                tokio::spawn(pump_v311(eventloop, tx));
+                .await?;
+                tokio::spawn(pump(eventloop, tx));
                 Handle::V311(client)
             }
             Protocol::V5 => {
@@ -768,21 +1063,16 @@ impl TestClient {
                     options.set_credentials(user, password);
                 }
                 let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 64);
-                let connack = timeout(WAIT, async {
-                    loop {
-                        match eventloop.poll().await {
-                            Ok(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_))) => return Ok(()),
-                            Ok(_) => {}
-                            Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => {
-                                return Err(ConnectError::Refused(format!("{code:?}")))
-                            }
-                            Err(e) => return Err(ConnectError::Failed(e.to_string())),
-                        }
+                until_connack(async || match eventloop.poll().await {
+                    Ok(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_))) => Some(Ok(())),
+                    Ok(_) => None,
+                    Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => {
+                        Some(Err(ConnectError::Refused(format!("{code:?}"))))
                     }
+                    Err(e) => Some(Err(ConnectError::Failed(e.to_string()))),
                 })
-                .await;
-                connack.unwrap_or_else(|_| Err(ConnectError::Failed("no CONNACK".into())))?;
-                tokio::spawn(pump_v5(eventloop, tx));
+                .await?;
+                tokio::spawn(pump(eventloop, tx));
                 Handle::V5(client)
             }
         };
@@ -839,11 +1129,24 @@ impl TestClient {
                 .map_err(|e| e.to_string()),
         };
         sent.map_err(ClientError::Request)?;
-        let what = format!("SUBACK for {filters:?}");
+        self.acked(&format!("SUBACK for {filters:?}"), |event| match event {
+            ClientEvent::SubAck(granted) => Ok(granted.iter().all(|g| *g)),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// Waits (at most [`WAIT`]) for the acknowledgement `pick` takes (`Err` gives back any
+    /// other event), keeping what comes before it.
+    async fn acked<T>(
+        &mut self,
+        what: &str,
+        pick: impl Fn(ClientEvent) -> Result<T, ClientEvent>,
+    ) -> Result<T, ClientError> {
         loop {
-            match self.next_event(&what, WAIT).await? {
-                ClientEvent::SubAck(granted) => return Ok(granted.iter().all(|g| *g)),
-                other => self.stash(other, &what)?,
+            match pick(self.next_event(what, WAIT).await?) {
+                Ok(ack) => return Ok(ack),
+                Err(other) => self.stash(other, what)?,
             }
         }
     }
@@ -881,13 +1184,11 @@ impl TestClient {
                 .map_err(|e| e.to_string()),
         };
         sent.map_err(ClientError::Request)?;
-        let what = format!("PUBACK for {topic}");
-        loop {
-            match self.next_event(&what, WAIT).await? {
-                ClientEvent::PubAck(ack) => return Ok(ack),
-                other => self.stash(other, &what)?,
-            }
-        }
+        self.acked(&format!("PUBACK for {topic}"), |event| match event {
+            ClientEvent::PubAck(ack) => Ok(ack),
+            other => Err(other),
+        })
+        .await
     }
 
     /// Waits (at most `limit`) for a message matching `pred`, looking first at the messages
@@ -1014,10 +1315,34 @@ fn no_delay() -> rumqttc::NetworkOptions {
     options
 }
 
-async fn pump_v311(mut eventloop: rumqttc::EventLoop, tx: mpsc::UnboundedSender<ClientEvent>) {
-    use rumqttc::{Event, Packet};
+/// Forwards a client's events to its [`TestClient`] until the connection or the receiver ends.
+async fn pump(mut eventloop: impl PollEvent, tx: mpsc::UnboundedSender<ClientEvent>) {
     loop {
-        let event = match eventloop.poll().await {
+        let event = match eventloop.poll_event().await {
+            Ok(Some(event)) => event,
+            Ok(None) => continue,
+            Err(why) => {
+                let _ = tx.send(ClientEvent::Closed(why));
+                return;
+            }
+        };
+        if tx.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+/// An event loop of either protocol version, as [`pump`] reads it.
+trait PollEvent {
+    /// Polls once and translates what came: `Ok(None)`, nothing to forward; `Err`, the
+    /// connection ended, and why.
+    async fn poll_event(&mut self) -> Result<Option<ClientEvent>, String>;
+}
+
+impl PollEvent for rumqttc::EventLoop {
+    async fn poll_event(&mut self) -> Result<Option<ClientEvent>, String> {
+        use rumqttc::{Event, Packet};
+        Ok(Some(match self.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => ClientEvent::Message(Message {
                 topic: p.topic.clone(),
                 payload: p.payload.to_vec(),
@@ -1030,22 +1355,16 @@ async fn pump_v311(mut eventloop: rumqttc::EventLoop, tx: mpsc::UnboundedSender<
                     .collect(),
             ),
             Ok(Event::Incoming(Packet::PubAck(_))) => ClientEvent::PubAck(PubAck::Ok),
-            Ok(_) => continue,
-            Err(e) => {
-                let _ = tx.send(ClientEvent::Closed(e.to_string()));
-                return;
-            }
-        };
-        if tx.send(event).is_err() {
-            return;
-        }
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        }))
     }
 }
 
-async fn pump_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::UnboundedSender<ClientEvent>) {
-    use rumqttc::v5::Event;
-    loop {
-        let event = match eventloop.poll().await {
+impl PollEvent for rumqttc::v5::EventLoop {
+    async fn poll_event(&mut self) -> Result<Option<ClientEvent>, String> {
+        use rumqttc::v5::Event;
+        Ok(Some(match self.poll().await {
             Ok(Event::Incoming(V5Packet::Publish(p))) => ClientEvent::Message(Message {
                 topic: String::from_utf8_lossy(&p.topic).into_owned(),
                 payload: p.payload.to_vec(),
@@ -1063,15 +1382,9 @@ async fn pump_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::UnboundedSende
                 PubAckReason::NotAuthorized => PubAck::NotAuthorized,
                 other => PubAck::Other(format!("{other:?}")),
             }),
-            Ok(_) => continue,
-            Err(e) => {
-                let _ = tx.send(ClientEvent::Closed(e.to_string()));
-                return;
-            }
-        };
-        if tx.send(event).is_err() {
-            return;
-        }
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        }))
     }
 }
 

@@ -17,6 +17,7 @@ use crate::realfw::FwCounters;
 use crate::sample::{cpu_sample, feed_gap_histogram, CpuUse};
 use crate::stats::{ms, Stats};
 use crate::tap::{next_line, Dir, Tap, TapLine};
+use crate::viewers::{self, Load, LoadFigures};
 use crate::{Plan, BREW_SET, CUPS_SET, EVENT, WAIT};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +25,10 @@ pub(crate) enum Stress {
     None,
     CpuHog,
     Flood,
+    /// The public page's viewers and `/status.json` load ([`crate::viewers`]).
+    Viewers,
+    /// Idle connections on the public port ([`crate::viewers`]).
+    IdleConnections,
 }
 
 impl Stress {
@@ -32,6 +37,8 @@ impl Stress {
             Stress::None => "alone",
             Stress::CpuHog => "cpu hog",
             Stress::Flood => "command flood",
+            Stress::Viewers => "page viewers",
+            Stress::IdleConnections => "idle connections",
         }
     }
     pub(crate) fn key(self) -> &'static str {
@@ -39,6 +46,8 @@ impl Stress {
             Stress::None => "alone",
             Stress::CpuHog => "cpu_hog",
             Stress::Flood => "flood",
+            Stress::Viewers => "viewers",
+            Stress::IdleConnections => "idle_connections",
         }
     }
 }
@@ -66,6 +75,9 @@ pub(crate) struct Cadence {
     /// The real firmware's log over the window: relay drop-outs, bytes lost; `None` for the
     /// simulator.
     pub(crate) firmware_log: Option<FwCounters>,
+    /// The public page's load and what it saw, for [`Stress::Viewers`] and
+    /// [`Stress::IdleConnections`].
+    pub(crate) load: Option<LoadFigures>,
 }
 
 impl Cadence {
@@ -148,6 +160,16 @@ pub(crate) async fn heating(
         let dur = plan.heating;
         tokio::spawn(async move { flood(c, per_s, dur).await })
     });
+    let load = match stress {
+        Stress::Viewers => Some(Load::Viewers),
+        Stress::IdleConnections => Some(Load::IdleConnections),
+        _ => None,
+    }
+    .map(|load| {
+        let (pid, public, ops) = (bridge.pid, bridge.public_port, bridge.http_port);
+        let window = end.saturating_duration_since(Instant::now());
+        viewers::spawn(load, plan, window, pid, public, ops)
+    });
     let cpu_a = cpu_sample(bridge.pid);
     let metrics_a = feed_gap_histogram(bridge.http_port);
     let log_a = device.counters();
@@ -217,6 +239,14 @@ pub(crate) async fn heating(
             .map_err(|_| anyhow!("the flood did not stop"))???,
         None => (0, 0),
     };
+    let load = match load {
+        Some(task) => Some(
+            tokio::time::timeout(WAIT * 3, task)
+                .await
+                .map_err(|_| anyhow!("the page load did not stop"))???,
+        ),
+        None => None,
+    };
     drop(hogs);
     let boots_after = device.boots().await?;
     // What the bridge said meanwhile: faults and rejected commands.
@@ -259,6 +289,7 @@ pub(crate) async fn heating(
         bridge_gaps_over_300ms,
         context,
         firmware_log,
+        load,
     })
 }
 

@@ -21,7 +21,9 @@
 //! Measured: command latency (MQTT `heater/set` → the controller handles `B+1`/`B+0`),
 //! telemetry latency (the controller writes a changed reading → a subscriber has it in
 //! `state`), the watchdog feed cadence while brewing (alone, under a CPU hog on every core,
-//! and under a flood of 1,000 commands/s), and the footprint (RSS, CPU time idle and while
+//! under a flood of 1,000 commands/s, under the public page's load — 500 `/events` viewers and
+//! 2,000 `/status.json` requests a second — and with 1,000 idle connections on the public
+//! port), and the footprint (RSS, CPU time idle and while
 //! brewing, binary size, start to first state, shutdown). It prints a table and writes JSON to
 //! `target/bench/`. No figure is judged here; `BENCHMARKS.md` compares them with the targets.
 //!
@@ -43,7 +45,7 @@
 //! | `device`, `realfw` | the controller: the simulator, or the real firmware's board and its log |
 //! | `process` | the bridge process, the CPU hogs |
 //! | `sample` | `/metrics`, `/proc`, load average, machine, commit |
-//! | `latency`, `cadence` | the experiments |
+//! | `latency`, `cadence`, `viewers` | the experiments |
 //! | `stats`, `report` | percentiles; the figures as a table and as JSON |
 //! | `soak` | `--soak MINUTES`: random use and faults for a while, invariants and drift |
 
@@ -52,6 +54,7 @@ mod cadence;
 mod client;
 mod device;
 mod latency;
+mod listen;
 mod process;
 mod realfw;
 mod report;
@@ -59,6 +62,7 @@ mod sample;
 mod soak;
 mod stats;
 mod tap;
+mod viewers;
 
 use std::fs;
 use std::path::PathBuf;
@@ -72,7 +76,7 @@ use crate::broker::Broker;
 use crate::cadence::{heating, Stress};
 use crate::client::Client;
 use crate::device::{Device, DeviceKind};
-use crate::latency::{command_latency, telemetry_latency};
+use crate::latency::{command_latency, telemetry_latency, Probes};
 use crate::process::{hog, start_bridge, stop_bridge};
 use crate::report::Figures;
 use crate::sample::{loadavg, measure_cpu, proc_status_kb};
@@ -138,6 +142,12 @@ pub(crate) struct Plan {
     pub(crate) telemetry_samples: usize,
     pub(crate) heating: Duration,
     pub(crate) flood_per_s: u64,
+    /// `/events` streams of the page-load experiment.
+    pub(crate) viewers: usize,
+    /// `/status.json` requests a second beside them.
+    pub(crate) status_per_s: u64,
+    /// Idle connections of the second page-load set.
+    pub(crate) idle_connections: usize,
     pub(crate) limit: Duration,
 }
 
@@ -151,6 +161,9 @@ impl Plan {
                 telemetry_samples: 10,
                 heating: Duration::from_secs(3),
                 flood_per_s: 1000,
+                viewers: 20,
+                status_per_s: 100,
+                idle_connections: 50,
                 limit: Duration::from_secs(120),
             }
         } else {
@@ -166,7 +179,10 @@ impl Plan {
                 },
                 heating: Duration::from_secs(60),
                 flood_per_s: 1000,
-                limit: Duration::from_secs(600),
+                viewers: 500,
+                status_per_s: 2000,
+                idle_connections: 1000,
+                limit: Duration::from_secs(900),
             }
         }
     }
@@ -309,29 +325,27 @@ pub(crate) async fn run(args: &Args, plan: Plan) -> Result<()> {
     say(&format!("idle: {}", idle.brief()));
 
     // 3. Command latency.
-    command_latency(
-        &mut client,
-        &tap,
-        &device,
-        plan.command_samples,
-        &mut figures,
-    )
-    .await?;
+    let mut probes = Probes {
+        client: &mut client,
+        tap: &tap,
+        device: &device,
+    };
+    command_latency(&mut probes, plan.command_samples, &mut figures).await?;
     bridge.check_alive()?;
 
     // 4. Telemetry latency.
-    telemetry_latency(
-        &mut client,
-        &tap,
-        &device,
-        plan.telemetry_samples,
-        &mut figures,
-    )
-    .await?;
+    telemetry_latency(&mut probes, plan.telemetry_samples, &mut figures).await?;
     bridge.check_alive()?;
 
-    // 5. Feed cadence while brewing: alone, under a CPU hog, under a command flood.
-    let scenarios = [Stress::None, Stress::CpuHog, Stress::Flood];
+    // 5. Feed cadence while brewing: alone, under a CPU hog, under a command flood, under the
+    // public page's load (viewers, then idle connections).
+    let scenarios = [
+        Stress::None,
+        Stress::CpuHog,
+        Stress::Flood,
+        Stress::Viewers,
+        Stress::IdleConnections,
+    ];
     for stress in scenarios {
         let run = heating(&mut client, &tap, &device, &bridge, &broker, stress, plan)
             .await
@@ -341,6 +355,9 @@ pub(crate) async fn run(args: &Args, plan: Plan) -> Result<()> {
             stress.name(),
             run.brief()
         ));
+        if let Some(load) = &run.load {
+            say(&format!("page load ({}): {}", stress.name(), load.brief()));
+        }
         if std::env::var_os("BENCH_DEBUG").is_some() {
             for line in &run.context {
                 say(line);

@@ -19,8 +19,14 @@ use crate::report::Figures;
 use crate::tap::Tap;
 use crate::STATE;
 
-/// The bridge's environment: the tap's port, the bench's broker, HTTP on a free port.
-pub(crate) fn bridge_env(port: &Path, mqtt_port: u16, http_port: u16) -> Vec<(String, String)> {
+/// The bridge's environment: the tap's port, the bench's broker, HTTP on free ports (the
+/// public page on `public_port`, the operator listener on `http_port`).
+pub(crate) fn bridge_env(
+    port: &Path,
+    mqtt_port: u16,
+    http_port: u16,
+    public_port: u16,
+) -> Vec<(String, String)> {
     [
         (
             "COFFEEBOT__SERIAL__PORT",
@@ -33,9 +39,15 @@ pub(crate) fn bridge_env(port: &Path, mqtt_port: u16, http_port: u16) -> Vec<(St
             "COFFEEBOT__MQTT__CLIENT_ID",
             "coffeebot-bench-bridge".to_owned(),
         ),
-        // HTTP is on by default: the public page on any free loopback port, the operator
-        // listener (metrics, probes) on the one the bench scrapes.
-        ("COFFEEBOT__HTTP__LISTEN", "127.0.0.1:0".to_owned()),
+        // HTTP is on by default: the public page (which the page-load experiment visits)
+        // and the operator listener (metrics, probes, which the bench scrapes) on free
+        // loopback ports.
+        (
+            "COFFEEBOT__HTTP__LISTEN",
+            format!("127.0.0.1:{public_port}"),
+        ),
+        // Room for every viewer of the page-load experiment (default 256).
+        ("COFFEEBOT__HTTP__MAX_STREAMS", PAGE_MAX_STREAMS.to_string()),
         (
             "COFFEEBOT__HTTP__OPS_LISTEN",
             format!("127.0.0.1:{http_port}"),
@@ -47,12 +59,18 @@ pub(crate) fn bridge_env(port: &Path, mqtt_port: u16, http_port: u16) -> Vec<(St
     .collect()
 }
 
+/// `http.max_streams` for the bench: the page-load experiment's 500 viewers all get a stream
+/// (the public listener holds 512 connections; the `/status.json` load takes 8 of the rest).
+pub(crate) const PAGE_MAX_STREAMS: u32 = 500;
+
 /// The bridge child process; killed on drop.
 pub(crate) struct Bridge {
     pub(crate) child: Child,
     pub(crate) pid: u32,
     /// Where its operator HTTP server (`/metrics`, probes) listens.
     pub(crate) http_port: u16,
+    /// Where its public HTTP server (page, `status.json`, `/events`) listens.
+    pub(crate) public_port: u16,
 }
 
 impl Bridge {
@@ -83,7 +101,8 @@ pub(crate) async fn start_bridge(
 ) -> Result<Bridge> {
     tap.renew()?;
     let http_port = free_port()?;
-    let env = bridge_env(&tap.bridge_path, mqtt_port, http_port);
+    let public_port = free_port()?;
+    let env = bridge_env(&tap.bridge_path, mqtt_port, http_port, public_port);
     // A retained state from an earlier start must not count: clear it and wait for the ack.
     client
         .client
@@ -110,6 +129,7 @@ pub(crate) async fn start_bridge(
         child,
         pid,
         http_port,
+        public_port,
     };
     // One pass over the states: the first one, and the first with the controller's reading
     // (often the same message, when the bridge had the reading before it reached the broker).

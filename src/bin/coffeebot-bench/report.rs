@@ -13,6 +13,7 @@ use crate::latency::{CommandSample, TelemetrySample};
 use crate::realfw::FwCounters;
 use crate::sample::{commit, machine, CpuUse};
 use crate::stats::{ms, Stats};
+use crate::viewers::LoadFigures;
 use crate::{Args, Plan, CONTROLLER_CUTOFF_MS, FEED_INTERVAL_MS};
 
 /// Every sample and count of a run.
@@ -85,6 +86,7 @@ impl Figures {
                         "bridge_metrics_feed_gaps_over_300ms": c.bridge_gaps_over_300ms,
                         "largest_gap_serial_context": c.context,
                         "firmware_log": c.firmware_log.map(FwCounters::to_json),
+                        "page_load": c.load.as_ref().map(LoadFigures::to_json),
                     }),
                 )
             })
@@ -111,6 +113,10 @@ impl Figures {
                 "telemetry_samples": plan.telemetry_samples,
                 "heating_window_s": plan.heating.as_secs_f64(),
                 "flood_target_per_s": plan.flood_per_s,
+                "page_viewers": plan.viewers,
+                "page_status_json_target_per_s": plan.status_per_s,
+                "page_idle_connections": plan.idle_connections,
+                "http_max_streams": crate::process::PAGE_MAX_STREAMS,
                 "simulator": device.describe(),
                 "broker_tcp_nodelay": !args.broker_nagle,
             },
@@ -233,6 +239,9 @@ impl Figures {
                     log.brief(),
                 );
             }
+            if let Some(load) = &c.load {
+                load_rows(&mut t, c.stress.name(), load, &lat);
+            }
         }
         if let Some(log) = self.firmware_log {
             row(&mut t, "firmware log, whole run", log.brief());
@@ -289,4 +298,62 @@ impl Figures {
         );
         t
     }
+}
+
+/// The table rows of one page-load set.
+fn load_rows(t: &mut String, name: &str, load: &LoadFigures, lat: &dyn Fn(Stats) -> String) {
+    let mut row = |what: &str, value: String| {
+        let _ = writeln!(t, "{:<46} {value}", format!("{name}: {what}"));
+    };
+    if load.viewers > 0 {
+        row(
+            "/events streams (refused 503)",
+            format!(
+                "{} of {} ({}), {} events, largest gap at a viewer {:.0} ms",
+                load.streams_opened,
+                load.viewers,
+                load.streams_refused_503,
+                load.events,
+                ms(load.largest_event_gap)
+            ),
+        );
+        row(
+            "reading → event at a viewer",
+            lat(Stats::of(&load.event_delays)),
+        );
+        row(
+            &format!("/status.json at {:.0}/s", load.status_rate()),
+            lat(Stats::of(&load.status_latencies)),
+        );
+    }
+    if load.idle_connections > 0 {
+        row(
+            "idle connections (closed by the bridge)",
+            format!("{} ({})", load.idle_connections, load.idle_closed_by_bridge),
+        );
+        row(
+            "fresh /status.json meanwhile",
+            lat(Stats::of(&load.probe_latencies)),
+        );
+        row(
+            "ops /healthz meanwhile",
+            lat(Stats::of(&load.healthz_latencies)),
+        );
+    }
+    let kb = |v: Option<u64>| v.map_or("?".to_owned(), |v| format!("{:.1} MB", v as f64 / 1024.0));
+    row(
+        "errors; RSS max (VmHWM); load average",
+        format!(
+            "{}{}; {} ({}); {}",
+            load.errors,
+            if load.error_examples.is_empty() {
+                String::new()
+            } else {
+                format!(" e.g. {:?}", load.error_examples)
+            },
+            kb(load.rss_max_kb),
+            kb(load.rss_hwm_kb),
+            load.loadavg_end.as_deref().unwrap_or("?")
+        ),
+    );
 }
