@@ -339,6 +339,7 @@ impl Run {
     /// Starts the bridge and waits until it is idle with the controller answering.
     async fn start(&self, observer: &mut Observer) -> Result<Bridge> {
         let http_port = free_port()?;
+        let public_port = free_port()?;
         let mut command = Command::new(&self.bin);
         command
             .arg("run")
@@ -346,7 +347,7 @@ impl Run {
             .stdin(Stdio::null())
             .stdout(self.log.try_clone()?)
             .stderr(self.log.try_clone()?);
-        for (k, v) in bridge_env(&self.link, self.mqtt_port, http_port)
+        for (k, v) in bridge_env(&self.link, self.mqtt_port, http_port, public_port)
             .into_iter()
             .chain(soak_env(&self.state_dir))
         {
@@ -360,6 +361,7 @@ impl Run {
             child,
             pid,
             http_port,
+            public_port,
         };
         if let Err(e) = observer.until(WAIT, "the bridge ready", false, ready).await {
             bridge.check_alive()?;
