@@ -132,7 +132,7 @@ enum Fault {
     RebootMidReply,
     Unplug,
     SensorError,
-    /// The plate jumps to boiling while heating: a dry boil.
+    /// The plate jumps to boiling while heating: a dry boil if it keeps heating.
     Boiling,
     /// The reservoir empty and the plate past `safety.max_plate_c` (with water in it, the
     /// simulated plate stays at boiling).
@@ -831,13 +831,17 @@ async fn act(
                 }
                 Fault::Mute => sim.mute(true).await?,
             }
+            // A plate at boiling is a dry boil only while it keeps rising (SPEC §3: over 5 s
+            // above 90 °C); a program that is past its heating ends by itself.
+            let within = if fault == Fault::Boiling {
+                long
+            } else {
+                Duration::from_secs(15)
+            };
             let ended = observer
-                .until(
-                    Duration::from_secs(15),
-                    "the program ended by the fault",
-                    true,
-                    |d| d["mode"] == "off",
-                )
+                .until(within, "the program ended by the fault", true, |d| {
+                    d["mode"] == "off"
+                })
                 .await?;
             monitor.deny(ended, "program ended by a fault");
             if fault == Fault::Unplug {
