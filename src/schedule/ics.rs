@@ -4,8 +4,9 @@
 //! [`MAX_BYTES`] + 1 bytes far, line by line: folded lines are joined (RFC 5545 §3.1), and each
 //! child component of the root `VCALENDAR` (a `VEVENT`, a `VTIMEZONE`, …) is handed out as its
 //! own unfolded text, which the `icalendar` parser then reads. The calendar's own properties are
-//! checked by the same parser, a few kilobytes at a time. What this accepts is what parsing the
-//! whole text at once accepts: one root `VCALENDAR`, closed, with nothing after it.
+//! checked by the same parser, a few kilobytes at a time. It asks what parsing the whole text
+//! at once asked: one root `VCALENDAR`, closed, nothing after it, and every component and
+//! property in it well-formed (so a download cut short is refused, not half used).
 //!
 //! Peak memory is one component's text and its parse, not the calendar's: a 2,300-event
 //! calendar read whole took about 4.5 MB of heap at its peak, and glibc kept most of it.
