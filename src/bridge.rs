@@ -27,6 +27,8 @@ pub const MQTT_FINISH: Duration = Duration::from_millis(600);
 const EVENT_QUEUE: usize = 256;
 /// Commands queued from MQTT to the driver; when full, a command is rejected ("bridge busy").
 const COMMAND_QUEUE: usize = 32;
+/// Answers queued from the driver to MQTT; when full, an answer is counted as shed.
+const ANSWER_QUEUE: usize = 256;
 
 /// Why the bridge cannot start (a configuration or environment problem, found before any task
 /// runs).
@@ -63,6 +65,7 @@ pub fn channels(device_name: &str) -> Channels {
     let (state_tx, state_rx) = watch::channel(None);
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (answers_tx, answers_rx) = mpsc::channel(ANSWER_QUEUE);
     let (heartbeat_tx, heartbeat_rx) = watch::channel(Instant::now());
     let (connected_tx, connected_rx) = watch::channel(false);
     Channels {
@@ -76,6 +79,7 @@ pub fn channels(device_name: &str) -> Channels {
             state: state_tx,
             events: events_tx,
             commands: commands_rx,
+            answers: answers_tx,
             heartbeat: heartbeat_tx,
             broker_connected: connected_rx,
         },
@@ -83,9 +87,17 @@ pub fn channels(device_name: &str) -> Channels {
             state: state_rx,
             events: events_rx,
             commands: commands_tx,
+            answers: answers_rx,
             connected: connected_tx,
         },
     }
+}
+
+/// Binds one of HTTP's listeners; the error names the setting that asked for it.
+async fn listen(addr: SocketAddr, key: &'static str) -> Result<tokio::net::TcpListener, Error> {
+    http::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { addr, key, source })
 }
 
 /// Runs the bridge until `shutdown` is cancelled and the heater is confirmed off, then lets
@@ -97,22 +109,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let Channels { driver, mqtt, http } = channels(&settings.device.name);
     let mut listeners = http::Listeners::default();
     if let Some(addr) = settings.http.listen_addr() {
-        let listener = http::bind(addr).await.map_err(|source| Error::Listen {
-            addr,
-            key: "http.listen",
-            source,
-        })?;
+        listeners.public = Some(listen(addr, "http.listen").await?);
         info!(%addr, "status page on http://{addr}/");
-        listeners.public = Some(listener);
     }
     if let Some(addr) = settings.http.ops_listen_addr() {
-        let listener = http::bind(addr).await.map_err(|source| Error::Listen {
-            addr,
-            key: "http.ops_listen",
-            source,
-        })?;
+        listeners.ops = Some(listen(addr, "http.ops_listen").await?);
         info!(%addr, "metrics and probes on http://{addr}/");
-        listeners.ops = Some(listener);
     }
     let http_task = (listeners.public.is_some() || listeners.ops.is_some()).then(|| {
         let options = http::Options::from_settings(&settings);

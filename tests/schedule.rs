@@ -20,7 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset, Utc};
 use coffeebot::sim::SimConfig;
 use serde_json::Value;
-use support::bridge::Bridge;
+use support::bridge::{Bridge, Process};
 use support::mosquitto::{json, Broker, Message, TestClient, User};
 use support::rig::Rig;
 use support::sim::simulator;
@@ -157,15 +157,13 @@ fn bridge(broker: &Broker, port: &Path, state_dir: &Path, launch: Launch) -> Bri
     let mut extra: Vec<(&str, &str)> = SCHEDULE.to_vec();
     extra.push(("COUNTERS__STATE_DIR", &state_dir));
     extra.extend(launch.extra.iter().map(|(k, v)| (*k, v.as_str())));
-    Bridge::start_via(
-        &wrapper,
-        &env,
-        port,
-        broker,
-        &broker.credentials(User::Coffeebot),
-        &extra,
-        "info",
-    )
+    let process = Process {
+        wrapper: &wrapper,
+        env: &env,
+        ..Process::default()
+    };
+    let login = broker.credentials(User::Coffeebot);
+    Bridge::start_with(process, port, broker, &login, &extra)
 }
 
 /// The first event of `event_type` among the messages arriving from now on (at most `limit`).

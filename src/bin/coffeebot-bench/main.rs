@@ -53,6 +53,7 @@ mod cadence;
 mod client;
 mod device;
 mod latency;
+mod listen;
 mod process;
 mod realfw;
 mod report;
@@ -73,7 +74,7 @@ use crate::broker::Broker;
 use crate::cadence::{heating, Stress};
 use crate::client::Client;
 use crate::device::{Device, DeviceKind};
-use crate::latency::{command_latency, telemetry_latency};
+use crate::latency::{command_latency, telemetry_latency, Probes};
 use crate::process::{hog, start_bridge, stop_bridge};
 use crate::report::Figures;
 use crate::sample::{loadavg, measure_cpu, proc_status_kb};
@@ -306,25 +307,16 @@ pub(crate) async fn run(args: &Args, plan: Plan) -> Result<()> {
     say(&format!("idle: {}", idle.brief()));
 
     // 3. Command latency.
-    command_latency(
-        &mut client,
-        &tap,
-        &device,
-        plan.command_samples,
-        &mut figures,
-    )
-    .await?;
+    let mut probes = Probes {
+        client: &mut client,
+        tap: &tap,
+        device: &device,
+    };
+    command_latency(&mut probes, plan.command_samples, &mut figures).await?;
     bridge.check_alive()?;
 
     // 4. Telemetry latency.
-    telemetry_latency(
-        &mut client,
-        &tap,
-        &device,
-        plan.telemetry_samples,
-        &mut figures,
-    )
-    .await?;
+    telemetry_latency(&mut probes, plan.telemetry_samples, &mut figures).await?;
     bridge.check_alive()?;
 
     // 5. Feed cadence while brewing: alone, under a CPU hog, under a command flood, under the
