@@ -166,8 +166,9 @@ def main():
     # The toolchain: Debian's rustc of the same suite as scripts/cross.sh, whose binaries CI tests
     # under qemu-user (cargo itself refuses a rustc older than the crate's rust-version).
     suite = re.search(r"^ARG DEBIAN_SUITE=(\S+)$", dockerfile, re.M).group(1)
-    cross = read("scripts/cross.sh")
-    checks.check(re.search(rf"debootstrap --variant=minbase {re.escape(suite)} ", cross) is not None
+    cross, forky = read("scripts/cross.sh"), read("scripts/forky-root.sh")
+    checks.check(re.search(rf"debootstrap --variant=minbase {re.escape(suite)} ", forky) is not None
+                 and "forky-root.sh" in cross and "rustc cargo" in cross
                  and "rustc cargo" in dockerfile and "libstd-rust-dev:$2" in dockerfile,
                  f"the Dockerfile builds with Debian {suite}'s rustc and cargo, as scripts/cross.sh does")
 
