@@ -35,14 +35,14 @@ mirror="${COFFEEBOT_CROSS_MIRROR:-http://deb.debian.org/debian}"
 max_glibc="${COFFEEBOT_CROSS_MAX_GLIBC:-2.41}"
 read -r -a targets <<<"${COFFEEBOT_CROSS_TARGETS:-aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf}"
 
-# Inside the root: the toolchain for both targets. Changing this list makes a new root.
+# Inside the root: the toolchain for both targets. A change to this list is installed into the
+# root at the next run.
 packages=(
   rustc cargo
   libstd-rust-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
   libstd-rust-dev:armhf gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
   qemu-user ca-certificates
 )
-stamp_text="forky minbase ${packages[*]}"
 
 log() { printf 'cross: %s\n' "$*"; }
 die() { printf 'cross: %s\n' "$*" >&2; exit 1; }
@@ -51,60 +51,13 @@ die() { printf 'cross: %s\n' "$*" >&2; exit 1; }
 
 # ----- the root ------------------------------------------------------------------------------
 
-make_root() {
-  if ! command -v debootstrap >/dev/null 2>&1; then
-    log "installing debootstrap"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap
-  fi
-  # bookworm's debootstrap has no script named forky; sid's is the same bootstrap.
-  local script=/usr/share/debootstrap/scripts/sid
-  [ -f "$script" ] || die "no debootstrap script $script"
-  local new="$root.new"
-  rm -rf "$new"
-  mkdir -p "$(dirname "$root")"
-  log "debootstrap forky into $new"
-  debootstrap --variant=minbase forky "$new" "$mirror" "$script" >"$new.log" 2>&1 ||
-    { tail -n 30 "$new.log" >&2; die "debootstrap failed (log: $new.log)"; }
-  # The testing mirror's Release file can carry an expired Valid-Until.
-  echo 'Acquire::Check-Valid-Until "false";' >"$new/etc/apt/apt.conf.d/99coffeebot-valid-until"
-  echo 'APT::Install-Recommends "false";' >"$new/etc/apt/apt.conf.d/99coffeebot-no-recommends"
-  cp /etc/resolv.conf "$new/etc/resolv.conf"
-  in_root "$new" root sh -c "
-    set -e
-    dpkg --add-architecture arm64
-    dpkg --add-architecture armhf
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q ${packages[*]}
-    apt-get clean
-  " >"$new.apt.log" 2>&1 || { tail -n 30 "$new.apt.log" >&2; die "apt-get in the root failed (log: $new.apt.log)"; }
-  echo "$stamp_text" >"$new/.coffeebot-cross"
-  rm -rf "$root"
-  mv "$new" "$root"
-  rm -f "$new.log" "$new.apt.log"
-}
+# shellcheck source=scripts/forky-root.sh
+. scripts/forky-root.sh
 
-# in_root ROOT USER COMMAND…: runs COMMAND chrooted into ROOT as USER (`root`, or uid:gid) in
-# a private mount namespace with /proc, /dev, the repository at /src, the cargo registry at
-# /cargo/registry and the host's CA bundle; the mounts end with the command.
+# in_root ROOT USER COMMAND…: runs COMMAND chrooted into ROOT as USER (`root`, or uid:gid) with
+# the repository at /src and the cargo registry at /cargo/registry (scripts/forky-root.sh).
 in_root() {
-  local dir="$1" user="$2"
-  shift 2
-  # shellcheck disable=SC2016 # expanded by the inner shell, from its arguments
-  unshare --mount --propagation private -- /bin/sh -eu -c '
-    dir="$1"; user="$2"; repo="$3"; registry="$4"; shift 4
-    mount --rbind /dev "$dir/dev"
-    mount -t proc proc "$dir/proc"
-    mkdir -p "$dir/src" "$dir/cargo/registry"
-    mount --bind "$repo" "$dir/src"
-    mount --bind "$registry" "$dir/cargo/registry"
-    # The host trust store (it may hold a site CA that the registries are reached through).
-    if [ -f /etc/ssl/certs/ca-certificates.crt ] && [ -f "$dir/etc/ssl/certs/ca-certificates.crt" ]; then
-      mount --bind -o ro /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/ca-certificates.crt"
-    fi
-    if [ "$user" = root ]; then exec chroot "$dir" "$@"; fi
-    exec chroot --userspec="$user" "$dir" "$@"
-  ' in_root "$dir" "$user" "$repo" "$registry" "$@"
+  forky_run "$1" "$2" rw "$repo" /src rw "$registry" /cargo/registry -- "${@:3}"
 }
 
 # ----- who builds, and the registry --------------------------------------------------------
@@ -119,13 +72,7 @@ if [ "$(stat -c %u:%g "$registry")" != "$owner" ]; then
   chown "$owner" "$registry"
 fi
 
-if [ -f "$root/.coffeebot-cross" ] && [ "$(cat "$root/.coffeebot-cross")" = "$stamp_text" ]; then
-  log "root $root is ready (kept from an earlier run)"
-else
-  started=$SECONDS
-  make_root
-  log "root made in $((SECONDS - started)) s"
-fi
+forky_ensure "$root" .coffeebot-cross "$mirror" "${packages[@]}"
 
 # ----- the build -----------------------------------------------------------------------------
 

@@ -33,73 +33,22 @@ packages=(python3 python3-venv python3-dev gcc libc6-dev mosquitto ca-certificat
 # client; pytest runs the tests. The other integrations' requirements HA installs itself at the
 # first start (make_venv).
 extra_requirements=(paho-mqtt==2.1.0 pytest==8.4.2)
-root_stamp="forky minbase ${packages[*]}"
 venv_stamp="homeassistant==$ha_version ${extra_requirements[*]}"
 
 log() { printf 'ha-env: %s\n' "$*"; }
 die() { printf 'ha-env: %s\n' "$*" >&2; exit 1; }
 
-# in_root ROOT COMMAND...: runs COMMAND chrooted into ROOT, with /proc, /dev, /tmp and the
-# repository at the same paths as outside; the mounts end with the command.
-in_root() {
-  local dir="$1"
-  shift
-  unshare --mount --propagation private -- /bin/sh -eu -c '
-    dir="$1"; repo="$2"; shift 2
-    mount --rbind /dev "$dir/dev"
-    mount -t proc proc "$dir/proc"
-    mount --bind /tmp "$dir/tmp"
-    mkdir -p "$dir$repo"
-    mount --bind "$repo" "$dir$repo"
-    # The workspace beside the checkout (../shared) is read by some tests.
-    if [ -d "$repo/../shared" ]; then
-      mkdir -p "$dir$repo/../shared"
-      mount --bind -o ro "$repo/../shared" "$dir$repo/../shared" 2>/dev/null || true
-    fi
-    # The host'"'"'s trust store (it may hold a site CA the registries are reached through).
-    if [ -f /etc/ssl/certs/ca-certificates.crt ] && [ -f "$dir/etc/ssl/certs/ca-certificates.crt" ]; then
-      mount --bind -o ro /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/ca-certificates.crt"
-    fi
-    cp /etc/resolv.conf "$dir/etc/resolv.conf" 2>/dev/null || true
-    exec chroot "$dir" /usr/bin/env -i PATH=/opt/ha/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-      HOME=/root LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 "$@"
-  ' in_root "$dir" "$repo" "$@"
-}
+# shellcheck source=scripts/forky-root.sh
+. scripts/forky-root.sh
 
-make_root() {
-  if ! command -v debootstrap >/dev/null 2>&1; then
-    log "installing debootstrap"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap
-  fi
-  # bookworm's debootstrap has no script named forky; sid's is the same bootstrap.
-  local script=/usr/share/debootstrap/scripts/sid
-  [ -f "$script" ] || die "no debootstrap script $script"
-  local new="$root.new"
-  rm -rf "$new"
-  mkdir -p "$(dirname "$root")"
-  if [ -f "$root/.coffeebot-ha-root" ]; then
-    # Only the package list changed: install into the existing root.
-    mv "$root" "$new"
-  else
-    log "debootstrap forky into $new"
-    debootstrap --variant=minbase forky "$new" "$mirror" "$script" >"$new.log" 2>&1 ||
-      { tail -n 30 "$new.log" >&2; die "debootstrap failed (log: $new.log)"; }
-    # The testing mirror's Release file can carry an expired Valid-Until.
-    echo 'Acquire::Check-Valid-Until "false";' >"$new/etc/apt/apt.conf.d/99coffeebot-valid-until"
-    echo 'APT::Install-Recommends "false";' >"$new/etc/apt/apt.conf.d/99coffeebot-no-recommends"
-  fi
-  log "apt-get install ${packages[*]}"
-  in_root "$new" sh -c "
-    set -e
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q ${packages[*]}
-    apt-get clean
-  " >"$new.apt.log" 2>&1 || { tail -n 30 "$new.apt.log" >&2; die "apt-get in the root failed (log: $new.apt.log)"; }
-  echo "$root_stamp" >"$new/.coffeebot-ha-root"
-  rm -rf "$root"
-  mv "$new" "$root"
-  rm -f "$new.log" "$new.apt.log"
+# in_root ROOT COMMAND...: runs COMMAND chrooted into ROOT (scripts/forky-root.sh), with /tmp,
+# the repository and the workspace beside it (../shared, read by some tests, read-only) at the
+# same paths as outside, and a clean environment whose PATH starts with HA's virtualenv.
+in_root() {
+  local binds=(rw /tmp /tmp rw "$repo" "$repo")
+  if [ -d "$repo/../shared" ]; then binds+=(ro "$repo/../shared" "$(dirname "$repo")/shared"); fi
+  forky_run "$1" root "${binds[@]}" -- /usr/bin/env -i PATH=/opt/ha/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    HOME=/root LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 "${@:2}"
 }
 
 # The virtualenv /opt/ha: Home Assistant, then what the tests need, all under HA's
@@ -129,17 +78,11 @@ make_venv() {
 
 install() {
   [ "$(id -u)" -eq 0 ] || die "needs root (debootstrap, chroot, bind mounts); try: sudo $0"
-  local started=$SECONDS
-  if [ -f "$root/.coffeebot-ha-root" ] && [ "$(cat "$root/.coffeebot-ha-root")" = "$root_stamp" ]; then
-    log "root $root is ready (kept from an earlier run)"
-  else
-    make_root
-    log "root made in $((SECONDS - started)) s"
-  fi
+  forky_ensure "$root" .coffeebot-ha-root "$mirror" "${packages[@]}"
   if [ -f "$root/opt/ha/.coffeebot-ha" ] && [ "$(cat "$root/opt/ha/.coffeebot-ha")" = "$venv_stamp" ]; then
     log "Home Assistant $ha_version is ready (kept from an earlier run)"
   else
-    started=$SECONDS
+    local started=$SECONDS
     make_venv
     log "Home Assistant $ha_version installed in $((SECONDS - started)) s ($(du -sh "$root" | cut -f1) in all)"
   fi

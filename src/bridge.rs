@@ -36,6 +36,8 @@ const COMMAND_QUEUE: usize = 32;
 /// The name of the OS thread that runs the driver and the serial link (seen in `top -H`,
 /// `/proc/PID/task/*/comm` and panics).
 pub const DRIVER_THREAD: &str = "coffeebot-drive";
+/// Answers queued from the driver to MQTT; when full, an answer is counted as shed.
+const ANSWER_QUEUE: usize = 256;
 
 /// Why the bridge cannot start (a configuration or environment problem, found before any task
 /// runs).
@@ -79,6 +81,7 @@ pub fn channels(device_name: &str) -> Channels {
     let (state_tx, state_rx) = watch::channel(None);
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (answers_tx, answers_rx) = mpsc::channel(ANSWER_QUEUE);
     let (heartbeat_tx, heartbeat_rx) = watch::channel(Instant::now());
     let (connected_tx, connected_rx) = watch::channel(false);
     Channels {
@@ -92,6 +95,7 @@ pub fn channels(device_name: &str) -> Channels {
             state: state_tx,
             events: events_tx,
             commands: commands_rx,
+            answers: answers_tx,
             heartbeat: heartbeat_tx,
             broker_connected: connected_rx,
         },
@@ -99,9 +103,17 @@ pub fn channels(device_name: &str) -> Channels {
             state: state_rx,
             events: events_rx,
             commands: commands_tx,
+            answers: answers_rx,
             connected: connected_tx,
         },
     }
+}
+
+/// Binds one of HTTP's listeners; the error names the setting that asked for it.
+async fn listen(addr: SocketAddr, key: &'static str) -> Result<tokio::net::TcpListener, Error> {
+    http::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { addr, key, source })
 }
 
 /// Runs the bridge until `shutdown` is cancelled and the heater is confirmed off, then lets
@@ -121,22 +133,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         .map_err(Error::Driver)?;
     let mut listeners = http::Listeners::default();
     if let Some(addr) = settings.http.listen_addr() {
-        let listener = http::bind(addr).await.map_err(|source| Error::Listen {
-            addr,
-            key: "http.listen",
-            source,
-        })?;
+        listeners.public = Some(listen(addr, "http.listen").await?);
         info!(%addr, "status page on http://{addr}/");
-        listeners.public = Some(listener);
     }
     if let Some(addr) = settings.http.ops_listen_addr() {
-        let listener = http::bind(addr).await.map_err(|source| Error::Listen {
-            addr,
-            key: "http.ops_listen",
-            source,
-        })?;
+        listeners.ops = Some(listen(addr, "http.ops_listen").await?);
         info!(%addr, "metrics and probes on http://{addr}/");
-        listeners.ops = Some(listener);
     }
     // The driver starts first: its first line is `B+0` (SPEC §3), whatever the rest does.
     let driver_done = spawn_driver(driver_runtime, settings.clone(), driver, shutdown.clone())?;

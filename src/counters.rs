@@ -9,10 +9,15 @@
 //! old file or the new one, never a torn one. A missing file starts from zero; an unreadable or
 //! corrupt one starts from zero with one WARN line and is kept aside (`counters.json.bad`).
 //! Counters only ever grow: a value read back is never lowered, and nothing here panics.
+//!
+//! The same [`Store`] keeps any other [`Persisted`] value of the bridge in a file of its own
+//! in the same directory (the schedule's: [`crate::schedule::shell`]).
 
 use crate::core::Event;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -174,17 +179,40 @@ impl Tally {
     }
 }
 
-/// The counters' file, and when it was last written.
+/// A value the bridge keeps across restarts in a JSON file of the state directory.
+pub trait Persisted: Serialize + DeserializeOwned + Default + std::fmt::Debug {
+    /// Its file name in the state directory.
+    const FILE: &'static str;
+    /// What it is, for log lines (e.g. `counters`).
+    const WHAT: &'static str;
+    /// What a missing or corrupt file means, for log lines.
+    const FRESH: &'static str = "starting from zero";
+    /// Whether a value read back can be used; an invalid one is treated as a corrupt file.
+    fn valid(&self) -> bool {
+        true
+    }
+}
+
+impl Persisted for Counters {
+    const FILE: &'static str = FILE;
+    const WHAT: &'static str = "counters";
+    fn valid(&self) -> bool {
+        valid(self)
+    }
+}
+
+/// The file of a [`Persisted`] value (the counters by default), and when it was last written.
 #[derive(Debug)]
-pub struct Store {
+pub struct Store<T = Counters> {
     dir: Option<PathBuf>,
     interval: Duration,
     saved_at: Option<Instant>,
     dirty: bool,
+    kept: PhantomData<fn() -> T>,
 }
 
-impl Store {
-    /// A store in `dir` (`None`: counters are kept in memory only), written at most every
+impl<T: Persisted> Store<T> {
+    /// A store in `dir` (`None`: the value is kept in memory only), written at most every
     /// `interval`.
     pub fn new(dir: Option<PathBuf>, interval: Duration) -> Self {
         Store {
@@ -192,67 +220,82 @@ impl Store {
             interval,
             saved_at: None,
             dirty: false,
+            kept: PhantomData,
         }
     }
 
-    /// Reads the counters: zero when there is no directory or no file; zero with one WARN when
-    /// the file cannot be read or parsed, the bad file renamed to `counters.json.bad`.
-    pub fn load(&self) -> Counters {
+    /// Reads the value: the default when there is no directory or no file; the default with
+    /// one WARN when the file cannot be read or parsed, the bad file renamed to `<file>.bad`.
+    pub fn load(&self) -> T {
         let Some(dir) = &self.dir else {
-            return Counters::default();
+            return T::default();
         };
-        let path = dir.join(FILE);
+        let what = T::WHAT;
+        let path = dir.join(T::FILE);
         let text = match std::fs::read(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                info!(path = %path.display(), "no counters yet; starting from zero");
-                return Counters::default();
+                info!(path = %path.display(), "no {what} yet; {}", T::FRESH);
+                return T::default();
             }
             Err(e) => {
-                warn!(path = %path.display(), error = %e, "cannot read the counters; starting from zero");
-                return Counters::default();
+                warn!(path = %path.display(), error = %e, "cannot read the {what}; {}", T::FRESH);
+                return T::default();
             }
         };
-        match serde_json::from_slice::<Counters>(&text) {
-            Ok(c) if valid(&c) => {
-                info!(path = %path.display(), ?c, "counters loaded");
+        match serde_json::from_slice::<T>(&text) {
+            Ok(c) if c.valid() => {
+                info!(path = %path.display(), ?c, "{what} loaded");
                 c
             }
             result => {
-                let aside = dir.join(format!("{FILE}.bad"));
+                let aside = dir.join(format!("{}.bad", T::FILE));
                 let moved = std::fs::rename(&path, &aside);
                 warn!(
                     path = %path.display(),
                     kept_as = %aside.display(),
                     error = %result.err().map_or("a value out of range".to_owned(), |e| e.to_string()),
                     moved = moved.is_ok(),
-                    "corrupt counters file; starting from zero"
+                    "corrupt {what} file; {}",
+                    T::FRESH
                 );
-                Counters::default()
+                T::default()
             }
         }
     }
 
-    /// Saves `counters` when they changed and the interval has passed (or `force`).
-    pub fn maybe_save(&mut self, now: Instant, counters: &Counters, changed: bool, force: bool) {
+    /// Saves `value` when it changed and the interval has passed (or `force`).
+    pub fn maybe_save(&mut self, now: Instant, value: &T, changed: bool, force: bool) {
         self.dirty |= changed;
         let due = self.saved_at.is_none_or(|at| now >= at + self.interval);
         if !self.dirty || !(due || force) {
             return;
         }
+        // On failure it is tried again at the next interval.
+        self.write(value);
+        self.saved_at = Some(now);
+    }
+
+    /// Saves `value` now, whatever the interval (a rare change worth keeping at once).
+    /// Returns whether it was written (or there is no directory).
+    pub fn save_now(&mut self, value: &T) -> bool {
+        self.dirty = true;
+        self.write(value)
+    }
+
+    fn write(&mut self, value: &T) -> bool {
         let Some(dir) = &self.dir else {
             self.dirty = false;
-            return;
+            return true;
         };
-        match write_atomically(dir, counters) {
+        match write_atomically(dir, T::FILE, value) {
             Ok(()) => {
                 self.dirty = false;
-                self.saved_at = Some(now);
+                true
             }
             Err(e) => {
-                // Tried again at the next interval.
-                self.saved_at = Some(now);
-                warn!(dir = %dir.display(), error = %e, "cannot save the counters");
+                warn!(dir = %dir.display(), error = %e, "cannot save the {}", T::WHAT);
+                false
             }
         }
     }
@@ -266,16 +309,16 @@ fn valid(c: &Counters) -> bool {
 }
 
 /// Temp file, fsync, rename over the old file, fsync of the directory.
-fn write_atomically(dir: &Path, counters: &Counters) -> std::io::Result<()> {
-    let text = serde_json::to_vec_pretty(counters).map_err(std::io::Error::other)?;
-    let tmp = dir.join(format!("{FILE}.tmp"));
+fn write_atomically(dir: &Path, file: &str, value: &impl Serialize) -> std::io::Result<()> {
+    let text = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    let tmp = dir.join(format!("{file}.tmp"));
     {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(&text)?;
         file.write_all(b"\n")?;
         file.sync_all()?;
     }
-    std::fs::rename(&tmp, dir.join(FILE))?;
+    std::fs::rename(&tmp, dir.join(file))?;
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -341,7 +384,7 @@ mod tests {
     #[test]
     fn saved_counters_load_back_and_a_corrupt_file_is_kept_aside() {
         let d = dir("roundtrip");
-        let mut store = Store::new(Some(d.clone()), Duration::from_secs(60));
+        let mut store: Store = Store::new(Some(d.clone()), Duration::from_secs(60));
         assert_eq!(store.load(), Counters::default());
         let c = Counters {
             cups_brewed_total: 7,
@@ -374,7 +417,7 @@ mod tests {
 
     #[test]
     fn without_a_directory_nothing_is_written() {
-        let mut store = Store::new(None, Duration::ZERO);
+        let mut store: Store = Store::new(None, Duration::ZERO);
         store.maybe_save(Instant::now(), &Counters::default(), true, true);
         assert_eq!(store.load(), Counters::default());
     }

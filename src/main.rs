@@ -227,7 +227,7 @@ fn print_schedule(settings: &Settings, from: Option<&str>, count: usize) -> Exit
     if !settings.schedule.enabled {
         eprintln!("coffeebot: schedule.enabled is false: these brews would not start");
     }
-    let preheat = std::time::Duration::from_secs_f64(settings.schedule.default_preheat_s);
+    let preheat = schedule::shell::expected_preheat(settings);
     let mut out = std::io::stdout().lock();
     for brew in planner.plan(from, count, preheat) {
         if writeln!(out, "{}", brew.doc(planner.zone)).is_err() {

@@ -15,7 +15,7 @@ mod support;
 use std::time::Duration;
 
 use support::mosquitto::{
-    websocket_relay, Broker, Listener, Login, Protocol, TestClient, User, WAIT,
+    remaining_length, websocket_relay, Broker, Listener, Login, Protocol, TestClient, User, WAIT,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -54,17 +54,6 @@ fn proc_rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-fn varint(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let byte = (n % 128) as u8;
-        n /= 128;
-        out.push(if n > 0 { byte | 0x80 } else { byte });
-        if n == 0 {
-            break;
-        }
-    }
-}
-
 fn string(s: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(&(s.len() as u16).to_be_bytes());
     out.extend_from_slice(s.as_bytes());
@@ -96,7 +85,7 @@ fn connect(v5: bool, client_id: &str, login: Option<(&str, &str)>, clean: bool) 
         string(password, &mut body);
     }
     let mut packet = vec![0x10];
-    varint(body.len(), &mut packet);
+    remaining_length(body.len(), &mut packet);
     packet.extend(body);
     packet
 }
@@ -109,7 +98,7 @@ fn publish_header(v5: bool, topic: &str, payload_len: usize) -> Vec<u8> {
         variable.push(0);
     }
     let mut packet = vec![0x30];
-    varint(variable.len() + payload_len, &mut packet);
+    remaining_length(variable.len() + payload_len, &mut packet);
     packet.extend(variable);
     packet
 }
@@ -123,7 +112,7 @@ fn subscribe(v5: bool, packet_id: u16, filter: &str) -> Vec<u8> {
     string(filter, &mut body);
     body.push(1);
     let mut packet = vec![0x82];
-    varint(body.len(), &mut packet);
+    remaining_length(body.len(), &mut packet);
     packet.extend(body);
     packet
 }

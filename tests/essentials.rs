@@ -211,6 +211,20 @@ impl Rig {
             .unwrap_or_else(|_| panic!("no state: {what}"))
     }
 
+    /// Commands the heater on and waits until the state and the controller's relay show it.
+    async fn heater_on(&mut self) {
+        self.command("heater", "ON").await;
+        self.state_where("heater ON", |s| s["heater"] == "ON").await;
+        self.controller.relay(true, WAIT).await;
+    }
+
+    /// Where the controller says why its relay went off: it was the bridge's `B+0`.
+    fn off_by_the_bridge(&self) {
+        if let Some(by) = self.controller.last_off_by() {
+            assert_eq!(by, "command", "the relay went off by the bridge's B+0");
+        }
+    }
+
     async fn event(&mut self, event_type: &str) -> Value {
         next_event(&mut self.watcher, event_type, |_| true).await
     }
@@ -276,18 +290,14 @@ async fn the_heater_follows_on_and_off(on: On, name: &str) {
     rig.state_where("heater OFF", |s| s["heater"] == "OFF" && s["mode"] == "off")
         .await;
     rig.controller.relay(false, WAIT).await;
-    if let Some(by) = rig.controller.last_off_by() {
-        assert_eq!(by, "command", "the relay went off by the bridge's B+0");
-    }
+    rig.off_by_the_bridge();
 }
 
 async fn sigterm_writes_heater_off_last_and_exits_0(on: On, name: &str) {
     let Some(mut rig) = Rig::start(on, name, &[]).await else {
         return;
     };
-    rig.command("heater", "ON").await;
-    rig.state_where("heater ON", |s| s["heater"] == "ON").await;
-    rig.controller.relay(true, WAIT).await;
+    rig.heater_on().await;
     rig.bridge.sigterm();
     let status = rig.bridge.wait_exit(WAIT).expect("exited after SIGTERM");
     assert!(status.success(), "{status}");
@@ -298,18 +308,14 @@ async fn sigterm_writes_heater_off_last_and_exits_0(on: On, name: &str) {
     rig.controller.relay(false, WAIT).await;
     let lines = rig.controller.lines().await;
     assert_eq!(lines.last().map(String::as_str), Some("B+0"), "{lines:?}");
-    if let Some(by) = rig.controller.last_off_by() {
-        assert_eq!(by, "command", "the relay went off by the bridge's B+0");
-    }
+    rig.off_by_the_bridge();
 }
 
 async fn after_kill_9_the_controller_cuts_the_heater(on: On, name: &str) {
     let Some(mut rig) = Rig::start(on, name, &[]).await else {
         return;
     };
-    rig.command("heater", "ON").await;
-    rig.state_where("heater ON", |s| s["heater"] == "ON").await;
-    rig.controller.relay(true, WAIT).await;
+    rig.heater_on().await;
     let killed = Instant::now();
     rig.bridge.kill();
     let off = rig.controller.relay(false, Duration::from_secs(5)).await;
@@ -325,56 +331,35 @@ async fn after_kill_9_the_controller_cuts_the_heater(on: On, name: &str) {
     }
 }
 
-// ----- on the simulator ----------------------------------------------------------------------
+// ----- on the simulator and on the real firmware -----------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sim_start_up_writes_heater_off_first() {
-    start_up_writes_heater_off_first(On::Sim, "sim-start").await;
+/// Each scenario twice: `sim::SCENARIO` on the simulator and `real::SCENARIO` on the real
+/// firmware, with the label naming its files.
+macro_rules! on_both {
+    ($($scenario:ident => $label:literal),* $(,)?) => {
+        mod sim {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::On::Sim, concat!("sim-", $label)).await;
+                }
+            )*
+        }
+        mod real {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::On::Real, concat!("realfw-", $label)).await;
+                }
+            )*
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sim_a_brew_goes_from_preheat_to_off() {
-    a_brew_goes_from_preheat_to_off(On::Sim, "sim-brew").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sim_the_heater_follows_on_and_off() {
-    the_heater_follows_on_and_off(On::Sim, "sim-heater").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sim_sigterm_writes_heater_off_last_and_exits_0() {
-    sigterm_writes_heater_off_last_and_exits_0(On::Sim, "sim-sigterm").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sim_after_kill_9_the_controller_cuts_the_heater() {
-    after_kill_9_the_controller_cuts_the_heater(On::Sim, "sim-kill").await;
-}
-
-// ----- on the real firmware ------------------------------------------------------------------
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn realfw_start_up_writes_heater_off_first() {
-    start_up_writes_heater_off_first(On::Real, "realfw-start").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn realfw_a_brew_goes_from_preheat_to_off() {
-    a_brew_goes_from_preheat_to_off(On::Real, "realfw-brew").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn realfw_the_heater_follows_on_and_off() {
-    the_heater_follows_on_and_off(On::Real, "realfw-heater").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn realfw_sigterm_writes_heater_off_last_and_exits_0() {
-    sigterm_writes_heater_off_last_and_exits_0(On::Real, "realfw-sigterm").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn realfw_after_kill_9_the_controller_cuts_the_heater() {
-    after_kill_9_the_controller_cuts_the_heater(On::Real, "realfw-kill").await;
+on_both! {
+    start_up_writes_heater_off_first => "start",
+    a_brew_goes_from_preheat_to_off => "brew",
+    the_heater_follows_on_and_off => "heater",
+    sigterm_writes_heater_off_last_and_exits_0 => "sigterm",
+    after_kill_9_the_controller_cuts_the_heater => "kill",
 }

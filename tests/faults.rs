@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use coffeebot::sim::device::WATCHDOG_TIMEOUT;
 use coffeebot::sim::{CommandEvent, Fault, SimConfig, SimHandle};
 use serde_json::Value;
-use support::bridge::Bridge;
+use support::bridge::{Bridge, Process};
 use support::mosquitto::{json, next_message, Broker, Login, Setup, User};
 use support::rig::Rig;
 use support::sim::simulator;
@@ -35,12 +35,10 @@ const SLOW_BREW: (&str, &str) = ("BREW__SECONDS_PER_CUP", "10");
 
 // ----- the rig ------------------------------------------------------------------------------
 
-/// How to start the bridge process: a wrapper program and extra environment variables; extra
-/// broker configuration lines.
+/// How to start the bridge process, and extra broker configuration lines.
 #[derive(Default)]
 struct Launch<'a> {
-    wrapper: &'a [&'a str],
-    env: &'a [(&'a str, &'a str)],
+    process: Process<'a>,
     broker_conf: &'a str,
 }
 
@@ -55,15 +53,8 @@ impl Rig {
         // Not `B/#`: the test clients' packet size limit would drop the connection over a
         // megabyte command.
         let watcher = broker.watcher(&watched()).await;
-        let bridge = Bridge::start_via(
-            launch.wrapper,
-            launch.env,
-            sim.path(),
-            &broker,
-            &broker.credentials(User::Coffeebot),
-            extra,
-            "info",
-        );
+        let login = broker.credentials(User::Coffeebot);
+        let bridge = Bridge::start_with(launch.process, sim.path(), &broker, &login, extra);
         Rig::answering(broker, sim, watcher, bridge, |s| {
             s["link"] == "up" && s["temperature_c"].is_number()
         })
@@ -429,15 +420,12 @@ async fn a_port_held_by_another_process_is_a_clear_error_and_retried() {
             .expect("the test holds the port");
     let mut watcher = broker.lan_client(Login::User(User::HomeAssistant)).await;
     watcher.subscribe(&format!("{D}/state")).await.unwrap();
-    let bridge = Bridge::start_via(
-        &["setpriv", "--bounding-set=-sys_admin", "--"],
-        &[],
-        sim.path(),
-        &broker,
-        &broker.credentials(User::Coffeebot),
-        &[],
-        "info",
-    );
+    let process = Process {
+        wrapper: &["setpriv", "--bounding-set=-sys_admin", "--"],
+        ..Process::default()
+    };
+    let login = broker.credentials(User::Coffeebot);
+    let bridge = Bridge::start_with(process, sim.path(), &broker, &login, &[]);
     let line = bridge
         .wait_for_log("cannot open", WAIT)
         .expect("an error line");
@@ -1029,12 +1017,15 @@ async fn wall_clock_jumps_do_not_move_the_brew_timers() {
         "clock",
         &[("BREW__PREHEAT_C", "20.0")],
         Launch {
-            env: &[
-                ("LD_PRELOAD", &lib),
-                ("FAKETIME_TIMESTAMP_FILE", &offset_file),
-                ("FAKETIME_NO_CACHE", "1"),
-                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-            ],
+            process: Process {
+                env: &[
+                    ("LD_PRELOAD", &lib),
+                    ("FAKETIME_TIMESTAMP_FILE", &offset_file),
+                    ("FAKETIME_NO_CACHE", "1"),
+                    ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+                ],
+                ..Process::default()
+            },
             ..Launch::default()
         },
     )

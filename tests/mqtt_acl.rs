@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use coffeebot::sim::{SimConfig, SimHandle};
-use support::bridge::Bridge;
+use support::bridge::{Bridge, Process};
 use support::mosquitto::{Broker, Credentials, Listener, Login, Protocol, TestClient, User};
 use support::sim::simulator;
 
@@ -167,13 +167,11 @@ async fn a_refused_bridge_says_so_once_and_keeps_retrying() {
         username: User::Coffeebot.name().to_owned(),
         password: "not-the-password".to_owned(),
     };
-    let mut bridge = Bridge::start_logging(
-        sim.path(),
-        &broker,
-        &wrong,
-        &[],
-        "info,coffeebot::mqtt=debug",
-    );
+    let process = Process {
+        rust_log: "info,coffeebot::mqtt=debug",
+        ..Process::default()
+    };
+    let mut bridge = Bridge::start_with(process, sim.path(), &broker, &wrong, &[]);
     let line = bridge
         .wait_for_log("refused the connection: bad user name or password", WAIT)
         .expect("a refusal line");

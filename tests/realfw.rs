@@ -14,7 +14,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::bridge::Bridge;
+use support::bridge::{Bridge, Process};
 use support::mosquitto::{json, lan_command, Broker, TestClient, User, DEVICE_TOPIC};
 use support::realfw::{self, Event, Realfw};
 
@@ -51,13 +51,12 @@ impl Rig {
             fw.wait_for("WDT_ENABLE", WAIT, |_| true)
                 .expect("the firmware boots");
         }
-        let bridge = Bridge::start_logging(
-            &fw.link,
-            &broker,
-            &broker.credentials(User::Coffeebot),
-            extra,
-            RUST_LOG,
-        );
+        let process = Process {
+            rust_log: RUST_LOG,
+            ..Process::default()
+        };
+        let login = broker.credentials(User::Coffeebot);
+        let bridge = Bridge::start_with(process, &fw.link, &broker, &login, extra);
         Some(Rig {
             fw,
             broker,
@@ -117,6 +116,27 @@ impl Rig {
             s["link"] == "up" && s["temperature_c"].is_number()
         })
         .await
+    }
+
+    /// Waits until the bridge has sent `polls` status requests; the firmware's log by then.
+    fn polled(&self, polls: usize) -> Vec<Event> {
+        self.fw
+            .wait_until(WAIT, |events| {
+                events
+                    .iter()
+                    .filter(|e| e.rx_line().as_deref() == Some("S+?\\n"))
+                    .count()
+                    >= polls
+            })
+            .expect("the bridge polls")
+    }
+
+    /// [`Rig::start`] on the stock build, then [`Rig::heat`] with two feeds; the relay's
+    /// closing.
+    async fn heating(test: &str) -> Option<(Rig, Event)> {
+        let mut rig = Rig::start(test, &[], &[]).await?;
+        let on = rig.heat(2).await;
+        Some((rig, on))
     }
 
     /// `heater/set ON`, then waits for the relay to close and for `feeds` more `B+1`.
@@ -420,10 +440,9 @@ async fn sigterm_while_heating_on_05a9a00_leaves_b0_last_and_the_relay_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_bridge_lets_the_watchdog_reboot_and_counts_it_without_re_enabling() {
-    let Some(mut rig) = Rig::start("sigstop", &[], &[]).await else {
+    let Some((mut rig, on)) = Rig::heating("sigstop").await else {
         return;
     };
-    let on = rig.heat(2).await;
     rig.bridge.signal("STOP");
     let stopped = rig.fw.now_t();
     let boot = rig
@@ -622,10 +641,9 @@ async fn a_reply_cut_by_a_watchdog_reboot_is_skipped_and_the_banner_seen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crc_errors_trip_sensor_error_and_switch_the_heater_off() {
-    let Some(mut rig) = Rig::start("crc", &[], &[]).await else {
+    let Some((mut rig, on)) = Rig::heating("crc").await else {
         return;
     };
-    let on = rig.heat(2).await;
     rig.fw.ctl("crc 60");
     let fault = rig
         .state("sensor error", WAIT, |s| has_fault(s, "sensor_error"))
@@ -723,15 +741,7 @@ async fn power_on_with_the_bridge_attached_is_not_a_reboot() {
     assert_eq!(state["controller_reboots"], 0, "{state}");
     assert_eq!(state["reply_format"], "one_line", "{state}");
     // Some more polls: still no reboot, and the DS18B20's 85.0 never shown.
-    let events = rig
-        .fw
-        .wait_until(WAIT, |ev| {
-            ev.iter()
-                .filter(|e| e.rx_line().as_deref() == Some("S+?\\n"))
-                .count()
-                >= 3
-        })
-        .expect("the bridge polls");
+    let events = rig.polled(3);
     let later = rig.state("a later state", WAIT, |_| true).await;
     assert_eq!(later["controller_reboots"], 0, "{later}");
     for s in rig.states() {
@@ -781,14 +791,7 @@ async fn the_05a9a00_build_is_recognised_and_heating_refused_unless_allowed() {
         "{rejected}"
     );
     // A few polls later: the relay never closed.
-    rig.fw
-        .wait_until(WAIT, |ev| {
-            ev.iter()
-                .filter(|e| e.rx_line().as_deref() == Some("S+?\\n"))
-                .count()
-                >= 3
-        })
-        .expect("the bridge polls");
+    rig.polled(3);
     let relay = relay_changes(&rig.fw.events());
     assert!(relay.is_empty(), "the relay: {relay:?}");
     assert!(!rig.fw.received().iter().any(|(_, l)| l.starts_with("B+1")));

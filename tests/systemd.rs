@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use coffeebot::sim::{SimConfig, SimHandle, Simulator};
-use support::bridge::Bridge;
+use support::bridge::{Bridge, Process};
 use support::mosquitto::{json, lan_command, next_message, Broker, Login, Setup, User};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -135,14 +135,17 @@ fn start(
 ) -> Bridge {
     let env = manager.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Bridge::start_via(
+    let process = Process {
         wrapper,
-        &env,
+        env: &env,
+        ..Process::default()
+    };
+    Bridge::start_with(
+        process,
         sim.path(),
         broker,
         &broker.credentials(User::Coffeebot),
         extra,
-        "info",
     )
 }
 

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use coffeebot::sim::{SimConfig, SimHandle};
-use support::bridge::Bridge;
+use support::bridge::{Bridge, Process};
 use support::mosquitto::{Broker, Credentials, Listener, Login, Protocol, Setup};
 use support::sim::simulator;
 
@@ -173,7 +173,16 @@ async fn bridge(
         password: String::new(),
     };
     // Debug logs show every retry.
-    let bridge = Bridge::start_logging(sim.path(), broker, &anonymous, &extra, "coffeebot=debug");
+    let bridge = Bridge::start_with(
+        Process {
+            rust_log: "coffeebot=debug",
+            ..Process::default()
+        },
+        sim.path(),
+        broker,
+        &anonymous,
+        &extra,
+    );
     (sim, bridge)
 }
 

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use coffeebot::sim::{SimConfig, Simulator};
-use support::bridge::Bridge;
+use support::bridge::{Bridge, Process};
 use support::mosquitto::{Broker, Setup, User};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -73,15 +73,12 @@ async fn the_bridge_follows_the_board_to_a_new_device_name() {
     tree.plug("ttyUSB0", ("0403", "6001"), Path::new("/dev/null"));
     let broker = Broker::start_with(Setup::Shipped);
     let root = tree.root.to_string_lossy().into_owned();
-    let bridge = Bridge::start_via(
-        &[],
-        &[("COFFEEBOT_SYSFS_ROOT", root.as_str())],
-        Path::new(MBED),
-        &broker,
-        &broker.credentials(User::Coffeebot),
-        &[],
-        "info",
-    );
+    let process = Process {
+        env: &[("COFFEEBOT_SYSFS_ROOT", root.as_str())],
+        ..Process::default()
+    };
+    let login = broker.credentials(User::Coffeebot);
+    let bridge = Bridge::start_with(process, Path::new(MBED), &broker, &login, &[]);
     let missing = bridge
         .wait_for_log("no USB serial port matches usb:0d28:0204", WAIT)
         .expect("a clear line when the board is missing");

@@ -10,7 +10,7 @@
 #![no_main]
 
 use coffeebot::core::{Core, Limits, Output, Request};
-use coffeebot::protocol::{ReplyFormat, Command, Reading};
+use coffeebot::protocol::{Command, Reading, ReplyFormat};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, Instant};
@@ -137,7 +137,6 @@ enum Step {
         water: Value,
         temperature: Value,
         heater_on: bool,
-        format: ReplyFormat::ThreeLines,
     },
     /// A reply as a working controller gives it: the heater state it was commanded.
     Reply {
@@ -237,6 +236,16 @@ impl Harness {
     }
 }
 
+/// A reading in the three-line form (the form these steps model).
+fn three_lines(water: Value, temperature: Value, heater_on: bool) -> Reading {
+    Reading {
+        water_distance_in: water.get(),
+        temperature_c: temperature.get(),
+        heater_on,
+        format: ReplyFormat::ThreeLines,
+    }
+}
+
 fuzz_target!(|input: Input| {
     let limits = input.knobs.limits();
     let start = Instant::now();
@@ -266,29 +275,15 @@ fuzz_target!(|input: Input| {
                 water,
                 temperature,
                 heater_on,
-                format: ReplyFormat::ThreeLines,
-            } => h.core.handle_reading(
-                now,
-                Reading {
-                    water_distance_in: water.get(),
-                    temperature_c: temperature.get(),
-                    heater_on,
-                    format: ReplyFormat::ThreeLines,
-                },
-            ),
+            } => h
+                .core
+                .handle_reading(now, three_lines(water, temperature, heater_on)),
             Step::Reply { water, temperature } => {
                 let heater_on = h
                     .last_feed
                     .is_some_and(|fed| now.duration_since(fed) < HEATER_TIMEOUT);
-                h.core.handle_reading(
-                    now,
-                    Reading {
-                        water_distance_in: water.get(),
-                        temperature_c: temperature.get(),
-                        heater_on,
-                        format: ReplyFormat::ThreeLines,
-                    },
-                );
+                h.core
+                    .handle_reading(now, three_lines(water, temperature, heater_on));
             }
             Step::Banner => {
                 h.core.handle_banner(now, "MrCoffeeBot v2.0");

@@ -170,7 +170,7 @@ const TOPIC: Check = Check::Text {
 /// Every key, in the order of `config/default.toml`.
 #[rustfmt::skip] // One row a key reads best as a table.
 pub const KEYS: &[Key] = &[
-    row("device.id", Check::Text { allowed: "1 to 64 letters, digits, _ or -", ok: is_id }, "", "it is an MQTT topic level and a Home Assistant node id"),
+    row("device.id", Check::Text { allowed: "1 to 64 letters, digits, _ or -, not bridge or reply", ok: is_device_id }, "", "it is an MQTT topic level and a Home Assistant node id"),
     row("device.name", not_blank("a non-empty name"), "", "Home Assistant shows it"),
     row("serial.port", Check::Text { allowed: "a device path, or usb:VID:PID[:SERIAL] with hex ids (the mbed LPC1768: usb:0d28:0204)", ok: |port| crate::port::PortSpec::parse(port).is_ok() }, "", "the controller's serial port; the USB form follows the board to a new device name"),
     row("serial.baud", range(1.0, f64::INFINITY), "Bd", "a line speed of 0 carries nothing; the controller runs at 115200"),
@@ -217,7 +217,7 @@ pub const KEYS: &[Key] = &[
     row("http.max_connections_per_peer", range(1.0, 10000.0), "", "one client cannot take every connection slot; behind a proxy every viewer comes from the proxy's address"),
     row("heater.watts", range(0.0, 5000.0), "W", "the plate's rated power, for the energy estimate; no coffee maker's plate draws 5 kW"),
     row("maintenance.descale_every_brews", range(0.0, 100000.0), "brews", "descale reminders; 0 turns them off"),
-    row("counters.state_dir", ANY_TEXT, "", "counters.json lives there; empty keeps counters in memory only"),
+    row("counters.state_dir", ANY_TEXT, "", "counters.json and schedule.json live there; empty keeps counters and schedule state in memory only"),
     row("counters.save_interval_s", range(1.0, 3600.0), "s", "fewer writes spare an SD card; a crash loses at most this much counting"),
     row("schedule.enabled", Check::Flag, "", "scheduled brews start only while it is on"),
     row("schedule.timezone", Check::Text { allowed: "empty (the machine's zone) or an IANA zone like Europe/Berlin", ok: is_zone }, "", "ready times are wall-clock times in it"),
@@ -380,6 +380,12 @@ fn is_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether `id` can be `D` in `B/D/…`: an id that is not one of the bridge's own levels
+/// (`B/bridge/…`, `B/reply/…`).
+fn is_device_id(id: &str) -> bool {
+    is_id(id) && id != "bridge" && id != "reply"
 }
 
 /// Whether `topic` can prefix MQTT topics: non-empty, no wildcards or NUL, no `/` at either end.

@@ -87,7 +87,8 @@ pub struct Maintenance {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CountersFile {
-    /// Directory of `counters.json`; empty: counters are not kept across restarts.
+    /// Directory of `counters.json` and the schedule's `schedule.json`; empty: neither is kept
+    /// across restarts.
     pub state_dir: String,
     /// Longest time between writes of the file while counters change.
     pub save_interval_s: f64,
@@ -266,7 +267,8 @@ pub struct Http {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
-    /// Whether scheduled brews start (the `schedule/set` command switches it until restart).
+    /// Whether scheduled brews start (the `schedule/set` command switches it, kept until this
+    /// value is changed).
     pub enabled: bool,
     /// IANA zone of the weekly entries and floating calendar times; empty: the machine's.
     pub timezone: String,

@@ -26,9 +26,10 @@ macro_rules! listed_enum {
 
 listed_enum! {
     /// The `mode` field of the state, in the order Home Assistant lists the options.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
     pub enum Mode {
         /// Nothing running.
+        #[default]
         Off,
         /// Brew started; heating the plate to `brew.preheat_c`.
         Preheating,
@@ -411,8 +412,9 @@ pub enum Output {
     Event(Event),
 }
 
-/// Everything the state JSON shows, as the core knows it.
-#[derive(Clone, Debug, PartialEq)]
+/// Everything the state JSON shows, as the core knows it. The default knows nothing: off,
+/// port closed, nothing measured, no cups.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Status {
     /// Current mode.
     pub mode: Mode,

@@ -31,7 +31,7 @@ use crate::config::Settings;
 
 pub use calendar::{Calendar, CalendarError};
 
-/// Longest wait for a calendar's server.
+/// Longest wait for a calendar's server (the daemon waits at most half its refresh interval).
 pub const CALENDAR_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How far ahead the planner looks for brews.
@@ -413,6 +413,11 @@ impl PreheatHistory {
             self.recent.pop_front();
         }
         self.recent.push_back(took);
+    }
+
+    /// The remembered preheats, oldest first (to keep across restarts).
+    pub fn recent(&self) -> impl Iterator<Item = Duration> + '_ {
+        self.recent.iter().copied()
     }
 
     /// The expected preheat: the median of the remembered ones (the upper of the two middle

@@ -5,7 +5,8 @@
 //! [`Due::Start`] into an ordinary `BrewStart` request for the core; a rejection there becomes a
 //! `brew_skipped` event. Nothing is queued: each brew is handled once, at its start time.
 //!
-//! After a restart (nothing is remembered), a brew that is not yet ready but whose start is
+//! After a restart (the shell keeps [`Runner::handled_until`] in the state directory, so a
+//! brew handled before is not handled again), a brew that is not yet ready but whose start is
 //! past is started at once if its start was missed by at most `max_late`, else skipped with a
 //! `late` reason. A brew whose ready time has passed is over and not mentioned.
 
@@ -75,6 +76,16 @@ impl Runner {
     /// Whether scheduled brews start.
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// Brews ready at or before this have been handled (to keep across restarts).
+    pub fn handled_until(&self) -> Option<DateTime<Utc>> {
+        self.handled_until
+    }
+
+    /// Takes back what a runner before a restart had handled.
+    pub fn resume(&mut self, handled_until: Option<DateTime<Utc>>) {
+        self.handled_until = self.handled_until.max(handled_until);
     }
 
     /// `schedule/set ON|OFF`. Brews whose start passes while off are let pass.

@@ -226,6 +226,8 @@ FAST = {
     "BREW__PREHEAT_TIMEOUT_S": "30",
     "KEEP_WARM__AFTER_BREW": "false",
     "HTTP__LISTEN": "",
+    # Nor the operator server (metrics, probes): its default port may be taken on the machine.
+    "HTTP__OPS_LISTEN": "",
     # The simulator answers as MrCoffeeBot 05a9a00 (three-line replies, no heater timeout).
     "SERIAL__ALLOW_FIRMWARE_WITHOUT_HEATER_TIMEOUT": "true",
 }
@@ -388,11 +390,24 @@ logger:
   default: info
 """
 
+# With the examples (examples/homeassistant/): its automations.yaml and blueprints as a user
+# installs them, the tests' own automations (made from the same blueprints) beside them, and
+# the test doubles of tests/ha/custom_components/coffeebot_test (a phone, a calendar).
+EXAMPLES_YAML = """\
+automation: !include automations.yaml
+automation tests: !include test-automations.yaml
+coffeebot_test:
+  notify: [mobile_app_my_phone, test_phone]
+calendar:
+  - platform: coffeebot_test
+"""
+EXAMPLES = REPO / "examples" / "homeassistant"
+
 
 class HomeAssistant:
     """`hass -c DIR`, onboarded through its storage files, on a free loopback port."""
 
-    def __init__(self, workdir: Path, broker: Broker):
+    def __init__(self, workdir: Path, broker: Broker, examples: bool = False):
         self.dir = workdir / "ha"
         (self.dir / ".storage").mkdir(parents=True)
         self.port = free_port()
@@ -400,7 +415,18 @@ class HomeAssistant:
         self.runs = 0
         self.problems_before = 0
         self.proc: Process | None = None
-        (self.dir / "configuration.yaml").write_text(CONFIGURATION_YAML.format(port=self.port))
+        config = CONFIGURATION_YAML.format(port=self.port)
+        if examples:
+            config += EXAMPLES_YAML
+            shutil.copy(EXAMPLES / "automations.yaml", self.dir / "automations.yaml")
+            shutil.copytree(EXAMPLES / "blueprints", self.dir / "blueprints")
+            shutil.copytree(
+                Path(__file__).parent / "custom_components",
+                self.dir / "custom_components",
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+            (self.dir / "test-automations.yaml").write_text("[]\n")
+        (self.dir / "configuration.yaml").write_text(config)
         self.token = self._write_storage()
 
     def _write_storage(self) -> str:
@@ -533,6 +559,15 @@ class HomeAssistant:
                 lines += path.read_text(errors="replace").splitlines()
         return lines
 
+    def problems(self, *loggers: str) -> list[str]:
+        """Warnings and errors logged by the given loggers (prefixes), in every run so far."""
+        return [
+            line
+            for line in self.log_lines()
+            if (" WARNING " in line or " ERROR " in line or " CRITICAL " in line)
+            and any(f"[{name}" in line for name in loggers)
+        ]
+
     def mqtt_problems(self) -> list[str]:
         """Warnings and errors of HA's MQTT integration, in every run so far."""
         return [
@@ -570,6 +605,49 @@ class HomeAssistant:
 
     def call(self, domain: str, service: str, **data):
         return self._request("POST", f"/api/services/{domain}/{service}", data)
+
+    def render(self, template: str) -> str:
+        """A template rendered by HA (POST /api/template)."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/api/template",
+            method="POST",
+            data=json.dumps({"template": template}).encode(),
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.read().decode()
+
+    def fire(self, event_type: str, **data):
+        return self._request("POST", f"/api/events/{event_type}", data)
+
+    def check_config(self) -> dict:
+        """HA's configuration check (what Settings → Developer tools → Check configuration runs)."""
+        return self._request("POST", "/api/config/core/check_config")
+
+    # ----- the examples' test doubles (HomeAssistant(examples=True)) -------------------
+
+    def notifications(self) -> list[dict]:
+        """Every notify action call the test phone recorded, in order."""
+        path = self.dir / "notifications.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def set_calendar(self, events: list[dict]):
+        """The events of `calendar.coffee` (summary, description, start, end)."""
+        (self.dir / "calendar.json").write_text(json.dumps(events))
+
+    def set_test_automations(self, automations: list[dict]):
+        """Replaces the tests' own automations (beside the examples' ones) and reloads all."""
+        (self.dir / "test-automations.yaml").write_text(json.dumps(automations, indent=1))
+        self.call("automation", "reload")
+        for a in automations:
+            self.wait_state(f"automation.{a['id']}", lambda s: s["state"] == "on", "loaded")
+
+    def traces(self, automation_id: str) -> list[dict]:
+        """The stored runs of an automation (by its `id`), oldest first."""
+        (runs,) = self.ws({"type": "trace/list", "domain": "automation", "item_id": automation_id})
+        return sorted(runs, key=lambda r: r["timestamp"]["start"])
 
     def wait_state(self, entity_id: str, pred, what: str = "", timeout: float = 30.0) -> dict:
         """Waits until the entity's state object satisfies `pred`; returns it."""

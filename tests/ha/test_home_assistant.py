@@ -49,6 +49,7 @@ ENTITIES = {
     "stop": ("button", None, None, None, None, False),
     "cups": ("number", None, None, None, None, False),
     "link": ("binary_sensor", "connectivity", None, None, "diagnostic", True),
+    "bridge_started": ("sensor", "timestamp", None, None, "diagnostic", True),
     "fault": ("binary_sensor", "problem", None, None, None, False),
     "restart_controller": ("button", "restart", None, None, "config", False),
     "event": ("event", None, None, None, None, False),
@@ -90,7 +91,8 @@ def stack(request):
         mark = watcher.mark()
         bridge.start()
         parts.append(bridge)
-        ha = HomeAssistant(work, broker)
+        # A module that sets HA_EXAMPLES gets HA with examples/homeassistant/ installed.
+        ha = HomeAssistant(work, broker, examples=getattr(request.module, "HA_EXAMPLES", False))
         ha.start()
         parts.append(ha)
         s = SimpleNamespace(work=work, broker=broker, watcher=watcher, sim=sim, bridge=bridge, ha=ha)

@@ -61,6 +61,27 @@ pub struct Bridge {
     pub client_id: String,
 }
 
+/// How the bridge's process runs, beyond the usual: a wrapper program and its arguments (e.g.
+/// `["setpriv", "--bounding-set=-sys_admin", "--"]`; empty: none), variables (full names, e.g.
+/// `LD_PRELOAD`) added to its environment, and its `RUST_LOG` filter. The binary is
+/// [`binary_under_test`], run through `wrapper`, then [`wrapper_under_test`].
+#[derive(Clone, Copy)]
+pub struct Process<'a> {
+    pub wrapper: &'a [&'a str],
+    pub env: &'a [(&'a str, &'a str)],
+    pub rust_log: &'a str,
+}
+
+impl Default for Process<'_> {
+    fn default() -> Self {
+        Process {
+            wrapper: &[],
+            env: &[],
+            rust_log: "info",
+        }
+    }
+}
+
 impl Bridge {
     /// Starts the bridge on the simulator's `port`, against `broker`'s LAN listener with
     /// `login`, with [`FAST`] settings, then `extra` (`SECTION__KEY`, value) on top.
@@ -70,33 +91,22 @@ impl Bridge {
         login: &Credentials,
         extra: &[(&str, &str)],
     ) -> Bridge {
-        Bridge::start_logging(port, broker, login, extra, "info")
+        Bridge::start_with(Process::default(), port, broker, login, extra)
     }
 
-    /// [`Bridge::start`] with this `RUST_LOG` filter.
-    pub fn start_logging(
+    /// [`Bridge::start`], the process run as `process` says.
+    pub fn start_with(
+        process: Process<'_>,
         port: &Path,
         broker: &Broker,
         login: &Credentials,
         extra: &[(&str, &str)],
-        rust_log: &str,
     ) -> Bridge {
-        Bridge::start_via(&[], &[], port, broker, login, extra, rust_log)
-    }
-
-    /// [`Bridge::start_logging`], with the binary run through `wrapper` (a program and its
-    /// arguments, e.g. `["setpriv", "--bounding-set=-sys_admin", "--"]`; empty: none) and
-    /// `env` (full variable names, e.g. `LD_PRELOAD`) added to its environment. The binary is
-    /// [`binary_under_test`], run through `wrapper`, then [`wrapper_under_test`].
-    pub fn start_via(
-        wrapper: &[&str],
-        env: &[(&str, &str)],
-        port: &Path,
-        broker: &Broker,
-        login: &Credentials,
-        extra: &[(&str, &str)],
-        rust_log: &str,
-    ) -> Bridge {
+        let Process {
+            wrapper,
+            env,
+            rust_log,
+        } = process;
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let client_id = format!(
             "coffeebot-test-{}-{}",

@@ -5,6 +5,8 @@
 pub mod bridge;
 pub mod cdp;
 pub mod http;
+#[path = "../../src/bin/coffeebot-bench/listen.rs"]
+pub mod listen;
 pub mod mosquitto;
 pub mod realfw;
 pub mod rig;

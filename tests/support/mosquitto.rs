@@ -20,9 +20,7 @@
 //! message a reader was going to get has arrived before a later message (or SUBACK) that the
 //! reader waits for.
 
-use std::fmt;
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,9 +33,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+use super::listen::{free_ports, spawn_listening};
+
 /// The address every test broker listens on.
 pub const HOST: &str = "127.0.0.1";
-const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
 /// Upper bound for anything a test waits for; only reached when the test is failing.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -201,9 +200,25 @@ impl Broker {
         panic!("mosquitto did not start: {last_error}");
     }
 
+    /// [`Setup::Shipped`] with `acl` as the LAN listener's ACL file instead of the shipped
+    /// `acl-lan`: a broker whose ACL is someone else's (coffeebot added to an existing one).
+    pub fn start_with_lan_acl(acl: &str) -> Broker {
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let mut broker = Broker::prepare(Setup::Shipped);
+            fs::write(broker.dir.join("acl-lan"), acl).expect("write the LAN ACL");
+            give_to_mosquitto_user(&broker.dir);
+            match broker.spawn() {
+                Ok(()) => return broker,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("mosquitto did not start: {last_error}");
+    }
+
     fn prepare(setup: Setup) -> Broker {
         let dir = unique_temp_dir();
-        let ports = free_ports(if setup == Setup::Shipped { 4 } else { 1 });
+        let ports = free_ports(if setup == Setup::Shipped { 4 } else { 1 }).expect("free ports");
         let lan_port = ports[0];
         let feed_port = ports.get(1).copied();
         let mut public = None;
@@ -253,54 +268,38 @@ impl Broker {
         }
     }
 
-    /// Spawns mosquitto on this broker's config and waits for its ports.
-    fn spawn(&mut self) -> Result<(), String> {
+    /// `mosquitto -c CONF` in this broker's directory, its output appended to `log` there.
+    fn mosquitto(&self, conf: &Path, log: &str) -> Command {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("mosquitto.log"))
-            .expect("open log");
-        let mut child = Command::new(find_program("mosquitto"))
+            .open(self.dir.join(log))
+            .expect("open the mosquitto log");
+        let mut command = Command::new(find_program("mosquitto"));
+        command
             .arg("-c")
-            .arg(&self.conf)
+            .arg(conf)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn mosquitto");
-        let deadline = Instant::now() + READY_TIMEOUT;
+            .stderr(log);
+        command
+    }
+
+    /// Spawns mosquitto on this broker's config and waits for its ports.
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut command = self.mosquitto(&self.conf, "mosquitto.log");
         let ports: Vec<u16> = [Some(self.lan_port), self.feed_port]
             .into_iter()
             .flatten()
             .collect();
-        loop {
-            if let Some(status) = child.try_wait().expect("poll mosquitto") {
-                return Err(format!(
-                    "mosquitto exited with {status}; log:\n{}",
-                    self.log()
-                ));
-            }
-            let ready = ports.iter().all(|port| {
-                let addr = SocketAddr::from((LOOPBACK, *port));
-                StdTcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
-            });
-            if ready {
-                self.child = Some(child);
-                let public_wanted = self.public.as_ref().is_some_and(|p| lock(p).wanted);
-                return if public_wanted {
-                    self.spawn_public()
-                } else {
-                    Ok(())
-                };
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("ports {ports:?} not open; log:\n{}", self.log()));
-            }
-            // Polling interval of a readiness check with a deadline, not synchronisation.
-            std::thread::sleep(Duration::from_millis(10));
+        let child = spawn_listening(&mut command, &ports, READY_TIMEOUT, || self.log())?;
+        self.child = Some(child);
+        let public_wanted = self.public.as_ref().is_some_and(|p| lock(p).wanted);
+        if public_wanted {
+            self.spawn_public()
+        } else {
+            Ok(())
         }
     }
 
@@ -382,47 +381,12 @@ impl Broker {
     fn spawn_public(&self) -> Result<(), String> {
         let public = self.public.as_ref().expect("a public side");
         let mut public = lock(public);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("public.log"))
-            .expect("open public log");
-        let mut child = Command::new(find_program("mosquitto"))
-            .arg("-c")
-            .arg(&public.conf)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn mosquitto");
+        let mut command = self.mosquitto(&public.conf, "public.log");
         let ports = [public.ws_port, public.tcp_port];
+        let mut child = spawn_listening(&mut command, &ports, READY_TIMEOUT, || self.public_log())
+            .map_err(|e| format!("public mosquitto: {e}"))?;
         let deadline = Instant::now() + READY_TIMEOUT;
-        let result = loop {
-            if let Some(status) = child.try_wait().expect("poll mosquitto") {
-                break Err(format!(
-                    "public mosquitto exited with {status}; log:\n{}",
-                    self.public_log()
-                ));
-            }
-            let ready = ports.iter().all(|port| {
-                let addr = SocketAddr::from((LOOPBACK, *port));
-                StdTcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
-            });
-            if ready {
-                break raw::feed_probe(self.lan_port, public.tcp_port, deadline)
-                    .map_err(|e| format!("{e}; public log:\n{}", self.public_log()));
-            }
-            if Instant::now() > deadline {
-                break Err(format!(
-                    "ports {ports:?} not open; log:\n{}",
-                    self.public_log()
-                ));
-            }
-            // Polling interval of a readiness check with a deadline, not synchronisation.
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        match result {
+        match raw::feed_probe(self.lan_port, public.tcp_port, deadline) {
             Ok(()) => {
                 public.child = Some(child);
                 Ok(())
@@ -430,7 +394,7 @@ impl Broker {
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                Err(e)
+                Err(format!("{e}; public log:\n{}", self.public_log()))
             }
         }
     }
@@ -716,17 +680,6 @@ fn unique_temp_dir() -> PathBuf {
     dir
 }
 
-/// `n` distinct ports that were free on the loopback address a moment ago.
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<StdTcpListener> = (0..n)
-        .map(|_| StdTcpListener::bind((HOST, 0)).expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
-}
-
 /// Finds a mosquitto program on PATH or in the sbin directories (mosquitto lives in
 /// /usr/sbin on Debian, which is not on every PATH); panics with the fix if it is missing.
 pub fn find_program(name: &str) -> PathBuf {
@@ -738,10 +691,22 @@ pub fn find_program(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("`{name}` is not installed: run scripts/install-test-deps.sh"))
 }
 
+/// Appends `n` as MQTT's variable-length "remaining length" (seven bits a byte, low first).
+pub fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        out.push(if n > 0 { byte | 0x80 } else { byte });
+        if n == 0 {
+            break;
+        }
+    }
+}
+
 /// Blocking MQTT 3.1.1 in a few packets, for the harness's own readiness check (it runs in
 /// synchronous code, also inside a test's runtime).
 mod raw {
-    use super::{User, HOST, READY_TIMEOUT};
+    use super::{remaining_length, User, HOST, READY_TIMEOUT};
     use std::io::{ErrorKind, Read, Write};
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
@@ -753,15 +718,7 @@ mod raw {
 
     fn packet(first: u8, body: &[u8]) -> Vec<u8> {
         let mut out = vec![first];
-        let mut n = body.len();
-        loop {
-            let byte = (n % 128) as u8;
-            n /= 128;
-            out.push(if n > 0 { byte | 0x80 } else { byte });
-            if n == 0 {
-                break;
-            }
-        }
+        remaining_length(body.len(), &mut out);
         out.extend_from_slice(body);
         out
     }
@@ -936,42 +893,45 @@ impl Login {
 }
 
 /// Why [`TestClient::connect`] failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
     /// The broker answered CONNACK with a refusal (the reason code, as text).
+    #[error("connection refused: {0}")]
     Refused(String),
     /// Anything else: no connection, no CONNACK within [`WAIT`], a websocket failure.
+    #[error("connection failed: {0}")]
     Failed(String),
 }
 
-impl fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConnectError::Refused(why) => write!(f, "connection refused: {why}"),
-            ConnectError::Failed(why) => write!(f, "connection failed: {why}"),
+/// Waits (at most [`WAIT`]) for a connecting client's CONNACK: `next` polls its event loop
+/// once and says whether that ended the wait (`Some`: the CONNACK, a refusal or an error).
+async fn until_connack(
+    mut next: impl AsyncFnMut() -> Option<Result<(), ConnectError>>,
+) -> Result<(), ConnectError> {
+    let wait = async {
+        loop {
+            if let Some(done) = next().await {
+                return done;
+            }
         }
-    }
+    };
+    timeout(WAIT, wait)
+        .await
+        .unwrap_or_else(|_| Err(ConnectError::Failed("no CONNACK".into())))
 }
 
 /// Why a [`TestClient`] operation failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     /// What was awaited did not happen within the timeout.
+    #[error("timed out waiting for {0}")]
     Timeout(String),
     /// The connection ended (the event loop's error, as text).
+    #[error("connection closed: {0}")]
     Closed(String),
     /// The client refused the request (e.g. its request channel closed).
+    #[error("request failed: {0}")]
     Request(String),
-}
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Timeout(what) => write!(f, "timed out waiting for {what}"),
-            ClientError::Closed(why) => write!(f, "connection closed: {why}"),
-            ClientError::Request(why) => write!(f, "request failed: {why}"),
-        }
-    }
 }
 
 /// A message a [`TestClient`] received.
@@ -983,6 +943,12 @@ pub struct Message {
     pub payload: Vec<u8>,
     /// The retain flag as delivered (set for retained messages sent on subscription).
     pub retain: bool,
+    /// The QoS it was delivered with.
+    pub qos: u8,
+    /// MQTT 5 Correlation Data, if the message carried any.
+    pub correlation: Option<Vec<u8>>,
+    /// When the client's event loop received it.
+    pub at: Instant,
 }
 
 impl Message {
@@ -1083,23 +1049,16 @@ impl TestClient {
                 }
                 let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
                 eventloop.set_network_options(no_delay());
-                let connack = timeout(WAIT, async {
-                    loop {
-                        match eventloop.poll().await {
-                            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                                return Ok(())
-                            }
-                            Ok(_) => {}
-                            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
-                                return Err(ConnectError::Refused(format!("{code:?}")))
-                            }
-                            Err(e) => return Err(ConnectError::Failed(e.to_string())),
-                        }
+                until_connack(async || match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => Some(Ok(())),
+                    Ok(_) => None,
+                    Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                        Some(Err(ConnectError::Refused(format!("{code:?}"))))
                     }
+                    Err(e) => Some(Err(ConnectError::Failed(e.to_string()))),
                 })
-                .await;
-                connack.unwrap_or_else(|_| Err(ConnectError::Failed("no CONNACK".into())))?;
-                tokio::spawn(pump_v311(eventloop, tx));
+                .await?;
+                tokio::spawn(pump(eventloop, tx));
                 Handle::V311(client)
             }
             Protocol::V5 => {
@@ -1110,21 +1069,16 @@ impl TestClient {
                     options.set_credentials(user, password);
                 }
                 let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 64);
-                let connack = timeout(WAIT, async {
-                    loop {
-                        match eventloop.poll().await {
-                            Ok(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_))) => return Ok(()),
-                            Ok(_) => {}
-                            Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => {
-                                return Err(ConnectError::Refused(format!("{code:?}")))
-                            }
-                            Err(e) => return Err(ConnectError::Failed(e.to_string())),
-                        }
+                until_connack(async || match eventloop.poll().await {
+                    Ok(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_))) => Some(Ok(())),
+                    Ok(_) => None,
+                    Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => {
+                        Some(Err(ConnectError::Refused(format!("{code:?}"))))
                     }
+                    Err(e) => Some(Err(ConnectError::Failed(e.to_string()))),
                 })
-                .await;
-                connack.unwrap_or_else(|_| Err(ConnectError::Failed("no CONNACK".into())))?;
-                tokio::spawn(pump_v5(eventloop, tx));
+                .await?;
+                tokio::spawn(pump(eventloop, tx));
                 Handle::V5(client)
             }
         };
@@ -1181,11 +1135,24 @@ impl TestClient {
                 .map_err(|e| e.to_string()),
         };
         sent.map_err(ClientError::Request)?;
-        let what = format!("SUBACK for {filters:?}");
+        self.acked(&format!("SUBACK for {filters:?}"), |event| match event {
+            ClientEvent::SubAck(granted) => Ok(granted.iter().all(|g| *g)),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// Waits (at most [`WAIT`]) for the acknowledgement `pick` takes (`Err` gives back any
+    /// other event), keeping what comes before it.
+    async fn acked<T>(
+        &mut self,
+        what: &str,
+        pick: impl Fn(ClientEvent) -> Result<T, ClientEvent>,
+    ) -> Result<T, ClientError> {
         loop {
-            match self.next_event(&what, WAIT).await? {
-                ClientEvent::SubAck(granted) => return Ok(granted.iter().all(|g| *g)),
-                other => self.stash(other, &what)?,
+            match pick(self.next_event(what, WAIT).await?) {
+                Ok(ack) => return Ok(ack),
+                Err(other) => self.stash(other, what)?,
             }
         }
     }
@@ -1223,6 +1190,41 @@ impl TestClient {
                 .map_err(|e| e.to_string()),
         };
         sent.map_err(ClientError::Request)?;
+        self.acked(&format!("PUBACK for {topic}"), |event| match event {
+            ClientEvent::PubAck(ack) => Ok(ack),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// MQTT 5 only: publishes a request (QoS 1) with this Response Topic and Correlation Data
+    /// and waits for the PUBACK.
+    pub async fn request(
+        &mut self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+        response_topic: &str,
+        correlation: &[u8],
+    ) -> Result<PubAck, ClientError> {
+        let Handle::V5(c) = &self.handle else {
+            return Err(ClientError::Request(
+                "Response Topics need MQTT 5".to_owned(),
+            ));
+        };
+        let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+            response_topic: Some(response_topic.to_owned()),
+            correlation_data: Some(correlation.to_vec().into()),
+            ..Default::default()
+        };
+        c.publish_with_properties(
+            topic,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            payload.into(),
+            properties,
+        )
+        .await
+        .map_err(|e| ClientError::Request(e.to_string()))?;
         let what = format!("PUBACK for {topic}");
         loop {
             match self.next_event(&what, WAIT).await? {
@@ -1356,25 +1358,14 @@ fn no_delay() -> rumqttc::NetworkOptions {
     options
 }
 
-async fn pump_v311(mut eventloop: rumqttc::EventLoop, tx: mpsc::UnboundedSender<ClientEvent>) {
-    use rumqttc::{Event, Packet};
+/// Forwards a client's events to its [`TestClient`] until the connection or the receiver ends.
+async fn pump(mut eventloop: impl PollEvent, tx: mpsc::UnboundedSender<ClientEvent>) {
     loop {
-        let event = match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::Publish(p))) => ClientEvent::Message(Message {
-                topic: p.topic.clone(),
-                payload: p.payload.to_vec(),
-                retain: p.retain,
-            }),
-            Ok(Event::Incoming(Packet::SubAck(s))) => ClientEvent::SubAck(
-                s.return_codes
-                    .iter()
-                    .map(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)))
-                    .collect(),
-            ),
-            Ok(Event::Incoming(Packet::PubAck(_))) => ClientEvent::PubAck(PubAck::Ok),
-            Ok(_) => continue,
-            Err(e) => {
-                let _ = tx.send(ClientEvent::Closed(e.to_string()));
+        let event = match eventloop.poll_event().await {
+            Ok(Some(event)) => event,
+            Ok(None) => continue,
+            Err(why) => {
+                let _ = tx.send(ClientEvent::Closed(why));
                 return;
             }
         };
@@ -1384,14 +1375,53 @@ async fn pump_v311(mut eventloop: rumqttc::EventLoop, tx: mpsc::UnboundedSender<
     }
 }
 
-async fn pump_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::UnboundedSender<ClientEvent>) {
-    use rumqttc::v5::Event;
-    loop {
-        let event = match eventloop.poll().await {
+/// An event loop of either protocol version, as [`pump`] reads it.
+trait PollEvent {
+    /// Polls once and translates what came: `Ok(None)`, nothing to forward; `Err`, the
+    /// connection ended, and why.
+    async fn poll_event(&mut self) -> Result<Option<ClientEvent>, String>;
+}
+
+impl PollEvent for rumqttc::EventLoop {
+    async fn poll_event(&mut self) -> Result<Option<ClientEvent>, String> {
+        use rumqttc::{Event, Packet};
+        Ok(Some(match self.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => ClientEvent::Message(Message {
+                topic: p.topic.clone(),
+                payload: p.payload.to_vec(),
+                retain: p.retain,
+                qos: p.qos as u8,
+                correlation: None,
+                at: Instant::now(),
+            }),
+            Ok(Event::Incoming(Packet::SubAck(s))) => ClientEvent::SubAck(
+                s.return_codes
+                    .iter()
+                    .map(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)))
+                    .collect(),
+            ),
+            Ok(Event::Incoming(Packet::PubAck(_))) => ClientEvent::PubAck(PubAck::Ok),
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        }))
+    }
+}
+
+impl PollEvent for rumqttc::v5::EventLoop {
+    async fn poll_event(&mut self) -> Result<Option<ClientEvent>, String> {
+        use rumqttc::v5::Event;
+        Ok(Some(match self.poll().await {
             Ok(Event::Incoming(V5Packet::Publish(p))) => ClientEvent::Message(Message {
                 topic: String::from_utf8_lossy(&p.topic).into_owned(),
                 payload: p.payload.to_vec(),
                 retain: p.retain,
+                qos: p.qos as u8,
+                correlation: p
+                    .properties
+                    .as_ref()
+                    .and_then(|props| props.correlation_data.as_ref())
+                    .map(|c| c.to_vec()),
+                at: Instant::now(),
             }),
             Ok(Event::Incoming(V5Packet::SubAck(s))) => ClientEvent::SubAck(
                 s.return_codes
@@ -1405,15 +1435,9 @@ async fn pump_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::UnboundedSende
                 PubAckReason::NotAuthorized => PubAck::NotAuthorized,
                 other => PubAck::Other(format!("{other:?}")),
             }),
-            Ok(_) => continue,
-            Err(e) => {
-                let _ = tx.send(ClientEvent::Closed(e.to_string()));
-                return;
-            }
-        };
-        if tx.send(event).is_err() {
-            return;
-        }
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        }))
     }
 }
 

@@ -1,17 +1,16 @@
 //! The bench's own mosquitto: anonymous, one loopback listener on a free port, no
 //! persistence, optionally with Nagle's algorithm on its sockets (`--broker-nagle`).
 //!
-//! Overlaps `tests/support/mosquitto.rs` (free port, config file, start with a readiness
-//! deadline, kill on drop); kept apart until the test kit is shared with the benchmark.
+//! It starts mosquitto as the tests' kit does (`listen.rs`, shared with `tests/support`); its
+//! configuration is its own (the tests run the shipped one, with users and ACLs).
 
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::listen::{free_ports, spawn_listening};
 use crate::WAIT;
 
 /// A mosquitto child process: anonymous, one loopback listener on a free port, no persistence.
@@ -42,43 +41,20 @@ impl Broker {
                 ),
             )?;
             let log = fs::File::create(work.join("mosquitto.log"))?;
-            let mut child = Command::new(&program)
+            let mut command = Command::new(&program);
+            command
                 .arg("-c")
                 .arg(&conf)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .with_context(|| {
-                    format!(
-                        "cannot run {} (install it: scripts/install-test-deps.sh)",
-                        program.display()
-                    )
-                })?;
-            let deadline = Instant::now() + WAIT;
-            loop {
-                if let Some(status) = child.try_wait()? {
-                    last = format!(
-                        "exited with {status}: {}",
-                        fs::read_to_string(work.join("mosquitto.log")).unwrap_or_default()
-                    );
-                    break;
-                }
-                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-                if StdTcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                    return Ok(Broker { child, port });
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    last = format!("port {port} did not open within {WAIT:?}");
-                    break;
-                }
-                // Readiness poll with a deadline.
-                std::thread::sleep(Duration::from_millis(10));
+                .stderr(log);
+            let log = || fs::read_to_string(work.join("mosquitto.log")).unwrap_or_default();
+            match spawn_listening(&mut command, &[port], WAIT, log) {
+                Ok(child) => return Ok(Broker { child, port }),
+                Err(why) => last = why,
             }
         }
-        bail!("mosquitto did not start: {last}")
+        bail!("mosquitto did not start (is it installed? scripts/install-test-deps.sh): {last}")
     }
 }
 
@@ -91,6 +67,5 @@ impl Drop for Broker {
 
 /// A loopback port free at the moment of asking.
 pub(crate) fn free_port() -> Result<u16> {
-    let listener = StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
+    free_ports(1)?.pop().context("no free port")
 }

@@ -13,15 +13,26 @@ use crate::stats::{ms, Stats};
 use crate::tap::{next_line, Dir, Tap};
 use crate::{say, HEATER_SET, NEAR_C};
 
+/// What the latency experiments drive the bridge through and watch it by: the MQTT client,
+/// the tap on the serial link and the controller.
+pub(crate) struct Probes<'a> {
+    pub(crate) client: &'a mut Client,
+    pub(crate) tap: &'a Tap,
+    pub(crate) device: &'a Device,
+}
+
 /// Alternates `heater/set ON`/`OFF` at random offsets and times each to the wire, to the
 /// controller's relay and to the state.
 pub(crate) async fn command_latency(
-    client: &mut Client,
-    tap: &Tap,
-    device: &Device,
+    probes: &mut Probes<'_>,
     samples: usize,
     figures: &mut Figures,
 ) -> Result<()> {
+    let Probes {
+        client,
+        tap,
+        device,
+    } = probes;
     let mut rng = fastrand::Rng::with_seed(7);
     for i in 0..samples * 2 {
         let (payload, line) = if i % 2 == 0 {
@@ -112,20 +123,18 @@ pub(crate) struct CommandSample {
 /// While heating, steps the plate 10 °C at a time and times the reply carrying it to the
 /// subscriber.
 pub(crate) async fn telemetry_latency(
-    client: &mut Client,
-    tap: &Tap,
-    device: &Device,
+    probes: &mut Probes<'_>,
     samples: usize,
     figures: &mut Figures,
 ) -> Result<()> {
     // While heating, the bridge asks every feed interval (250 ms), so samples come quickly.
-    switch_heater(client, "ON").await?;
+    switch_heater(probes.client, "ON").await?;
     for i in 0..samples {
         let target = if i % 2 == 0 { 40.0 } else { 50.0 };
-        let mut lines = tap.subscribe();
-        client.drain();
+        let mut lines = probes.tap.subscribe();
+        probes.client.drain();
         let t_set = Instant::now();
-        device.set_plate(target).await?;
+        probes.device.set_plate(target).await?;
         let emitted = next_line(
             &mut lines,
             |l| {
@@ -136,7 +145,8 @@ pub(crate) async fn telemetry_latency(
             "the new reading",
         )
         .await?;
-        let (received, _) = client
+        let (received, _) = probes
+            .client
             .state(
                 t_set,
                 |doc, _| {
@@ -159,7 +169,7 @@ pub(crate) async fn telemetry_latency(
             set_to_received: received - t_set,
         });
     }
-    switch_heater(client, "OFF").await?;
+    switch_heater(probes.client, "OFF").await?;
     say_stats("telemetry latency", &figures.telemetry, |s| {
         s.emitted_to_received
     });

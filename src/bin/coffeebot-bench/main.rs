@@ -53,6 +53,7 @@ mod cadence;
 mod client;
 mod device;
 mod latency;
+mod listen;
 mod process;
 mod realfw;
 mod report;
@@ -73,7 +74,7 @@ use crate::broker::Broker;
 use crate::cadence::{heating, Stress};
 use crate::client::Client;
 use crate::device::{Device, DeviceKind};
-use crate::latency::{command_latency, telemetry_latency};
+use crate::latency::{command_latency, telemetry_latency, Probes};
 use crate::process::{hog, start_bridge, stop_bridge};
 use crate::report::Figures;
 use crate::sample::{loadavg, measure_cpu, proc_status_kb};
@@ -391,11 +392,16 @@ async fn idle_and_latency(
     say(&format!("idle: {}", idle.brief()));
 
     // 3. Command latency.
-    command_latency(client, tap, device, plan.command_samples, figures).await?;
+    let mut probes = Probes {
+        client,
+        tap,
+        device,
+    };
+    command_latency(&mut probes, plan.command_samples, figures).await?;
     bridge.check_alive()?;
 
     // 4. Telemetry latency.
-    telemetry_latency(client, tap, device, plan.telemetry_samples, figures).await?;
+    telemetry_latency(&mut probes, plan.telemetry_samples, figures).await?;
     bridge.check_alive()?;
 
     Ok(())

@@ -46,12 +46,7 @@ fn interlock_stale_telemetry() {
     let muted_at = rig.at();
     rig.run_for(secs(4));
     assert_trips(&mut rig, Fault::StaleTelemetry);
-    let tripped_at = rig
-        .events
-        .iter()
-        .find(|(_, e)| e.event_type() == "fault")
-        .unwrap()
-        .0;
+    let tripped_at = rig.first_event_at("fault");
     assert!(tripped_at - muted_at <= secs(3));
     assert!(rig.request(Request::Heater(true)).is_err());
     // Keeps polling so the controller can come back; recovers when it answers.
@@ -180,12 +175,7 @@ fn heater_found_off_while_commanded_on_counts_as_a_reboot() {
     rig.run_for(secs(1));
     assert!(rig.has_event(&Event::ControllerRebooted { count: 1 }));
     assert_eq!(rig.status().mode, Mode::Off);
-    let reboot_at = rig
-        .events
-        .iter()
-        .find(|(_, e)| e.event_type() == "controller_rebooted")
-        .unwrap()
-        .0;
+    let reboot_at = rig.first_event_at("controller_rebooted");
     // The first B+1 after the loss is answered B+0; one feed period later it is a reboot.
     assert!(
         reboot_at - at <= Duration::from_millis(600),
@@ -214,11 +204,7 @@ fn feed_gap_ends_the_program_instead_of_re_enabling() {
 
 #[test]
 fn suspect_85_after_boot_is_not_trusted_but_is_later() {
-    let mut rig = Rig::new(limits());
-    rig.temp = Some(85.0);
-    rig.core.handle_banner(rig.now, "MrCoffeeBot v2.0");
-    rig.drain();
-    rig.run_for(Duration::from_millis(1));
+    let mut rig = booted_at_85();
     // The first reading after the boot came with 85.0: unknown, not an error.
     let first = rig.sent.iter().rposition(|(_, c)| *c == Command::HeaterOff);
     assert!(first.is_some());
@@ -232,19 +218,10 @@ fn suspect_85_after_boot_is_not_trusted_but_is_later() {
 fn every_85_in_the_sensors_power_on_window_is_not_trusted() {
     // Seen on the real firmware: the bridge started 25 ms after the board; the DS18B20 reads
     // 85.0 for ~770 ms, and two replies came within that time.
-    let mut rig = Rig::new(limits());
-    rig.temp = Some(85.0);
-    rig.core.handle_banner(rig.now, "MrCoffeeBot v2.0");
-    rig.drain();
-    rig.run_for(Duration::from_millis(1));
+    let mut rig = booted_at_85();
     assert_eq!(rig.status().temperature_c, None);
     let t = rig.now + Duration::from_millis(5);
-    let reading = Reading {
-        water_distance_in: Some(2.0),
-        temperature_c: Some(85.0),
-        heater_on: false,
-        format: ReplyFormat::OneLine,
-    };
+    let reading = one_line(85.0);
     rig.core.handle_reading(t, reading);
     assert_eq!(rig.status().temperature_c, None);
     assert!(!rig.status().faults.contains(Fault::SensorError));

@@ -156,12 +156,51 @@ impl Rig {
         self.sent.last().map(|(_, c)| *c).unwrap()
     }
 
+    /// When (after the start) each `command` was written, in order.
+    fn sent_at(&self, command: Command) -> Vec<Duration> {
+        self.sent
+            .iter()
+            .filter(|(_, c)| *c == command)
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    /// When (after the start) the first event of this type came.
+    fn first_event_at(&self, event_type: &str) -> Duration {
+        self.events
+            .iter()
+            .find(|(_, e)| e.event_type() == event_type)
+            .unwrap_or_else(|| panic!("no {event_type} event in {:?}", self.events))
+            .0
+    }
+
     fn feeds_after(&self, t: Duration) -> usize {
         self.sent
             .iter()
             .filter(|(at, c)| *at > t && *c == Command::HeaterOn)
             .count()
     }
+}
+
+/// A one-line reply at room conditions (2 in of water, relay off) with this temperature.
+fn one_line(temperature_c: f64) -> Reading {
+    Reading {
+        water_distance_in: Some(2.0),
+        temperature_c: Some(temperature_c),
+        heater_on: false,
+        format: ReplyFormat::OneLine,
+    }
+}
+
+/// A rig whose controller has just booted, its sensor still at the DS18B20's power-on 85.0,
+/// one millisecond on.
+fn booted_at_85() -> Rig {
+    let mut rig = Rig::new(limits());
+    rig.temp = Some(85.0);
+    rig.core.handle_banner(rig.now, "MrCoffeeBot v2.0");
+    rig.drain();
+    rig.run_for(Duration::from_millis(1));
+    rig
 }
 
 fn secs(s: u64) -> Duration {
@@ -185,12 +224,7 @@ fn the_controller_answers_only_after_a_reply_on_the_open_port() {
     core.handle_link(t0, true);
     assert!(core.status(t0).link_up);
     assert!(!core.status(t0).answering, "an open port is not an answer");
-    let reading = Reading {
-        water_distance_in: Some(2.0),
-        temperature_c: Some(21.0),
-        heater_on: false,
-        format: ReplyFormat::OneLine,
-    };
+    let reading = one_line(21.0);
     core.handle_reading(t0, reading);
     assert!(core.status(t0).answering);
     let later = t0 + secs(4);
@@ -212,12 +246,7 @@ fn starting_with_the_port_closed_is_not_a_trip() {
 fn idle_polls_at_the_poll_interval_and_never_heats() {
     let mut rig = Rig::new(limits());
     rig.run_for(secs(15));
-    let polls: Vec<Duration> = rig
-        .sent
-        .iter()
-        .filter(|(_, c)| *c == Command::Status)
-        .map(|(t, _)| *t)
-        .collect();
+    let polls = rig.sent_at(Command::Status);
     assert_eq!(polls.len(), 15);
     for pair in polls.windows(2) {
         assert!(pair[1] - pair[0] <= limits().poll_interval);
@@ -234,12 +263,7 @@ fn manual_heating_feeds_every_feed_interval_until_off() {
     assert_eq!(rig.last_command(), Command::HeaterOn);
     assert_eq!(rig.status().mode, Mode::Manual);
     rig.run_for(secs(10));
-    let feeds: Vec<Duration> = rig
-        .sent
-        .iter()
-        .filter(|(_, c)| *c == Command::HeaterOn)
-        .map(|(t, _)| *t)
-        .collect();
+    let feeds = rig.sent_at(Command::HeaterOn);
     assert_eq!(feeds.len(), 41);
     assert!(feeds
         .windows(2)
@@ -262,13 +286,7 @@ fn manual_heating_stops_at_max_heater_on() {
     rig.run_for(secs(2));
     assert!(rig.has_event(&Event::HeaterAutoOff { after_s: 900.0 }));
     assert_eq!(rig.status().mode, Mode::Off);
-    let last_feed = rig
-        .sent
-        .iter()
-        .rev()
-        .find(|(_, c)| *c == Command::HeaterOn)
-        .unwrap()
-        .0;
+    let last_feed = *rig.sent_at(Command::HeaterOn).last().unwrap();
     assert!(last_feed - on_at < secs(900));
     // A limit, not a fault.
     assert_eq!(rig.status().last_fault, None);
@@ -509,12 +527,7 @@ fn the_first_banner_of_a_link_session_is_not_a_reboot() {
     let status = core.status(t0);
     assert_eq!(status.controller_reboots, 0);
     assert_eq!(status.firmware.as_deref(), Some("MrCoffeeBot v2.0"));
-    let reading = Reading {
-        water_distance_in: Some(2.0),
-        temperature_c: Some(85.0),
-        heater_on: false,
-        format: ReplyFormat::OneLine,
-    };
+    let reading = one_line(85.0);
     core.handle_reading(t0, reading);
     assert_eq!(
         core.status(t0).temperature_c,
