@@ -9,6 +9,8 @@
 #   scripts/bench.sh --short          seconds per figure: proves the benchmark works on both
 #                                     devices (CI); no figure is meaningful or asserted
 #   scripts/bench.sh --device realfw  one device only (sim or realfw)
+#   scripts/bench.sh --device sim --scenarios alone,viewers,idle-connections
+#                                     only these feed-cadence scenarios (no latency figures)
 # Other arguments go to coffeebot-bench (see `--help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."

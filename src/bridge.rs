@@ -4,6 +4,12 @@
 //! the metrics tracker) — then shuts them down in order
 //! when the token is cancelled.
 //!
+//! The driver and the serial link feed the controller's watchdog, so they run apart from
+//! everything else: on a runtime of their own, on an OS thread of their own
+//! ([`DRIVER_THREAD`]). However many page viewers, HTTP requests or MQTT messages keep the
+//! caller's runtime busy, none of its tasks sits between two feeds. The two sides meet only
+//! through the channels below, which work across runtimes.
+//!
 //! Each task gets its own small struct of channel ends ([`daemon::Io`], [`mqtt::Io`],
 //! [`HttpDeps`]); each field says who holds the other end and what dropping it means. The
 //! driver is the only one that can act on the heater; MQTT can only send it commands, and HTTP
@@ -15,7 +21,7 @@ use crate::http::{self, HttpDeps};
 use crate::mqtt;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -27,6 +33,9 @@ pub const MQTT_FINISH: Duration = Duration::from_millis(600);
 const EVENT_QUEUE: usize = 256;
 /// Commands queued from MQTT to the driver; when full, a command is rejected ("bridge busy").
 const COMMAND_QUEUE: usize = 32;
+/// The name of the OS thread that runs the driver and the serial link (seen in `top -H`,
+/// `/proc/PID/task/*/comm` and panics).
+pub const DRIVER_THREAD: &str = "coffeebot-drive";
 /// Answers queued from the driver to MQTT; when full, an answer is counted as shed.
 const ANSWER_QUEUE: usize = 256;
 
@@ -37,6 +46,13 @@ pub enum Error {
     /// The MQTT connection cannot be set up (password or TLS files); the source says why.
     #[error("MQTT")]
     Mqtt(#[from] mqtt::SetupError),
+    /// The driver's runtime or thread cannot be started; the source says why.
+    #[error("cannot start the driver's thread")]
+    Driver(#[source] std::io::Error),
+    /// The driver's thread ended without finishing its shutdown (it panicked): the heater
+    /// was left to the controller's own time-out.
+    #[error("the driver stopped unexpectedly")]
+    DriverLost,
     /// An HTTP listener cannot bind (`http.listen` or `http.ops_listen`); the source says why.
     #[error("cannot listen on {addr} ({key})")]
     Listen {
@@ -103,10 +119,18 @@ async fn listen(addr: SocketAddr, key: &'static str) -> Result<tokio::net::TcpLi
 /// Runs the bridge until `shutdown` is cancelled and the heater is confirmed off, then lets
 /// MQTT say `offline` (at most [`MQTT_FINISH`]) and stops HTTP. Installs the metrics recorder
 /// first, so that no count is lost.
+///
+/// The driver and the serial link run on their own thread ([`DRIVER_THREAD`]); MQTT and HTTP
+/// are spawned on the caller's runtime.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), Error> {
     let mqtt_options = mqtt::options(&settings)?;
     crate::metrics::install();
     let Channels { driver, mqtt, http } = channels(&settings.device.name);
+    // Built before anything else starts, so that a failure leaves nothing running.
+    let driver_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Driver)?;
     let mut listeners = http::Listeners::default();
     if let Some(addr) = settings.http.listen_addr() {
         listeners.public = Some(listen(addr, "http.listen").await?);
@@ -116,12 +140,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         listeners.ops = Some(listen(addr, "http.ops_listen").await?);
         info!(%addr, "metrics and probes on http://{addr}/");
     }
+    // The driver starts first: its first line is `B+0` (SPEC §3), whatever the rest does.
+    let driver_done = spawn_driver(driver_runtime, settings.clone(), driver, shutdown.clone())?;
+    // If this future is dropped before the end, the driver still shuts down in order (`B+0`)
+    // instead of feeding the watchdog on its own thread with nobody listening.
+    let _stop_driver = shutdown.clone().drop_guard();
     let http_task = (listeners.public.is_some() || listeners.ops.is_some()).then(|| {
         let options = http::Options::from_settings(&settings);
         tokio::spawn(http::serve(listeners, http, options, shutdown.clone()))
     });
     let mqtt_task = tokio::spawn(mqtt::run(settings.clone(), mqtt_options, mqtt));
-    daemon::run(&settings, driver, shutdown).await;
+    // Ends when the driver has seen the heater off and the link has written `B+0` last, or
+    // when its thread is gone (its ends of the channels are dropped either way).
+    let driver_result = driver_done.await.map_err(|_| Error::DriverLost);
     // The driver's state sender is gone: the MQTT task publishes offline and disconnects.
     if tokio::time::timeout(MQTT_FINISH, mqtt_task).await.is_err() {
         warn!("the MQTT task did not finish in time; the last will marks the bridge offline");
@@ -130,5 +161,28 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         // The token is cancelled: the server stops accepting; open requests are cut short.
         task.abort();
     }
-    Ok(())
+    driver_result
+}
+
+/// Starts [`daemon::run`] on `runtime`, on a thread of its own named [`DRIVER_THREAD`]. The
+/// receiver completes (or fails, if the thread panicked) once the driver has finished and its
+/// ends of the channels are dropped.
+fn spawn_driver(
+    runtime: tokio::runtime::Runtime,
+    settings: Settings,
+    io: daemon::Io,
+    shutdown: CancellationToken,
+) -> Result<oneshot::Receiver<()>, Error> {
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(DRIVER_THREAD.to_owned())
+        .spawn(move || {
+            runtime.block_on(daemon::run(&settings, io, shutdown));
+            // What is left on this runtime (a calendar refresh, a link that missed its
+            // deadline) is abandoned rather than waited for: shutdown stays within SPEC's 2 s.
+            runtime.shutdown_background();
+            let _ = done_tx.send(());
+        })
+        .map_err(Error::Driver)?;
+    Ok(done_rx)
 }

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! - [`bridge`]: the one entry point ([`bridge::run`]); builds every channel in one place and
-//!   starts the tasks, each with its own small struct of channel ends.
+//!   starts the tasks, each with its own small struct of channel ends. The daemon and the
+//!   serial link run on a thread and runtime of their own, apart from MQTT and HTTP.
 //!
 //! - [`protocol`]: the controller's line protocol, pure encode/decode.
 //! - [`core`]: the heater state machine; time and inputs in, serial commands and events out.

@@ -128,6 +128,8 @@ fn main() -> ExitCode {
     }
 }
 
+/// The runtime of MQTT, HTTP and signal handling (and of the `simulate` command); the driver and
+/// the serial link get one of their own from [`bridge::run`].
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -21,10 +21,14 @@ use crate::tap::{next_line, Dir, Tap, TapLine};
 use crate::viewers::{self, Load, LoadFigures};
 use crate::{Plan, BREW_SET, CUPS_SET, EVENT, WAIT};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Stress {
+    /// Nothing else running.
+    #[value(name = "alone")]
     None,
+    /// Every core saturated by a busy-loop process.
     CpuHog,
+    /// 1,000 `cups/set` commands a second.
     Flood,
     /// The public page's viewers and `/status.json` load ([`crate::viewers`]).
     Viewers,

@@ -128,6 +128,11 @@ pub(crate) struct Args {
     /// controller faults, broker restarts) checking invariants, memory and file descriptors.
     #[arg(long, value_name = "MINUTES")]
     pub(crate) soak: Option<f64>,
+    /// Only these feed-cadence scenarios (comma-separated), and no idle, command or telemetry
+    /// figures: for comparing two bridges on one kind of load in minutes instead of the full
+    /// run. Start-up and shutdown are still measured.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub(crate) scenarios: Vec<Stress>,
     /// Internal: spin one core for this many seconds (the CPU hog's child process).
     #[arg(long, hide = true)]
     pub(crate) hog: Option<u64>,
@@ -318,35 +323,23 @@ pub(crate) async fn run(args: &Args, plan: Plan) -> Result<()> {
         Stats::of(&figures.start_to_state).brief()
     ));
 
-    // 2. Idle footprint.
-    let idle = measure_cpu(&bridge, plan.idle).await?;
-    figures.idle_cpu = Some(idle);
-    figures.rss_idle_kb = proc_status_kb(bridge.pid, "VmRSS");
-    say(&format!("idle: {}", idle.brief()));
-
-    // 3. Command latency.
-    let mut probes = Probes {
-        client: &mut client,
-        tap: &tap,
-        device: &device,
-    };
-    command_latency(&mut probes, plan.command_samples, &mut figures).await?;
-    bridge.check_alive()?;
-
-    // 4. Telemetry latency.
-    telemetry_latency(&mut probes, plan.telemetry_samples, &mut figures).await?;
-    bridge.check_alive()?;
+    // 2.–4. Idle footprint, command and telemetry latency (not with --scenarios).
+    let only = !args.scenarios.is_empty();
+    if !only {
+        idle_and_latency(&mut client, &tap, &device, &mut bridge, plan, &mut figures).await?;
+    }
 
     // 5. Feed cadence while brewing: alone, under a CPU hog, under a command flood, under the
-    // public page's load (viewers, then idle connections).
-    let scenarios = [
+    // public page's load (viewers, then idle connections); or the scenarios asked for.
+    let all = [
         Stress::None,
         Stress::CpuHog,
         Stress::Flood,
         Stress::Viewers,
         Stress::IdleConnections,
     ];
-    for stress in scenarios {
+    let scenarios = if only { &args.scenarios[..] } else { &all[..] };
+    for &stress in scenarios {
         let run = heating(&mut client, &tap, &device, &bridge, &broker, stress, plan)
             .await
             .with_context(|| format!("feed cadence ({})", stress.name()))?;
@@ -398,6 +391,37 @@ pub(crate) async fn run(args: &Args, plan: Plan) -> Result<()> {
     ));
     drop(tap);
     drop(device);
+    Ok(())
+}
+
+/// Steps 2–4 of the full run: the idle footprint, then command and telemetry latency.
+async fn idle_and_latency(
+    client: &mut Client,
+    tap: &Tap,
+    device: &Device,
+    bridge: &mut process::Bridge,
+    plan: Plan,
+    figures: &mut Figures,
+) -> Result<()> {
+    // 2. Idle footprint.
+    let idle = measure_cpu(&*bridge, plan.idle).await?;
+    figures.idle_cpu = Some(idle);
+    figures.rss_idle_kb = proc_status_kb(bridge.pid, "VmRSS");
+    say(&format!("idle: {}", idle.brief()));
+
+    // 3. Command latency.
+    let mut probes = Probes {
+        client,
+        tap,
+        device,
+    };
+    command_latency(&mut probes, plan.command_samples, figures).await?;
+    bridge.check_alive()?;
+
+    // 4. Telemetry latency.
+    telemetry_latency(&mut probes, plan.telemetry_samples, figures).await?;
+    bridge.check_alive()?;
+
     Ok(())
 }
 

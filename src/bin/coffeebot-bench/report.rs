@@ -123,6 +123,7 @@ impl Figures {
                 "http_max_streams": crate::process::PAGE_MAX_STREAMS,
                 "simulator": device.describe(),
                 "broker_tcp_nodelay": !args.broker_nagle,
+                "only_scenarios": args.scenarios.iter().map(|s| s.key()).collect::<Vec<_>>(),
             },
             "command_latency": {
                 "bridge_share": self.command_stats(|s| s.bridge, None).to_json(),
