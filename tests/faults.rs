@@ -12,7 +12,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -978,20 +978,6 @@ async fn megabyte_payloads_keep_the_feed_and_memory_bounded() {
 
 // ----- the wall clock -----------------------------------------------------------------------
 
-/// libfaketime, from Debian's `faketime` (scripts/install-test-deps.sh installs it).
-fn libfaketime() -> PathBuf {
-    [
-        "/usr/lib/x86_64-linux-gnu",
-        "/usr/lib/aarch64-linux-gnu",
-        "/usr/lib/arm-linux-gnueabihf",
-        "/usr/lib",
-    ]
-    .iter()
-    .map(|dir| Path::new(dir).join("faketime/libfaketime.so.1"))
-    .find(|p| p.is_file())
-    .expect("libfaketime is not installed: run scripts/install-test-deps.sh")
-}
-
 fn rfc3339_secs(v: &Value) -> f64 {
     let t = humantime::parse_rfc3339(v.as_str().expect("a timestamp")).expect("RFC 3339");
     t.duration_since(std::time::UNIX_EPOCH)
@@ -1008,10 +994,9 @@ fn rfc3339_secs(v: &Value) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wall_clock_jumps_do_not_move_the_brew_timers() {
     const CUPS: u32 = 4;
-    let lib = libfaketime();
+    let lib = support::libfaketime();
     let offset = std::env::temp_dir().join(format!("coffeebot-faketime-{}", std::process::id()));
     std::fs::write(&offset, "+0\n").unwrap();
-    let lib = lib.display().to_string();
     let offset_file = offset.display().to_string();
     let mut rig = Rig::start_with(
         "clock",

@@ -11,3 +11,20 @@ pub mod mosquitto;
 pub mod realfw;
 pub mod rig;
 pub mod sim;
+
+/// libfaketime, from Debian's `faketime` (scripts/install-test-deps.sh installs it), as the
+/// `LD_PRELOAD` value of a bridge whose wall clock a test moves.
+pub fn libfaketime() -> String {
+    [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib/arm-linux-gnueabihf",
+        "/usr/lib",
+    ]
+    .iter()
+    .map(|dir| std::path::Path::new(dir).join("faketime/libfaketime.so.1"))
+    .find(|p| p.is_file())
+    .expect("libfaketime is not installed: run scripts/install-test-deps.sh")
+    .display()
+    .to_string()
+}
