@@ -39,15 +39,6 @@ const SCHEDULE: &[(&str, &str)] = &[
     ("SCHEDULE__CALENDAR_REFRESH_S", "10"),
 ];
 
-/// A directory of this test's own.
-fn test_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("coffeebot-schedule-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("test dir");
-    dir
-}
-
 /// How one bridge of a test is launched.
 #[derive(Default)]
 struct Launch {
@@ -241,7 +232,7 @@ fn calendar_file(dir: &Path, text: &str) -> String {
 /// the next Monday's brew starts later (the pot preheats in less than the default 8 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weekly_brew_starts_on_time_and_is_ready_at_ready_at() {
-    let dir = test_dir("weekly");
+    let dir = support::fresh_dir("schedule", "weekly");
     let config = dir.join("coffeebot.toml");
     std::fs::write(
         &config,
@@ -287,7 +278,7 @@ async fn a_weekly_brew_starts_on_time_and_is_ready_at_ready_at() {
 /// cups ready then, started 10 s before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_calendar_event_from_a_loopback_server_brews() {
-    let dir = test_dir("http");
+    let dir = support::fresh_dir("schedule", "http");
     let ready = now_s() + chrono::Duration::seconds(25);
     let server = CalendarServer::start(vec![Answer::Calendar(ics(&[(ready, "Coffee 2")]))]);
     let launch = Launch::default().with("SCHEDULE__CALENDAR", server.url());
@@ -309,7 +300,7 @@ async fn a_calendar_event_from_a_loopback_server_brews() {
 /// restart: the first brew that starts is the one after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skip_skips_the_next_brew_even_across_a_restart() {
-    let dir = test_dir("skip");
+    let dir = support::fresh_dir("schedule", "skip");
     let first = now_s() + chrono::Duration::seconds(30);
     let second = first + chrono::Duration::seconds(20);
     let calendar = calendar_file(&dir, &ics(&[(first, "Coffee 1"), (second, "Coffee 1")]));
@@ -340,7 +331,7 @@ async fn skip_skips_the_next_brew_even_across_a_restart() {
 /// says why and which brew, and nothing is queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interlock_at_start_time_gives_brew_skipped() {
-    let dir = test_dir("interlock");
+    let dir = support::fresh_dir("schedule", "interlock");
     let ready = now_s() + chrono::Duration::seconds(30);
     let calendar = calendar_file(&dir, &ics(&[(ready, "Coffee 1")]));
     let launch = Launch::default().with("SCHEDULE__CALENDAR", calendar);
@@ -386,7 +377,7 @@ async fn an_interlock_at_start_time_gives_brew_skipped() {
 /// are set ahead with libfaketime; the brews are an hour and two hours away in real time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_missed_by_a_restart_runs_within_max_late_and_is_skipped_after() {
-    let dir = test_dir("late");
+    let dir = support::fresh_dir("schedule", "late");
     let first = now_s() + chrono::Duration::hours(1);
     let second = first + chrono::Duration::hours(1);
     let calendar = calendar_file(&dir, &ics(&[(first, "Coffee 2"), (second, "Coffee 2")]));
@@ -461,7 +452,7 @@ async fn a_start_missed_by_a_restart_runs_within_max_late_and_is_skipped_after()
 /// most a little over the 1 MiB it reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_calendar_server_that_hangs_fails_or_floods_leaves_the_last_good_calendar() {
-    let dir = test_dir("down");
+    let dir = support::fresh_dir("schedule", "down");
     let ready = now_s() + chrono::Duration::hours(3);
     let good = ics(&[(ready, "Coffee 3")]);
     let server = CalendarServer::start(vec![

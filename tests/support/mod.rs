@@ -28,3 +28,12 @@ pub fn libfaketime() -> String {
     .display()
     .to_string()
 }
+
+/// A fresh, empty directory `coffeebot-TEST-PID-NAME` under the system's temporary directory,
+/// so that neither concurrent runs nor an earlier run's leftovers meet in it.
+pub fn fresh_dir(test: &str, name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("coffeebot-{test}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a fresh test directory");
+    dir
+}
