@@ -2,6 +2,7 @@
 //! and uses a part of them, hence `dead_code` is allowed here.
 #![allow(dead_code)]
 
+pub mod acl;
 pub mod bridge;
 pub mod cdp;
 pub mod http;
