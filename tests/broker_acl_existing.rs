@@ -146,11 +146,9 @@ async fn the_bridge_works_under_the_merged_acl() {
     })
     .await
     .unwrap();
-    ha.wait_for("the device online", WAIT, |m| {
-        m.topic == format!("{D}/availability") && m.payload == b"online"
-    })
-    .await
-    .unwrap();
+    ha.wait_for_payload(&format!("{D}/availability"), "online")
+        .await
+        .unwrap();
     let state = |n: u64| {
         move |m: &support::mosquitto::Message| {
             m.topic == format!("{D}/state")
