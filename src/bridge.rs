@@ -27,6 +27,8 @@ pub const MQTT_FINISH: Duration = Duration::from_millis(600);
 const EVENT_QUEUE: usize = 256;
 /// Commands queued from MQTT to the driver; when full, a command is rejected ("bridge busy").
 const COMMAND_QUEUE: usize = 32;
+/// Answers queued from the driver to MQTT; when full, an answer is counted as shed.
+const ANSWER_QUEUE: usize = 256;
 
 /// Why the bridge cannot start (a configuration or environment problem, found before any task
 /// runs).
@@ -63,6 +65,7 @@ pub fn channels(device_name: &str) -> Channels {
     let (state_tx, state_rx) = watch::channel(None);
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (answers_tx, answers_rx) = mpsc::channel(ANSWER_QUEUE);
     let (heartbeat_tx, heartbeat_rx) = watch::channel(Instant::now());
     let (connected_tx, connected_rx) = watch::channel(false);
     Channels {
@@ -76,6 +79,7 @@ pub fn channels(device_name: &str) -> Channels {
             state: state_tx,
             events: events_tx,
             commands: commands_rx,
+            answers: answers_tx,
             heartbeat: heartbeat_tx,
             broker_connected: connected_rx,
         },
@@ -83,6 +87,7 @@ pub fn channels(device_name: &str) -> Channels {
             state: state_rx,
             events: events_rx,
             commands: commands_tx,
+            answers: answers_rx,
             connected: connected_tx,
         },
     }

@@ -8,6 +8,16 @@
 //!
 //! It reads the clock once per wake and hands that `now` to the core and everything after.
 //!
+//! One state per change (SPEC §4): after a `B+1`/`B+0`, the state is held until the
+//! controller's reply shows the relay as commanded (at most [`SETTLE_MAX`]), so the first
+//! state showing a command's new mode also shows the relay as the controller reported it after
+//! that command — never a combination that did not exist, never two messages for one change.
+//! A change of readings alone (temperature, water) goes out at most once per
+//! [`READINGS_INTERVAL`]; mode, relay, fault and command effects go out at once.
+//!
+//! Commands that asked for an answer (MQTT 5 request/response) get it from here: a rejection
+//! at once, an acceptance with the first settled state after it.
+//!
 //! Shutdown is a state of the core: on the token, the core writes `B+0`; the driver waits (at
 //! most [`SHUTDOWN_CONFIRM`]) for the reply that shows the heater off, then drops the command
 //! sender so the link writes what is queued — `B+0` last — and ends.
@@ -16,7 +26,7 @@ use crate::config::Settings;
 use crate::core::{Core, Limits, Output, Request};
 use crate::counters::{Store, Tally};
 use crate::metrics as m;
-use crate::mqtt::command::{Order, ScheduleOrder};
+use crate::mqtt::command::{Answer, Order, ReplyTo, ScheduleOrder};
 use crate::mqtt::CommandIn;
 use crate::notify::Notifier;
 use crate::port::PortSpec;
@@ -39,6 +49,12 @@ pub const SHUTDOWN_CONFIRM: Duration = Duration::from_secs(1);
 pub const LINK_FINISH: Duration = Duration::from_millis(200);
 /// The driver wakes at least this often, so `/healthz` can tell a stuck core.
 pub const HEARTBEAT: Duration = Duration::from_millis(250);
+/// Longest hold of the state after a relay command while the controller has not yet reported
+/// the relay as commanded: two replies (a poll in flight, then the command's own).
+pub const SETTLE_MAX: Duration =
+    Duration::from_millis(2 * serial::REPLY_TIMEOUT.as_millis() as u64);
+/// Shortest time between two states published for a change of readings alone.
+pub const READINGS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The driver's ends of its channels (built with the others by [`crate::bridge::channels`]).
 #[derive(Debug)]
@@ -51,6 +67,9 @@ pub struct Io {
     pub events: mpsc::Sender<EventDoc>,
     /// Commands from the MQTT task, which holds the sender; when it is gone, no more come.
     pub commands: mpsc::Receiver<CommandIn>,
+    /// Answers to commands that asked for one; the MQTT task holds the receiver. Bounded:
+    /// when it is full or gone, an answer is counted as shed, never waited for.
+    pub answers: mpsc::Sender<Answer>,
     /// When the driver last ran; HTTP holds the receiver (`/healthz`). Dropping it fails the
     /// liveness probe.
     pub heartbeat: watch::Sender<Instant>,
@@ -91,6 +110,9 @@ pub async fn run(settings: &Settings, io: Io, shutdown: CancellationToken) {
         state_interval: Duration::from_secs_f64(settings.mqtt.state_interval_s),
         published: None,
         published_at: now,
+        unsettled_since: None,
+        next_publish: None,
+        pending_answers: Vec::new(),
         command_at: None,
         notifier: Notifier::from_env(),
         tally: Tally::new(store.load(), settings.heater.watts),
@@ -114,6 +136,12 @@ struct Driver {
     state_interval: Duration,
     published: Option<StateDoc>,
     published_at: Instant,
+    /// Since when the controller's reported relay differs from the one last commanded.
+    unsettled_since: Option<Instant>,
+    /// When a held or rate-limited state is due.
+    next_publish: Option<Instant>,
+    /// Accepted commands whose answer waits for the state that shows their effect.
+    pending_answers: Vec<(ReplyTo, &'static str, Vec<u8>)>,
     /// When the command accepted in this wake came in, until the relay line it causes is
     /// queued (it rides on that line to the link, for the command-to-serial latency).
     command_at: Option<Instant>,
@@ -143,7 +171,7 @@ impl Driver {
         let mut stop_by: Option<Instant> = None;
         let mut now = read_clock();
         loop {
-            self.flush(&now);
+            self.flush(&now, false);
             let at = now.instant;
             if let Some(deadline) = stop_by {
                 if self.core.shutdown_confirmed() {
@@ -158,6 +186,7 @@ impl Driver {
             let wake = [
                 self.core.poll_timeout().map(Instant::from_std),
                 Some(at + HEARTBEAT),
+                self.next_publish,
                 Some(self.published_at + self.state_interval),
                 stop_by,
                 self.notifier.next_due(),
@@ -195,7 +224,8 @@ impl Driver {
                 self.run_schedule(&now);
             }
         }
-        self.flush(&now);
+        // The last state goes out whatever is held: nothing follows it.
+        self.flush(&now, true);
         self.store
             .maybe_save(now.instant, self.tally.counters(), true, true);
     }
@@ -229,13 +259,32 @@ impl Driver {
         m::command_handled(name, result.is_ok());
         if let Err(rejection) = result {
             info!(command = name, reason = %rejection.reason, "command rejected");
-            let doc = EventDoc::command_rejected(name, &command.payload, &rejection.reason, clock);
-            self.send_event(doc);
+            self.rejected(clock, &command, &rejection.reason);
         } else {
             info!(command = name, ?request, "command accepted");
             if m::may_switch(&request) {
                 self.command_at = Some(command.accepted_at);
             }
+            self.accepted(command);
+        }
+    }
+
+    /// A command refused here: the `command_rejected` event, and its answer if it asked for one.
+    fn rejected(&self, clock: &Clock, command: &CommandIn, reason: &str) {
+        let name = command.command.name();
+        let doc = EventDoc::command_rejected(name, &command.payload, reason, clock);
+        self.send_event(doc);
+        if let Some(to) = command.reply.clone() {
+            self.send_answer(Answer::rejected(to, name, &command.payload, reason));
+        }
+    }
+
+    /// A command taken: its answer (if it asked for one) waits for the state that shows its
+    /// effect, which [`Driver::flush`] sends.
+    fn accepted(&mut self, command: CommandIn) {
+        if let Some(to) = command.reply {
+            self.pending_answers
+                .push((to, command.command.name(), command.payload));
         }
     }
 
@@ -244,7 +293,7 @@ impl Driver {
     fn on_order(&mut self, clock: &Clock, command: &CommandIn, order: Order) {
         let name = command.command.name();
         match order {
-            Order::Core(_) => {}
+            Order::Core(_) => return,
             Order::Schedule(ScheduleOrder::Enable(on)) => {
                 self.schedule.set_enabled(on);
                 info!(command = name, enabled = on, "schedule switched");
@@ -259,8 +308,7 @@ impl Driver {
                         let reason = "no planned brew to skip";
                         m::command_handled(name, false);
                         info!(command = name, reason, "command rejected");
-                        let doc = EventDoc::command_rejected(name, &command.payload, reason, clock);
-                        self.send_event(doc);
+                        self.rejected(clock, command, reason);
                         return;
                     }
                 }
@@ -274,6 +322,7 @@ impl Driver {
             }
         }
         m::command_handled(name, true);
+        self.accepted(command.clone());
     }
 
     /// Starts a scheduled brew that is due, as an ordinary start request (same interlocks,
@@ -309,8 +358,9 @@ impl Driver {
         }
     }
 
-    /// Carries out every output of the core, then publishes the state if it changed.
-    fn flush(&mut self, now: &Now) {
+    /// Carries out every output of the core, then publishes the state if it changed and is
+    /// settled (see the module documentation); `force` publishes what is held.
+    fn flush(&mut self, now: &Now, force: bool) {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Serial(command) => {
@@ -363,12 +413,37 @@ impl Driver {
             .published
             .as_ref()
             .is_none_or(|p| doc.differs_from(p, self.deadbands));
+        let beyond_readings = self
+            .published
+            .as_ref()
+            .is_none_or(|p| doc.differs_beyond_readings(p, self.deadbands));
         if doc.reply_format.is_some()
             && doc.reply_format != self.published.as_ref().and_then(|p| p.reply_format)
         {
             announce_build(doc.reply_format, self.core.limits());
         }
-        if changed || due {
+        // Settled: the controller reports the relay as last commanded (or nothing is known of
+        // it, which the state says with `heater: null`).
+        let settled = doc
+            .heater
+            .is_none_or(|h| h.is_on() == self.core.relay_commanded());
+        let settle_by = if settled {
+            self.unsettled_since = None;
+            None
+        } else {
+            Some(*self.unsettled_since.get_or_insert(now.instant) + SETTLE_MAX)
+        };
+        let holding = !force && settle_by.is_some_and(|by| now.instant < by);
+        let readings_due = now.instant >= self.published_at + READINGS_INTERVAL;
+        let publish = !holding && (beyond_readings || due || (changed && readings_due));
+        self.next_publish = if holding {
+            settle_by
+        } else if changed && !publish {
+            Some(self.published_at + READINGS_INTERVAL)
+        } else {
+            None
+        };
+        if publish {
             if changed {
                 info!(
                     mode = doc.mode.as_str(),
@@ -381,12 +456,23 @@ impl Driver {
             }
             self.published = Some(doc.clone());
             self.published_at = now.instant;
-            self.io.state.send_replace(Some(doc));
+            self.io.state.send_replace(Some(doc.clone()));
+        }
+        if !holding {
+            for (to, name, payload) in std::mem::take(&mut self.pending_answers) {
+                self.send_answer(Answer::accepted(to, name, &payload, Some(&doc)));
+            }
         }
         self.io.heartbeat.send_replace(now.instant);
         let broker_up = *self.io.broker_connected.borrow();
         self.notifier
             .tick(now.instant, self.published.as_ref(), broker_up);
+    }
+
+    fn send_answer(&self, answer: Answer) {
+        if self.io.answers.try_send(answer).is_err() {
+            metrics::counter!(m::MQTT_REPLIES, "outcome" => "shed").increment(1);
+        }
     }
 
     fn send_event(&self, doc: EventDoc) {

@@ -69,6 +69,8 @@ metrics_table! {
         "User commands by command (topic) and outcome.";
     MQTT_COMMANDS: Counter "coffeebot_mqtt_commands_total",
         "Command messages by command and what the MQTT side did with them (forwarded, rejected, busy, retained_ignored).";
+    MQTT_REPLIES: Counter "coffeebot_mqtt_replies_total",
+        "Answers to commands with an MQTT 5 Response Topic, by outcome: sent, shed (a full queue: not sent), refused_topic (a Response Topic outside B/reply/: never answered).";
     EVENTS: Counter "coffeebot_events_total",
         "Events published, by event_type.";
     EVENTS_DROPPED: Counter "coffeebot_events_dropped_total",

@@ -307,6 +307,18 @@ impl StateDoc {
             || self.counters.differs_from(&published.counters)
     }
 
+    /// Whether `self` differs from `published` in anything but the readings (temperature and
+    /// water): a change that goes out at once, where one of readings alone is rate-limited.
+    pub fn differs_beyond_readings(&self, published: &StateDoc, deadbands: Deadbands) -> bool {
+        StateDoc {
+            temperature_c: published.temperature_c,
+            water_distance_in: published.water_distance_in,
+            water_level_pct: published.water_level_pct,
+            ..self.clone()
+        }
+        .differs_from(published, deadbands)
+    }
+
     /// Takes `published`'s `brew_ends_at` when it names the same end (see [`same_end`]): the
     /// end is fixed for a brew, but its wall-clock text is computed afresh from the monotonic
     /// clock at every wake and may move by a millisecond; what goes out keeps one text a brew.
@@ -627,6 +639,25 @@ mod tests {
         let mut s = status(now);
         s.temperature_c = None;
         assert!(StateDoc::new(&s, &clock(now)).differs_from(&a, bands));
+    }
+
+    #[test]
+    fn readings_alone_are_told_from_other_changes() {
+        let now = Instant::now();
+        let bands = Deadbands {
+            temperature_c: 0.3,
+            water_in: 0.05,
+        };
+        let a = StateDoc::new(&status(now), &clock(now));
+        let mut s = status(now);
+        s.temperature_c = Some(95.0);
+        s.water_distance_in = Some(4.0);
+        let readings = StateDoc::new(&s, &clock(now));
+        assert!(readings.differs_from(&a, bands));
+        assert!(!readings.differs_beyond_readings(&a, bands));
+        s.heater = Some(!s.heater.unwrap_or(false));
+        let relay = StateDoc::new(&s, &clock(now));
+        assert!(relay.differs_beyond_readings(&a, bands));
     }
 
     #[test]

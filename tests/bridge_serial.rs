@@ -129,6 +129,7 @@ impl Bridge {
                 command,
                 payload: Vec::new(),
                 accepted_at: tokio::time::Instant::now(),
+                reply: None,
             })
             .await
             .unwrap();

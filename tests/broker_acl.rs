@@ -110,6 +110,10 @@ const BRIDGE_ROWS: &[(&str, [Access; 7])] = &[
     ("coffeebot/coffeepot/availability",   [Pub,    Sub,    Sub,    No, No, Sub, No]),
     ("coffeebot/coffeepot/state",          [Pub,    Sub,    Sub,    No, No, Sub, No]),
     ("coffeebot/coffeepot/event",          [Pub,    Sub,    Sub,    No, No, No,  No]),
+    ("coffeebot/bridge/info",              [Pub,    Sub,    Sub,    No, No, No,  No]),
+    // Answers to commands: each LAN user reads only `B/reply/<own username>/#`.
+    ("coffeebot/reply/homeassistant/1",    [Pub,    Sub,    No,     No, No, No,  No]),
+    ("coffeebot/reply/lan/1",              [Pub,    No,     Sub,    No, No, No,  No]),
 ];
 
 /// The rows of Home Assistant's topics, after the commands.

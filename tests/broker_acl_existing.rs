@@ -59,8 +59,12 @@ const SUBJECTS: [User; 3] = [User::Coffeebot, User::HomeAssistant, User::Lan];
 fn matrix() -> Vec<(String, [Access; 3])> {
     let topics = Topics::new(&load_with(None, &[]).expect("default settings"));
     #[rustfmt::skip]
-    let fixed: [(&str, [Access; 3]); 11] = [
+    let fixed: [(&str, [Access; 3]); 14] = [
         ("coffeebot/bridge/availability", [Pub, Sub, No]),
+        ("coffeebot/bridge/info", [Pub, Sub, No]),
+        // Answers to commands: each user reads only its own.
+        ("coffeebot/reply/homeassistant/kitchen-tablet", [Pub, Sub, No]),
+        ("coffeebot/reply/lan/phone", [Pub, No, No]),
         ("coffeebot/coffeepot/availability", [Pub, Sub, No]),
         ("coffeebot/coffeepot/state", [Pub, Sub, No]),
         ("coffeebot/coffeepot/event", [Pub, Sub, No]),

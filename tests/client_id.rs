@@ -1,21 +1,30 @@
 //! The bridge's MQTT client id against the real broker (issue 18): another client connecting
 //! with the configured id, on the LAN or the public listener, does not disturb the bridge,
 //! because the bridge connects under a random suffix; and a client that learns the id in use
-//! and takes it over is logged and outlived by a reconnect under a new id.
+//! and takes it over is logged and outlived by a reconnect under a new id. A command the broker
+//! acknowledged while the bridge was away (a lost network: a relay resets the bridge's
+//! connection) is carried out, or answered as rejected, when the bridge's session resumes.
 //!
 //! Every wait ends on an observable event (a message, a log line) or fails after a timeout.
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use coffeebot::sim::SimConfig;
 use support::bridge::Bridge;
-use support::mosquitto::{Broker, Listener, Login, Protocol, TestClient, User};
+use support::mosquitto::{
+    json, next_message, Broker, Listener, Login, Protocol, PubAck, TestClient, User,
+};
 use support::rig::Rig;
 use support::sim::simulator;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
 
 const B: &str = "coffeebot";
+const D: &str = "coffeebot/coffeepot";
 const WAIT: Duration = Duration::from_secs(10);
 const CONNECTED: &str = "connected to the MQTT broker";
 const TAKEN: &str = "another client connected with the bridge's client id";
@@ -142,6 +151,133 @@ async fn a_taken_over_id_is_logged_and_the_bridge_reconnects_under_a_new_one() {
 async fn an_exact_id_is_used_as_configured() {
     let rig = start("exact_id", &[("MQTT__CLIENT_ID_SUFFIX", "false")]).await;
     assert_eq!(connected_ids(&rig.bridge), ["coffeebot"]);
+}
+
+/// A TCP relay between the bridge and the broker whose connections can be cut (reset, as a
+/// lost network does) and kept down.
+struct Relay {
+    port: u16,
+    up: Arc<AtomicBool>,
+    cut: broadcast::Sender<()>,
+}
+
+impl Relay {
+    async fn start(upstream: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let (cut, _) = broadcast::channel(4);
+        let (accept_up, accept_cut) = (Arc::clone(&up), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !accept_up.load(Ordering::SeqCst) {
+                    let _ = client.set_zero_linger();
+                    continue;
+                }
+                let mut cut = accept_cut.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                        return;
+                    };
+                    let was_cut = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                        _ = cut.recv() => true,
+                    };
+                    if was_cut {
+                        let _ = client.set_zero_linger();
+                        let _ = server.set_zero_linger();
+                    }
+                });
+            }
+        });
+        Relay { port, up, cut }
+    }
+
+    /// Resets every connection and refuses new ones until [`Relay::restore`].
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        let _ = self.cut.send(());
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_acknowledged_while_the_bridge_was_away_are_carried_out_or_answered() {
+    let broker = Broker::start();
+    let relay = Relay::start(broker.lan_port()).await;
+    let sim = simulator("client_id", "away", SimConfig::default()).await;
+    let watcher = broker.watcher(&[&format!("{B}/#")]).await;
+    let port = relay.port.to_string();
+    let bridge = Bridge::start(
+        sim.path(),
+        &broker,
+        &broker.credentials(User::Coffeebot),
+        &[("MQTT__PORT", port.as_str())],
+    );
+    let mut rig = Rig::answering(broker, sim, watcher, bridge, |s| s["link"] == "up").await;
+    let mut lan = rig
+        .broker
+        .connect(Protocol::V5, Listener::Lan, Login::User(User::Lan))
+        .await
+        .unwrap();
+    lan.subscribe(&format!("{B}/reply/lan/#")).await.unwrap();
+    rig.command("heater", "ON").await;
+    rig.state_where("manual", |s| s["mode"] == "manual" && s["heater"] == "ON")
+        .await;
+
+    relay.cut();
+    // The broker has seen the bridge go: its last will.
+    next_message(&mut rig.watcher, "the bridge's will", |m| {
+        m.topic == format!("{B}/bridge/availability") && m.text() == "offline"
+    })
+    .await;
+    // Acknowledged by the broker for the bridge's session (a subscriber matched).
+    let ack = lan
+        .request(
+            &format!("{D}/brew/set"),
+            "2",
+            &format!("{B}/reply/lan/away"),
+            b"late",
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack, PubAck::Ok, "the session holds the command");
+    lan.command("heater", "OFF", false).await;
+    relay.restore();
+
+    let answer = lan
+        .wait_for("the answer", WAIT, |m| {
+            m.correlation.as_deref() == Some(b"late")
+        })
+        .await
+        .unwrap();
+    let doc = json(&answer);
+    assert_eq!(doc["status"], "rejected", "{doc}");
+    assert!(
+        doc["reason"]
+            .as_str()
+            .unwrap()
+            .contains("disconnected from the broker"),
+        "{doc}"
+    );
+    rig.state_where("the OFF carried out", |s| {
+        s["mode"] == "off" && s["heater"] == "OFF"
+    })
+    .await;
+    assert!(
+        rig.bridge.wait_for_log("resumed=true", WAIT).is_some(),
+        "the session resumed"
+    );
+    assert!(
+        !rig.watcher
+            .seen()
+            .iter()
+            .any(|m| m.topic == format!("{D}/event") && json(m)["event_type"] == "brew_started"),
+        "a brew started late"
+    );
 }
 
 /// The issue's attack in its worst case: the bridge under its exact, known id (suffix off),

@@ -97,8 +97,14 @@ fn check_entity(s: &Settings, platform: &str, config: &Value) {
         assert!(t.parse_command(topic).is_some(), "{topic}");
     }
     let keys = state_keys();
+    // The bridge's own start time comes from `B/bridge/info`, every other value from the state.
+    let info = config["state_topic"] == t.bridge_info();
     for template_key in ["value_template", "json_attributes_template"] {
         if let Some(template) = config.get(template_key).and_then(Value::as_str) {
+            if info {
+                assert_eq!(template_fields(template), ["started_at"], "{config}");
+                continue;
+            }
             assert_eq!(config["state_topic"], t.state(), "{config}");
             for field in template_fields(template) {
                 assert!(keys.contains(&field), "{field} not in the state JSON");
@@ -115,7 +121,15 @@ fn check_entity(s: &Settings, platform: &str, config: &Value) {
         .as_str()
         .unwrap()
         .trim_start_matches("coffeebot_coffeepot_");
-    if ["updated_at", "controller_reboots", "link", "water_distance"].contains(&key) {
+    if [
+        "updated_at",
+        "controller_reboots",
+        "link",
+        "water_distance",
+        "bridge_started",
+    ]
+    .contains(&key)
+    {
         assert_eq!(availability, [t.bridge_availability()], "{key}");
     } else {
         assert_eq!(
@@ -125,7 +139,7 @@ fn check_entity(s: &Settings, platform: &str, config: &Value) {
         );
         assert_eq!(config["availability_mode"], "all");
     }
-    if platform == "sensor" {
+    if platform == "sensor" && !info {
         assert_eq!(config["expire_after"], 3 * 30, "{key}");
     }
 }
@@ -178,6 +192,7 @@ fn components_mode_has_every_entity_of_the_spec() {
         "button:stop",
         "number:cups",
         "binary_sensor:link",
+        "sensor:bridge_started",
         "binary_sensor:fault",
         "button:restart_controller",
         "switch:schedule",
@@ -259,7 +274,7 @@ fn device_mode_is_one_message_with_every_component() {
     let cmps = config["cmps"].as_object().unwrap();
     assert_eq!(
         cmps.len(),
-        26 + discovery::RETIRED.len() + discovery::TRIGGERS.len()
+        27 + discovery::RETIRED.len() + discovery::TRIGGERS.len()
     );
     for (key, platform) in discovery::RETIRED {
         assert_eq!(cmps[*key], serde_json::json!({ "p": platform }), "{key}");
@@ -315,7 +330,7 @@ fn water_off_removes_the_water_entities_only_where_retained() {
     let s = settings(&[("WATER__ENABLED", "false")]);
     let messages = discovery::messages(&s, None, None);
     let water = |key: &str| format!("homeassistant/sensor/coffeebot_coffeepot/{key}/config");
-    assert_eq!(messages.len(), 24 + discovery::TRIGGERS.len());
+    assert_eq!(messages.len(), 25 + discovery::TRIGGERS.len());
     assert!(messages
         .iter()
         .all(|(t, p)| !p.is_empty() && !t.contains("water")));
@@ -377,7 +392,7 @@ fn switching_modes_migrates_what_is_retained_the_way_home_assistant_documents() 
     let cleared: Value = serde_json::from_str(&plan[1].1).unwrap();
     assert_eq!(
         cleared["cmps"].as_object().unwrap().len(),
-        26 + discovery::TRIGGERS.len()
+        27 + discovery::TRIGGERS.len()
     );
     assert!(cleared["device"]["identifiers"].is_array());
     assert!(discovery::cleanup(&device, &retained).before.is_empty());

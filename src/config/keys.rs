@@ -170,7 +170,7 @@ const TOPIC: Check = Check::Text {
 /// Every key, in the order of `config/default.toml`.
 #[rustfmt::skip] // One row a key reads best as a table.
 pub const KEYS: &[Key] = &[
-    row("device.id", Check::Text { allowed: "1 to 64 letters, digits, _ or -", ok: is_id }, "", "it is an MQTT topic level and a Home Assistant node id"),
+    row("device.id", Check::Text { allowed: "1 to 64 letters, digits, _ or -, not bridge or reply", ok: is_device_id }, "", "it is an MQTT topic level and a Home Assistant node id"),
     row("device.name", not_blank("a non-empty name"), "", "Home Assistant shows it"),
     row("serial.port", Check::Text { allowed: "a device path, or usb:VID:PID[:SERIAL] with hex ids (the mbed LPC1768: usb:0d28:0204)", ok: |port| crate::port::PortSpec::parse(port).is_ok() }, "", "the controller's serial port; the USB form follows the board to a new device name"),
     row("serial.baud", range(1.0, f64::INFINITY), "Bd", "a line speed of 0 carries nothing; the controller runs at 115200"),
@@ -380,6 +380,12 @@ fn is_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether `id` can be `D` in `B/D/…`: an id that is not one of the bridge's own levels
+/// (`B/bridge/…`, `B/reply/…`).
+fn is_device_id(id: &str) -> bool {
+    is_id(id) && id != "bridge" && id != "reply"
 }
 
 /// Whether `topic` can prefix MQTT topics: non-empty, no wildcards or NUL, no `/` at either end.

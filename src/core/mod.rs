@@ -313,6 +313,12 @@ impl Core {
         self.shutting_down && self.shutdown_confirmed
     }
 
+    /// The relay state last commanded (the latest `B+1`/`B+0` written): what the controller's
+    /// next reply shows once it has carried the command out.
+    pub fn relay_commanded(&self) -> bool {
+        self.relay_on
+    }
+
     /// The next output, or `None` when there is nothing more to do now.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()

@@ -59,6 +59,73 @@ pub struct CommandIn {
     /// When the MQTT task took it in: the command-to-serial latency runs from here to the
     /// relay line it causes.
     pub accepted_at: Instant,
+    /// Where to answer it (MQTT 5 request/response), when the sender asked for an answer on
+    /// a topic the bridge may write.
+    pub reply: Option<ReplyTo>,
+}
+
+/// Where an answer goes: an MQTT 5 Response Topic under `B/reply/`, and the Correlation Data
+/// the request carried, returned as it came.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The response topic (checked to be under `B/reply/`).
+    pub topic: String,
+    /// The request's Correlation Data, if any.
+    pub correlation: Option<Vec<u8>>,
+}
+
+/// The answer to a command that asked for one: `{"status", "command", "payload", "reason"}`,
+/// and for an accepted command the state after its effect.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    /// Where it goes.
+    pub to: ReplyTo,
+    /// The JSON text.
+    pub json: String,
+}
+
+/// A payload as an answer quotes it: like `command_rejected`, at most 200 characters, invalid
+/// UTF-8 replaced, so an answer is never much larger than its bound.
+fn quoted(payload: &[u8]) -> String {
+    let head = &payload[..payload.len().min(800)];
+    String::from_utf8_lossy(head).chars().take(200).collect()
+}
+
+impl Answer {
+    /// The answer to a command taken, with the state that shows its effect (`None` when the
+    /// state is not known yet).
+    pub fn accepted(
+        to: ReplyTo,
+        command: &str,
+        payload: &[u8],
+        state: Option<&crate::state::StateDoc>,
+    ) -> Answer {
+        Answer {
+            to,
+            json: json!({
+                "status": "accepted",
+                "command": command,
+                "payload": quoted(payload),
+                "reason": null,
+                "state": state,
+            })
+            .to_string(),
+        }
+    }
+
+    /// The answer to a command refused, with the reason a person can act on.
+    pub fn rejected(to: ReplyTo, command: &str, payload: &[u8], reason: &str) -> Answer {
+        Answer {
+            to,
+            json: json!({
+                "status": "rejected",
+                "command": command,
+                "payload": quoted(payload),
+                "reason": reason,
+            })
+            .to_string(),
+        }
+    }
 }
 
 /// A command the bridge takes: the `<name>` of `B/D/<name>/set`.

@@ -237,6 +237,21 @@ pub fn entities(settings: &Settings) -> Vec<Entity> {
                 ),
             )
         },
+        // When the bridge process started (from the retained `B/bridge/info`): a restart is
+        // visible in Home Assistant. No `expire_after`: the info is retained and sent once per
+        // connection, not with every state.
+        Entity {
+            bridge_only: true,
+            ..entity(
+                "bridge_started",
+                "sensor",
+                "Bridge started",
+                json!({"state_topic": t.bridge_info(),
+                       "value_template": "{{ value_json.started_at }}",
+                       "device_class": "timestamp", "entity_category": "diagnostic",
+                       "icon": "mdi:restart"}),
+            )
+        },
         entity(
             "fault",
             "binary_sensor",

@@ -46,10 +46,10 @@ use crate::config::{Discovery, Settings};
 use crate::metrics as m;
 use crate::state::{Clock, EventDoc, StateDoc};
 pub use command::CommandIn;
-use command::CommandName;
+use command::{Answer, CommandName, ReplyTo};
 use rumqttc::v5::mqttbytes::v5::{
     ConnectReturnCode, DisconnectReasonCode, Filter, LastWill, Packet, PubAckReason,
-    SubscribeReasonCode,
+    PublishProperties, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
@@ -75,6 +75,12 @@ const STABLE: Duration = Duration::from_secs(10);
 const REQUEST_QUEUE: usize = 256;
 /// Most QoS 1 publications awaiting their PUBACK at once; the broker may ask for fewer.
 const OUTGOING_INFLIGHT: u16 = 100;
+/// How long the broker keeps the bridge's session (its command subscription and the commands
+/// sent meanwhile) after a connection is lost: a reconnect within it resumes the session, and
+/// the commands the broker acknowledged while the bridge was away are carried out or answered
+/// as rejected. At shutdown the bridge unsubscribes first, so a stopped bridge's session
+/// collects nothing.
+pub const SESSION_EXPIRY_S: u32 = 60;
 /// Longest wait, at shutdown, for the `offline` messages and the DISCONNECT to go out.
 const DISCONNECT_WAIT: Duration = Duration::from_millis(500);
 
@@ -109,6 +115,8 @@ pub struct Io {
     /// Commands for the driver, which holds the receiver (bounded; full means "bridge busy",
     /// closed means "shutting down").
     pub commands: mpsc::Sender<CommandIn>,
+    /// Answers from the driver to commands that asked for one; the driver holds the sender.
+    pub answers: mpsc::Receiver<Answer>,
     /// Set while connected to the broker; HTTP holds the receiver (`/readyz`). Dropping it
     /// fails `/healthz` ("the MQTT task has stopped").
     pub connected: watch::Sender<bool>,
@@ -132,6 +140,7 @@ pub fn options(settings: &Settings) -> Result<MqttOptions, SetupError> {
     let mut options = MqttOptions::new(client_id(m), m.host.clone(), m.port);
     options
         .set_clean_start(true)
+        .set_session_expiry_interval(Some(SESSION_EXPIRY_S))
         .set_keep_alive(Duration::from_secs(m.keep_alive_s.max(5)))
         .set_request_channel_capacity(REQUEST_QUEUE)
         .set_max_packet_size(Some(MAX_INCOMING_PACKET))
@@ -203,6 +212,9 @@ pub async fn run(settings: Settings, options: MqttOptions, io: Io) {
         client_id: String::new(),
         queue_full_logged: false,
         refused_publish_logged: false,
+        refused_reply_logged: false,
+        replaying: false,
+        started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     };
     bridge.run(polled_rx).await;
     poller.abort();
@@ -211,8 +223,9 @@ pub async fn run(settings: Settings, options: MqttOptions, io: Io) {
 /// What the poller forwards.
 #[derive(Debug)]
 enum Polled {
-    /// The broker accepted the connection of this client id (CONNACK).
-    Connected(String),
+    /// The broker accepted the connection of this client id (CONNACK), resuming the session
+    /// of the previous connection (`true`) or starting a new one.
+    Connected(String, bool),
     Event(Box<Event>),
     Error(ConnectionError),
     /// After our DISCONNECT, the broker closed the connection: everything sent before it
@@ -231,10 +244,13 @@ async fn poll(mut eventloop: EventLoop, mqtt: crate::config::Mqtt, tx: mpsc::Sen
             Ok(event) => {
                 let done = matches!(event, Event::Outgoing(Outgoing::Disconnect));
                 disconnecting |= done;
-                if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                if let Event::Incoming(Packet::ConnAck(ack)) = &event {
                     connected_at = Some(Instant::now());
+                    // Later connections under this id resume its session.
+                    eventloop.options.set_clean_start(false);
                     let id = eventloop.options.client_id();
-                    if tx.send(Polled::Connected(id)).await.is_err() {
+                    let resumed = ack.session_present;
+                    if tx.send(Polled::Connected(id, resumed)).await.is_err() {
                         return;
                     }
                     continue;
@@ -264,12 +280,18 @@ async fn poll(mut eventloop: EventLoop, mqtt: crate::config::Mqtt, tx: mpsc::Sen
                 if connected_at.take().is_some_and(|at| at.elapsed() >= STABLE) {
                     backoff = BACKOFF_MIN;
                 }
+                let taken = taken_over(&e) || closed_abruptly(&e);
                 if tx.send(Polled::Error(e)).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
-                eventloop.options.set_client_id(client_id(&mqtt));
+                // A lost network keeps the id, so the session (and what it queued) resumes;
+                // a session another client took gets a new id and a clean start.
+                if taken {
+                    eventloop.options.set_client_id(client_id(&mqtt));
+                    eventloop.options.set_clean_start(true);
+                }
             }
         }
     }
@@ -297,6 +319,13 @@ struct Bridge {
     client_id: String,
     queue_full_logged: bool,
     refused_publish_logged: bool,
+    /// A Response Topic outside `B/reply/` was logged (once per run; each is counted).
+    refused_reply_logged: bool,
+    /// When the bridge started (RFC 3339), for `B/bridge/info`.
+    started_at: String,
+    /// Between the CONNACK of a resumed session and the SUBACK: commands arriving now were
+    /// sent while the bridge was away.
+    replaying: bool,
 }
 
 /// The look at the retained discovery configs after a ConnAck.
@@ -319,7 +348,7 @@ impl Bridge {
                     self.on_state();
                 }
                 p = polled.recv() => match p {
-                    Some(Polled::Connected(id)) => self.on_connack(id),
+                    Some(Polled::Connected(id, resumed)) => self.on_connack(id, resumed),
                     Some(Polled::Event(event)) => self.on_event(*event),
                     Some(Polled::Error(e)) => self.on_error(&e),
                     Some(Polled::Closed) => {}
@@ -330,6 +359,7 @@ impl Bridge {
                         return;
                     }
                 },
+                Some(answer) = self.io.answers.recv() => self.publish_answer(answer),
                 event = self.io.events.recv() => {
                     if let Some(event) = event {
                         self.publish_event(&event);
@@ -353,6 +383,11 @@ impl Bridge {
             info!("MQTT: not connected at shutdown; the last will marks the bridge offline");
             return;
         }
+        // The session outlives the connection (SESSION_EXPIRY_S): without its subscription it
+        // collects no command that nobody would carry out.
+        for filter in self.topics.subscriptions() {
+            let _ = self.client.try_unsubscribe(filter);
+        }
         self.publish(&self.topics.availability(), "offline", true);
         self.publish(&self.topics.bridge_availability(), "offline", true);
         if self.client.try_disconnect().is_err() {
@@ -370,7 +405,7 @@ impl Bridge {
                     warn!("MQTT: no clean disconnect; the last will marks the bridge offline");
                     break;
                 }
-                Ok(Some(Polled::Event(_) | Polled::Connected(_))) => {}
+                Ok(Some(Polled::Event(_) | Polled::Connected(..))) => {}
             }
         }
         self.set_connected(false);
@@ -380,7 +415,11 @@ impl Bridge {
         match event {
             Event::Incoming(Packet::Publish(p)) => {
                 let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                self.on_message(&topic, &p.payload, p.retain);
+                let reply = p.properties.and_then(|props| {
+                    let to = props.response_topic?;
+                    self.reply_to(&topic, to, props.correlation_data.map(|c| c.to_vec()))
+                });
+                self.on_message(&topic, &p.payload, p.retain, reply);
             }
             Event::Incoming(Packet::UnsubAck(_)) => {
                 if let Some(probe) = self.probe.as_mut() {
@@ -391,6 +430,7 @@ impl Bridge {
                 }
             }
             Event::Incoming(Packet::SubAck(ack)) => {
+                self.replaying = false;
                 for (filter, code) in self.topics.subscriptions().iter().zip(&ack.return_codes) {
                     if !matches!(code, SubscribeReasonCode::Success(_)) {
                         warn!(
@@ -424,12 +464,16 @@ impl Bridge {
         }
     }
 
-    fn on_connack(&mut self, client_id: String) {
+    fn on_connack(&mut self, client_id: String, resumed: bool) {
         let m = &self.settings.mqtt;
         if self.ever_connected {
             metrics::counter!(m::MQTT_RECONNECTS).increment(1);
         }
-        info!(host = %m.host, port = m.port, client_id = %client_id, "connected to the MQTT broker");
+        info!(host = %m.host, port = m.port, client_id = %client_id, resumed, "connected to the MQTT broker");
+        // A resumed session delivers what it queued while the bridge was away right after the
+        // CONNACK, before the broker reads this connection's SUBSCRIBE: until its SUBACK, a
+        // command is one sent while the bridge was away.
+        self.replaying = resumed;
         self.client_id = client_id;
         self.ever_connected = true;
         self.last_error = None;
@@ -463,6 +507,7 @@ impl Bridge {
         }
         self.publish(&self.topics.bridge_availability(), "online", true);
         self.firmware = self.current().and_then(|s| s.firmware);
+        self.publish_info();
         self.probe = None;
         if probe {
             let queued = probe_filters
@@ -532,6 +577,7 @@ impl Bridge {
         let firmware = state.as_ref().and_then(|s| s.firmware.clone());
         if firmware.is_some() && firmware != self.firmware {
             self.firmware = firmware;
+            self.publish_info();
             self.publish_discovery();
         }
         self.publish_state(state.as_ref());
@@ -604,6 +650,87 @@ impl Bridge {
         }
     }
 
+    /// The retained `B/bridge/info`: what a person needs to know about this bridge without a
+    /// shell on its machine.
+    fn publish_info(&mut self) {
+        let settings = &self.settings;
+        let info = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_at": self.started_at,
+            "discovery": settings.homeassistant.discovery,
+            "controller_port": settings.serial.port,
+            "firmware": self.firmware,
+            "mqtt_protocol": "5",
+        });
+        self.publish(&self.topics.bridge_info(), info.to_string(), true);
+    }
+
+    /// The answer's address for a command that came with a Response Topic, if the bridge
+    /// may write there ([`Topics::reply_allowed`]). Anywhere else: no answer, counted, and
+    /// logged once per run.
+    fn reply_to(
+        &mut self,
+        topic: &str,
+        response_topic: String,
+        correlation: Option<Vec<u8>>,
+    ) -> Option<ReplyTo> {
+        if self.topics.reply_allowed(&response_topic) {
+            return Some(ReplyTo {
+                topic: response_topic,
+                correlation,
+            });
+        }
+        metrics::counter!(m::MQTT_REPLIES, "outcome" => "refused_topic").increment(1);
+        if !std::mem::replace(&mut self.refused_reply_logged, true) {
+            warn!(
+                topic,
+                response_topic,
+                "a command asked for its answer outside {}<user>/…; it gets none (logged \
+                 once; counted in {})",
+                self.topics.reply_prefix(),
+                m::MQTT_REPLIES
+            );
+        } else {
+            debug!(
+                topic,
+                response_topic, "Response Topic outside the reply space"
+            );
+        }
+        None
+    }
+
+    /// Publishes an answer (QoS 1, not retained, with the request's Correlation Data); one
+    /// that cannot go out now (not connected, a full queue) is counted as shed.
+    fn publish_answer(&mut self, answer: Answer) {
+        let outcome = if !self.connected {
+            "shed"
+        } else {
+            let properties = PublishProperties {
+                correlation_data: answer.to.correlation.map(Into::into),
+                content_type: Some("application/json".to_owned()),
+                ..PublishProperties::default()
+            };
+            match self.client.try_publish_with_properties(
+                answer.to.topic,
+                QoS::AtLeastOnce,
+                false,
+                answer.json,
+                properties,
+            ) {
+                Ok(()) => "sent",
+                Err(e) => {
+                    metrics::counter!(m::MQTT_PUBLISH_DROPPED).increment(1);
+                    if !self.queue_full_logged {
+                        self.queue_full_logged = true;
+                        warn!("MQTT: answer dropped: {e}");
+                    }
+                    "shed"
+                }
+            }
+        };
+        metrics::counter!(m::MQTT_REPLIES, "outcome" => outcome).increment(1);
+    }
+
     /// Queues a QoS 1 publication without waiting; a full queue drops it (the broker is not
     /// taking what it gets; the next ConnAck re-publishes everything that matters).
     fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
@@ -623,7 +750,7 @@ impl Bridge {
         }
     }
 
-    fn on_message(&mut self, topic: &str, payload: &[u8], retain: bool) {
+    fn on_message(&mut self, topic: &str, payload: &[u8], retain: bool, reply: Option<ReplyTo>) {
         if let Some(probe) = self.probe.as_mut() {
             let filters = discovery::probe_filters(&self.settings);
             if filters.iter().any(|f| topics::filter_matches(f, topic)) {
@@ -662,12 +789,25 @@ impl Bridge {
             count(known, "retained_ignored");
             return;
         }
-        let parsed = match command {
+        let mut parsed = match command {
             CommandTopic::Known(name) => name
                 .parse(payload, self.settings.brew.max_cups)
                 .map(|request| (name, request)),
             CommandTopic::Unknown(ref name) => Err(command::unknown(name)),
         };
+        if self.replaying {
+            // Sent while the bridge was away: what cannot heat is carried out (an OFF must
+            // never be lost); what could start heating is not started late, but answered.
+            if let Ok((name, command::Order::Core(request))) = &parsed {
+                if request.starts_heating() {
+                    info!(
+                        command = name.name(),
+                        "a command sent while the bridge was away"
+                    );
+                    parsed = Err(LATE.to_owned());
+                }
+            }
+        }
         match parsed {
             Ok((name, request)) => {
                 let command = CommandIn {
@@ -675,31 +815,41 @@ impl Bridge {
                     command: name,
                     payload: payload.to_vec(),
                     accepted_at: Instant::now(),
+                    reply,
                 };
                 match self.io.commands.try_send(command) {
                     Ok(()) => count(known, "forwarded"),
-                    Err(mpsc::error::TrySendError::Full(_)) => {
+                    Err(mpsc::error::TrySendError::Full(command)) => {
                         count(known, "busy");
                         self.reject(
                             name.name(),
                             payload,
                             "bridge busy: too many commands at once; try again in a moment",
+                            command.reply,
                         );
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                    Err(mpsc::error::TrySendError::Closed(command)) => {
                         count(known, "rejected");
-                        self.reject(name.name(), payload, "the bridge is shutting down");
+                        self.reject(
+                            name.name(),
+                            payload,
+                            "the bridge is shutting down",
+                            command.reply,
+                        );
                     }
                 }
             }
             Err(reason) => {
                 count(known, "rejected");
-                self.reject(name, payload, &reason);
+                self.reject(name, payload, &reason, reply);
             }
         }
     }
 
-    fn reject(&mut self, command: &str, payload: &[u8], reason: &str) {
+    fn reject(&mut self, command: &str, payload: &[u8], reason: &str, reply: Option<ReplyTo>) {
+        if let Some(to) = reply {
+            self.publish_answer(Answer::rejected(to, command, payload, reason));
+        }
         info!(command, reason, "command rejected");
         let clock = Clock {
             now: std::time::Instant::now(),
@@ -710,6 +860,10 @@ impl Bridge {
         ));
     }
 }
+
+/// The reason given for a command that could start heating and was sent while the bridge was
+/// away from the broker.
+const LATE: &str = "sent while the bridge was disconnected from the broker; a command that can start heating is never carried out late: send it again";
 
 /// Counts a command by what became of it on the MQTT side (`forwarded` to the core, which
 /// may still reject it; `rejected`; `busy`; `retained_ignored`).

@@ -39,6 +39,35 @@ impl Topics {
         format!("{}/bridge/availability", self.base)
     }
 
+    /// `B/bridge/info`: retained JSON about the bridge itself (version, start, settings).
+    pub fn bridge_info(&self) -> String {
+        format!("{}/bridge/info", self.base)
+    }
+
+    /// `B/reply/`: the only place the bridge answers commands (MQTT 5 Response Topics). The
+    /// broker lets each LAN user read `B/reply/<own username>/#`.
+    pub fn reply_prefix(&self) -> String {
+        format!("{}/reply/", self.base)
+    }
+
+    /// Whether a Response Topic may be answered: a topic name (no wildcard, no empty level)
+    /// at least two levels under `B/reply/` (`B/reply/<user>/<anything>`), so that an answer
+    /// can never land on a topic of the bridge or of another part of the broker; and not
+    /// `B/reply/<user>/set`, which has the shape of a command topic (`B/+/+/set`, which
+    /// the LAN users may read).
+    pub fn reply_allowed(&self, topic: &str) -> bool {
+        topic
+            .strip_prefix(&self.reply_prefix())
+            .is_some_and(|rest| {
+                let levels: Vec<&str> = rest.split('/').collect();
+                levels.len() >= 2
+                    && levels != [levels[0], "set"]
+                    && levels
+                        .iter()
+                        .all(|l| !l.is_empty() && !l.contains(['+', '#', '\0']))
+            })
+    }
+
     /// `B/D/availability`: retained `online` while the controller answers.
     pub fn availability(&self) -> String {
         format!("{}/{}/availability", self.base, self.device)
@@ -111,6 +140,37 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_go_under_reply_only() {
+        let t = Topics {
+            base: "coffeebot".into(),
+            device: "coffeepot".into(),
+            discovery_prefix: "homeassistant".into(),
+        };
+        for ok in [
+            "coffeebot/reply/lan/1",
+            "coffeebot/reply/lan/a/b",
+            "coffeebot/reply/u/sets",
+        ] {
+            assert!(t.reply_allowed(ok), "{ok}");
+        }
+        for refused in [
+            "coffeebot/reply/lan",
+            "coffeebot/reply/",
+            "coffeebot/reply/lan/",
+            "coffeebot/reply//x",
+            "coffeebot/reply/lan/+",
+            "coffeebot/reply/lan/#",
+            "coffeebot/reply/lan/set",
+            "coffeebot/coffeepot/state",
+            "coffeebot/bridge/info",
+            "other/reply/lan/1",
+            "coffeebotx/reply/lan/1",
+        ] {
+            assert!(!t.reply_allowed(refused), "{refused}");
+        }
+    }
 
     fn topics() -> Topics {
         Topics {

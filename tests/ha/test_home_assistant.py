@@ -49,6 +49,7 @@ ENTITIES = {
     "stop": ("button", None, None, None, None, False),
     "cups": ("number", None, None, None, None, False),
     "link": ("binary_sensor", "connectivity", None, None, "diagnostic", True),
+    "bridge_started": ("sensor", "timestamp", None, None, "diagnostic", True),
     "fault": ("binary_sensor", "problem", None, None, None, False),
     "restart_controller": ("button", "restart", None, None, "config", False),
     "event": ("event", None, None, None, None, False),

@@ -298,6 +298,7 @@ pub fn brew(cups: u32) -> CommandIn {
         request: coffeebot::core::Request::BrewStart { cups: Some(cups) }.into(),
         command: coffeebot::mqtt::command::CommandName::Brew,
         payload: cups.to_string().into_bytes(),
+        reply: None,
         accepted_at: tokio::time::Instant::now(),
     }
 }

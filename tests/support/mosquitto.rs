@@ -943,6 +943,12 @@ pub struct Message {
     pub payload: Vec<u8>,
     /// The retain flag as delivered (set for retained messages sent on subscription).
     pub retain: bool,
+    /// The QoS it was delivered with.
+    pub qos: u8,
+    /// MQTT 5 Correlation Data, if the message carried any.
+    pub correlation: Option<Vec<u8>>,
+    /// When the client's event loop received it.
+    pub at: Instant,
 }
 
 impl Message {
@@ -1191,6 +1197,43 @@ impl TestClient {
         .await
     }
 
+    /// MQTT 5 only: publishes a request (QoS 1) with this Response Topic and Correlation Data
+    /// and waits for the PUBACK.
+    pub async fn request(
+        &mut self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+        response_topic: &str,
+        correlation: &[u8],
+    ) -> Result<PubAck, ClientError> {
+        let Handle::V5(c) = &self.handle else {
+            return Err(ClientError::Request(
+                "Response Topics need MQTT 5".to_owned(),
+            ));
+        };
+        let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+            response_topic: Some(response_topic.to_owned()),
+            correlation_data: Some(correlation.to_vec().into()),
+            ..Default::default()
+        };
+        c.publish_with_properties(
+            topic,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            payload.into(),
+            properties,
+        )
+        .await
+        .map_err(|e| ClientError::Request(e.to_string()))?;
+        let what = format!("PUBACK for {topic}");
+        loop {
+            match self.next_event(&what, WAIT).await? {
+                ClientEvent::PubAck(ack) => return Ok(ack),
+                other => self.stash(other, &what)?,
+            }
+        }
+    }
+
     /// Waits (at most `limit`) for a message matching `pred`, looking first at the messages
     /// already seen; returns a copy of it.
     pub async fn wait_for(
@@ -1347,6 +1390,9 @@ impl PollEvent for rumqttc::EventLoop {
                 topic: p.topic.clone(),
                 payload: p.payload.to_vec(),
                 retain: p.retain,
+                qos: p.qos as u8,
+                correlation: None,
+                at: Instant::now(),
             }),
             Ok(Event::Incoming(Packet::SubAck(s))) => ClientEvent::SubAck(
                 s.return_codes
@@ -1369,6 +1415,13 @@ impl PollEvent for rumqttc::v5::EventLoop {
                 topic: String::from_utf8_lossy(&p.topic).into_owned(),
                 payload: p.payload.to_vec(),
                 retain: p.retain,
+                qos: p.qos as u8,
+                correlation: p
+                    .properties
+                    .as_ref()
+                    .and_then(|props| props.correlation_data.as_ref())
+                    .map(|c| c.to_vec()),
+                at: Instant::now(),
             }),
             Ok(Event::Incoming(V5Packet::SubAck(s))) => ClientEvent::SubAck(
                 s.return_codes

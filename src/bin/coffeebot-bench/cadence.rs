@@ -2,6 +2,7 @@
 //! and under a flood of MQTT commands; measured on the wire, at the controller, and by the
 //! bridge itself.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
@@ -10,11 +11,11 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
-use crate::client::{Client, Seen};
+use crate::client::{Client, Requester, Seen};
 use crate::device::Device;
 use crate::process::{Bridge, Hogs};
 use crate::realfw::FwCounters;
-use crate::sample::{cpu_sample, feed_gap_histogram, CpuUse};
+use crate::sample::{cpu_sample, feed_gap_histogram, replies_total, CpuUse};
 use crate::stats::{ms, Stats};
 use crate::tap::{next_line, Dir, Tap, TapLine};
 use crate::viewers::{self, Load, LoadFigures};
@@ -64,8 +65,7 @@ pub(crate) struct Cadence {
     pub(crate) heater_stayed_on: bool,
     pub(crate) reboots: u64,
     pub(crate) faults: usize,
-    pub(crate) flood_sent: u64,
-    pub(crate) flood_acked: u64,
+    pub(crate) flood: Flood,
     pub(crate) rejected_events: usize,
     /// Feed gaps the bridge itself recorded (`/metrics`), and how many exceeded 300 ms.
     pub(crate) bridge_gaps: Option<u64>,
@@ -134,7 +134,7 @@ pub(crate) async fn heating(
         _ => None,
     };
     let flood_client = match stress {
-        Stress::Flood => Some(Client::connect("bench-flood", broker.port).await?),
+        Stress::Flood => Some(Requester::connect("bench-flood", broker.port).await?),
         _ => None,
     };
     let boots_before = device.boots().await?;
@@ -158,7 +158,8 @@ pub(crate) async fn heating(
     let flood = flood_client.map(|c| {
         let per_s = plan.flood_per_s;
         let dur = plan.heating;
-        tokio::spawn(async move { flood(c, per_s, dur).await })
+        let port = bridge.http_port;
+        tokio::spawn(async move { flood(c, per_s, dur, port).await })
     });
     let load = match stress {
         Stress::Viewers => Some(Load::Viewers),
@@ -237,11 +238,11 @@ pub(crate) async fn heating(
         None => (None, None),
     };
     let context = largest_gap_context(&wire, &window_lines);
-    let (flood_sent, flood_acked) = match flood {
+    let flood = match flood {
         Some(task) => tokio::time::timeout(WAIT, task)
             .await
             .map_err(|_| anyhow!("the flood did not stop"))???,
-        None => (0, 0),
+        None => Flood::default(),
     };
     let load = match load {
         Some(task) => Some(
@@ -286,8 +287,7 @@ pub(crate) async fn heating(
         heater_stayed_on,
         reboots: boots_after.saturating_sub(boots_before),
         faults,
-        flood_sent,
-        flood_acked,
+        flood,
         rejected_events,
         bridge_gaps,
         bridge_gaps_over_300ms,
@@ -335,39 +335,76 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Publishes `cups/set` at `per_s` for `dur`, half of them valid and half out of range; returns
-/// (sent, acknowledged).
-pub(crate) async fn flood(mut client: Client, per_s: u64, dur: Duration) -> Result<(u64, u64)> {
+/// What the command flood sent and what became of it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Flood {
+    /// Commands published.
+    pub(crate) sent: u64,
+    /// Acknowledged by the broker.
+    pub(crate) acked: u64,
+    /// Answers received on the Response Topic.
+    pub(crate) answered: u64,
+    /// Answers to a command already answered (must be 0).
+    pub(crate) duplicate_answers: u64,
+    /// Answers the bridge counted as shed (`coffeebot_mqtt_replies_total{outcome="shed"}`
+    /// over the flood); `None` without `/metrics`.
+    pub(crate) shed: Option<u64>,
+}
+
+impl Flood {
+    /// Commands neither answered nor counted as shed (must be 0).
+    pub(crate) fn unaccounted(&self) -> Option<u64> {
+        self.shed
+            .map(|shed| self.sent.saturating_sub(self.answered + shed))
+    }
+}
+
+/// Publishes `cups/set` at `per_s` for `dur` over MQTT 5 with a Response Topic, half of them
+/// valid and half out of range; then waits (at most [`WAIT`]) until every command is answered
+/// or counted as shed by the bridge (`/metrics` on `http_port`).
+pub(crate) async fn flood(
+    client: Requester,
+    per_s: u64,
+    dur: Duration,
+    http_port: u16,
+) -> Result<Flood> {
+    let shed_before = replies_total(http_port, "shed");
     let start = Instant::now();
     let mut sent = 0u64;
-    let mut acked = 0u64;
     while start.elapsed() < dur {
         let due = (start.elapsed().as_secs_f64() * per_s as f64) as u64;
         while sent < due {
             let payload = if sent % 2 == 0 { "3" } else { "99" };
-            tokio::time::timeout(WAIT, client.publish(CUPS_SET, payload))
+            tokio::time::timeout(WAIT, client.request(CUPS_SET, payload, sent))
                 .await
                 .map_err(|_| anyhow!("the flood client is stuck"))??;
             sent += 1;
         }
-        while let Ok(seen) = client.seen.try_recv() {
-            if matches!(seen, Seen::PubAck) {
-                acked += 1;
-            }
-        }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    // Give the last acknowledgements a moment.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while acked < sent && Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_millis(100), client.seen.recv()).await {
-            Ok(Some(Seen::PubAck)) => acked += 1,
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => {}
+    let shed = || {
+        replies_total(http_port, "shed")
+            .zip(shed_before)
+            .map(|(now, before)| now.saturating_sub(before))
+    };
+    let a = &client.answers;
+    let deadline = Instant::now() + WAIT;
+    let mut figures = loop {
+        let figures = Flood {
+            sent,
+            acked: a.acked.load(Ordering::Relaxed),
+            answered: a.answered.load(Ordering::Relaxed),
+            duplicate_answers: a.duplicates.load(Ordering::Relaxed),
+            shed: shed(),
+        };
+        if figures.unaccounted().is_none_or(|n| n == 0) || Instant::now() >= deadline {
+            break figures;
         }
-    }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    figures.acked = a.acked.load(Ordering::Relaxed);
     client.disconnect().await;
-    Ok((sent, acked))
+    Ok(figures)
 }
 
 /// Gaps between consecutive instants.

@@ -78,9 +78,13 @@ impl Figures {
                         "controller_reboots": c.reboots,
                         "fault_events": c.faults,
                         "bridge_cpu": c.cpu.to_json(),
-                        "flood_sent": c.flood_sent,
-                        "flood_acked": c.flood_acked,
-                        "flood_rate_per_s": c.flood_sent as f64 / c.window.as_secs_f64(),
+                        "flood_sent": c.flood.sent,
+                        "flood_acked": c.flood.acked,
+                        "flood_rate_per_s": c.flood.sent as f64 / c.window.as_secs_f64(),
+                        "flood_answered": c.flood.answered,
+                        "flood_duplicate_answers": c.flood.duplicate_answers,
+                        "flood_answers_shed": c.flood.shed,
+                        "flood_unaccounted": c.flood.unaccounted(),
                         "command_rejected_events": c.rejected_events,
                         "bridge_metrics_feed_gaps": c.bridge_gaps,
                         "bridge_metrics_feed_gaps_over_300ms": c.bridge_gaps_over_300ms,
@@ -219,8 +223,13 @@ impl Figures {
                     },
                     if c.stress == Stress::Flood {
                         format!(
-                            "; flood {:.0}/s",
-                            c.flood_sent as f64 / c.window.as_secs_f64()
+                            "; flood {:.0}/s: {} sent, {} answered, {} shed, {} unaccounted, {} duplicate answers",
+                            c.flood.sent as f64 / c.window.as_secs_f64(),
+                            c.flood.sent,
+                            c.flood.answered,
+                            c.flood.shed.map_or("?".to_owned(), |n| n.to_string()),
+                            c.flood.unaccounted().map_or("?".to_owned(), |n| n.to_string()),
+                            c.flood.duplicate_answers,
                         )
                     } else {
                         String::new()
