@@ -544,8 +544,8 @@ impl Bridge {
             } else {
                 // mosquitto 2.0 closes the old connection without a DISCONNECT when another
                 // client connects with its id; a broker going away usually does the same.
-                "the broker closed the connection abruptly, as when another client connected \
-                 with the bridge's client id"
+                "the broker closed the connection without a DISCONNECT (a broker restart or \
+                 another client connecting with the bridge's client id)"
             };
             warn!(client_id = %self.client_id, "lost the MQTT broker: {why}; {next}");
             self.last_error = Some(text);

@@ -13,11 +13,14 @@
 //! instant after the gap, and on a fall-back day once, like the weekly entries.
 
 use std::collections::HashMap;
+use std::io::BufRead;
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use icalendar::parser::{Component, Property};
 
+use super::ics::{Components, Stop};
 use super::localize;
 
 /// Largest calendar accepted, in bytes.
@@ -48,6 +51,10 @@ enum Zoned {
     Floating,
     /// `TZID=…`, resolved to an IANA zone.
     Zone(Tz),
+    /// `TZID=…` not yet resolved, by its index in [`Builder::unresolved`]: only while reading
+    /// (a `VTIMEZONE` may come after the events that name it); [`Builder::finish`] resolves
+    /// every one.
+    Named(u32),
 }
 
 /// A date-time as written: its local value and how it is zoned.
@@ -62,7 +69,7 @@ impl Written {
     fn zone(self, schedule: Tz) -> Tz {
         match self.zoned {
             Zoned::Utc => Tz::UTC,
-            Zoned::Floating => schedule,
+            Zoned::Floating | Zoned::Named(_) => schedule,
             Zoned::Zone(zone) => zone,
         }
     }
@@ -82,29 +89,52 @@ impl Written {
     }
 }
 
-/// One event: a single time or a recurring series.
+/// One event: a single time or a recurring series, as little as planning needs (a calendar
+/// of thousands of events is kept for as long as it is in use).
 #[derive(Clone, Debug)]
 struct Series {
     start: Written,
     /// The `RRULE` value, if any.
-    rule: Option<String>,
+    rule: Option<Box<str>>,
+    /// The integers of the summary that may name cups (1 … 999), in order: see [`cups_in`].
+    numbers: Box<[u16]>,
+    /// `RDATE`, `EXDATE` and overrides: most events have none.
+    extra: Option<Box<Extra>>,
+}
+
+/// What few events have besides their start and rule.
+#[derive(Clone, Debug, Default)]
+struct Extra {
     rdates: Vec<Written>,
     exdates: Vec<Written>,
     /// `EXDATE;VALUE=DATE`: every occurrence on these local dates.
     exdays: Vec<NaiveDate>,
     /// Occurrences replaced by an override (`RECURRENCE-ID` of another event with this UID).
     overridden: Vec<Written>,
-    summary: String,
 }
 
-/// A parsed calendar, ready to be expanded into ready times.
+/// A parsed calendar, ready to be expanded into ready times. Cloning it shares its events.
 #[derive(Clone, Debug, Default)]
 pub struct Calendar {
-    series: Vec<Series>,
+    series: Arc<[Series]>,
     /// `VEVENT`s read.
     pub events: usize,
-    /// What was left out and why, e.g. an unknown `TZID` or an hourly rule.
+    /// What was left out and why, e.g. an unknown `TZID` or an hourly rule (each once).
     pub notes: Vec<String>,
+}
+
+/// Why a calendar could not be read from a reader.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The reader failed (a file, a connection).
+    #[error("{0}")]
+    Io(std::io::Error),
+    /// A line is not UTF-8.
+    #[error("the calendar is not UTF-8 text")]
+    NotText,
+    /// The text is no usable calendar.
+    #[error("{0}")]
+    Calendar(#[from] CalendarError),
 }
 
 impl Calendar {
@@ -113,90 +143,10 @@ impl Calendar {
         if text.len() > MAX_BYTES {
             return Err(CalendarError::TooLarge(text.len()));
         }
-        // Counted before parsing, so that a huge calendar costs no parse.
-        let events = count_events(text);
-        if events > MAX_EVENTS {
-            return Err(CalendarError::TooManyEvents(events));
-        }
-        let unfolded = icalendar::parser::unfold(text);
-        let parsed = icalendar::parser::read_calendar_simple(&unfolded)
-            .map_err(|e| CalendarError::Invalid(first_line(&format!("{:?}", e.code))))?;
-        let Some(root) = parsed.iter().find(|c| is(c.name.as_str(), "VCALENDAR")) else {
-            return Err(CalendarError::Invalid("no BEGIN:VCALENDAR".to_owned()));
-        };
-        let mut calendar = Calendar::default();
-        let zones = time_zones(root);
-        // Overrides first: a RECURRENCE-ID removes that occurrence from its series.
-        let mut overridden: HashMap<String, Vec<Written>> = HashMap::new();
-        let vevents = root
-            .components
-            .iter()
-            .filter(|c| is(c.name.as_str(), "VEVENT"));
-        for event in vevents.clone() {
-            if let (Some(uid), Some(id)) = (prop(event, "UID"), prop(event, "RECURRENCE-ID")) {
-                if let Some(written) = date_time(id, &zones, &mut calendar.notes) {
-                    overridden
-                        .entry(uid.val.as_str().to_owned())
-                        .or_default()
-                        .push(written);
-                }
-            }
-        }
-        for event in vevents {
-            calendar.events += 1;
-            if prop(event, "STATUS").is_some_and(|s| is(s.val.as_str(), "CANCELLED")) {
-                continue;
-            }
-            let Some(start) = prop(event, "DTSTART") else {
-                continue;
-            };
-            // All-day events (no time) are no brews.
-            let Some(start) = date_time(start, &zones, &mut calendar.notes) else {
-                continue;
-            };
-            let is_override = prop(event, "RECURRENCE-ID").is_some();
-            let rule = if is_override {
-                None
-            } else {
-                prop(event, "RRULE").map(|p| p.val.as_str().to_owned())
-            };
-            if let Some(rule) = &rule {
-                if let Some(reason) = unsupported(rule) {
-                    calendar.notes.push(reason);
-                    continue;
-                }
-            }
-            let mut series = Series {
-                start,
-                rule,
-                rdates: Vec::new(),
-                exdates: Vec::new(),
-                exdays: Vec::new(),
-                overridden: Vec::new(),
-                summary: prop(event, "SUMMARY")
-                    .map(|p| p.val.as_str().to_owned())
-                    .unwrap_or_default(),
-            };
-            if !is_override {
-                for property in props(event, "RDATE") {
-                    series
-                        .rdates
-                        .extend(date_times(property, &zones, &mut calendar.notes).0);
-                }
-                for property in props(event, "EXDATE") {
-                    let (times, days) = date_times(property, &zones, &mut calendar.notes);
-                    series.exdates.extend(times);
-                    series.exdays.extend(days);
-                }
-                if let Some(uid) = prop(event, "UID") {
-                    if let Some(ids) = overridden.get(uid.val.as_str()) {
-                        series.overridden.clone_from(ids);
-                    }
-                }
-            }
-            calendar.series.push(series);
-        }
-        Ok(calendar)
+        read(text.as_bytes()).map_err(|e| match e {
+            ReadError::Calendar(e) => e,
+            other => CalendarError::Invalid(other.to_string()),
+        })
     }
 
     /// The ready instants in `[from, until)` with the cups their summary names (if it names
@@ -213,8 +163,8 @@ impl Calendar {
     ) -> Vec<(DateTime<Utc>, Option<u32>)> {
         let (counted_from, count) = limit;
         let mut out = Vec::new();
-        for series in &self.series {
-            let cups = cups_in(&series.summary, max_cups);
+        for series in self.series.iter() {
+            let cups = first_fitting(series.numbers.iter().map(|&n| u32::from(n)), max_cups);
             let mut instants = series.expand(schedule, from, counted_from, until, count);
             instants.sort_unstable();
             instants.dedup();
@@ -227,6 +177,269 @@ impl Calendar {
             );
         }
         out
+    }
+}
+
+/// Reads a calendar from `reader` one component at a time (see [`super::ics`]), keeping only
+/// what planning needs: never more than [`MAX_BYTES`] + 1 bytes are read, and a text that is
+/// refused is refused for the first of: too large, not UTF-8, too many events, not a calendar.
+pub fn read(reader: impl BufRead) -> Result<Calendar, ReadError> {
+    let mut components = Components::new(reader);
+    let mut builder = Builder::default();
+    let mut invalid = None;
+    let mut text = true;
+    loop {
+        let stop = match components.next_component() {
+            Ok(None) => break,
+            Ok(Some(block)) => match builder.add(block) {
+                Ok(()) if components.vevents() <= MAX_EVENTS => continue,
+                // Too many: the rest is only counted.
+                Ok(()) => None,
+                Err(reason) => Some(reason),
+            },
+            Err(Stop::Io(e)) => return Err(ReadError::Io(e)),
+            Err(Stop::NotText) => {
+                text = false;
+                None
+            }
+            Err(Stop::Invalid(reason)) => Some(reason),
+        };
+        invalid = stop;
+        text &= components.drain().map_err(|stop| match stop {
+            Stop::Io(e) => ReadError::Io(e),
+            _ => ReadError::NotText,
+        })?;
+        break;
+    }
+    if components.bytes() > MAX_BYTES {
+        return Err(CalendarError::TooLarge(components.bytes()).into());
+    }
+    if !text {
+        return Err(ReadError::NotText);
+    }
+    if components.vevents() > MAX_EVENTS {
+        return Err(CalendarError::TooManyEvents(components.vevents()).into());
+    }
+    if let Some(reason) = invalid {
+        return Err(CalendarError::Invalid(reason).into());
+    }
+    Ok(builder.finish())
+}
+
+/// A calendar being read: its events reduced as they come.
+#[derive(Default)]
+struct Builder {
+    series: Vec<Series>,
+    /// The `UID` of each series that is not an override (to find its overrides at the end).
+    uids: Vec<Option<Box<str>>>,
+    /// `RECURRENCE-ID`s by `UID`.
+    overrides: HashMap<String, Vec<Written>>,
+    /// `TZID`s of `VTIMEZONE`s that name an IANA zone in `X-LIC-LOCATION`.
+    zones: HashMap<String, Tz>,
+    /// Every `TZID` met in a time, as resolved when first met.
+    tzids: HashMap<String, Zoned>,
+    /// `TZID`s not (yet) resolved: [`Zoned::Named`] indexes this.
+    unresolved: Vec<String>,
+    events: usize,
+    notes: Vec<String>,
+}
+
+impl Builder {
+    /// Takes in one child component of the calendar (its unfolded text).
+    fn add(&mut self, block: &str) -> Result<(), String> {
+        let parsed = icalendar::parser::read_calendar_simple(block)
+            .map_err(|e| first_line(&format!("{:?}", e.code)))?;
+        for component in &parsed {
+            if is(component.name.as_str(), "VTIMEZONE") {
+                self.time_zone(component);
+            } else if is(component.name.as_str(), "VEVENT") {
+                self.event(component);
+            }
+        }
+        Ok(())
+    }
+
+    fn note(&mut self, note: String) {
+        if !self.notes.contains(&note) {
+            self.notes.push(note);
+        }
+    }
+
+    /// A `VTIMEZONE` whose `TZID` or `X-LIC-LOCATION` names an IANA zone.
+    fn time_zone(&mut self, component: &Component<'_>) {
+        let Some(id) = prop(component, "TZID") else {
+            return;
+        };
+        let id = id.val.as_str();
+        let zone = iana(id).or_else(|| iana(prop(component, "X-LIC-LOCATION")?.val.as_str()));
+        if let Some(zone) = zone {
+            self.zones.insert(id.to_owned(), zone);
+        }
+    }
+
+    fn event(&mut self, event: &Component<'_>) {
+        self.events += 1;
+        let recurrence_id = prop(event, "RECURRENCE-ID");
+        // A RECURRENCE-ID removes that occurrence from its series (also when cancelled).
+        if let (Some(uid), Some(id)) = (prop(event, "UID"), recurrence_id) {
+            if let Some(written) = self.date_time(id) {
+                self.overrides
+                    .entry(uid.val.as_str().to_owned())
+                    .or_default()
+                    .push(written);
+            }
+        }
+        if prop(event, "STATUS").is_some_and(|s| is(s.val.as_str(), "CANCELLED")) {
+            return;
+        }
+        let Some(start) = prop(event, "DTSTART") else {
+            return;
+        };
+        // All-day events (no time) are no brews.
+        let Some(start) = self.date_time(start) else {
+            return;
+        };
+        let is_override = recurrence_id.is_some();
+        let rule = if is_override {
+            None
+        } else {
+            prop(event, "RRULE").map(|p| p.val.as_str())
+        };
+        if let Some(reason) = rule.and_then(unsupported) {
+            self.note(reason);
+            return;
+        }
+        let mut extra = Extra::default();
+        if !is_override {
+            for property in props(event, "RDATE") {
+                extra.rdates.extend(self.date_times(property).0);
+            }
+            for property in props(event, "EXDATE") {
+                let (times, days) = self.date_times(property);
+                extra.exdates.extend(times);
+                extra.exdays.extend(days);
+            }
+        }
+        let has_extra =
+            !(extra.rdates.is_empty() && extra.exdates.is_empty() && extra.exdays.is_empty());
+        let summary = prop(event, "SUMMARY").map_or("", |p| p.val.as_str());
+        self.series.push(Series {
+            start,
+            rule: rule.map(Box::from),
+            numbers: numbers(summary)
+                .filter_map(|n| u16::try_from(n).ok())
+                .collect(),
+            extra: has_extra.then(|| Box::new(extra)),
+        });
+        let uid = (!is_override)
+            .then(|| prop(event, "UID").map(|p| Box::from(p.val.as_str())))
+            .flatten();
+        self.uids.push(uid);
+    }
+
+    /// A date-time property (`DTSTART`, `RECURRENCE-ID`); `None` for a date without a time.
+    fn date_time(&mut self, property: &Property<'_>) -> Option<Written> {
+        self.date_times(property).0.into_iter().next()
+    }
+
+    /// The values of a date-time list property (`EXDATE`, `RDATE`): times, and dates
+    /// without one.
+    fn date_times(&mut self, property: &Property<'_>) -> (Vec<Written>, Vec<NaiveDate>) {
+        let tzid = property
+            .params
+            .iter()
+            .find(|p| is(p.key.as_str(), "TZID"))
+            .and_then(|p| p.val.as_ref());
+        let zoned_by_id = tzid.map(|id| self.tzid(id.as_str()));
+        let mut times = Vec::new();
+        let mut days = Vec::new();
+        for value in property.val.as_str().split(',') {
+            let value = value.trim();
+            if let Some(utc) = value.strip_suffix(['Z', 'z']) {
+                if let Ok(local) = NaiveDateTime::parse_from_str(utc, "%Y%m%dT%H%M%S") {
+                    times.push(Written {
+                        local,
+                        zoned: Zoned::Utc,
+                    });
+                }
+            } else if let Ok(local) = NaiveDateTime::parse_from_str(value, "%Y%m%dT%H%M%S") {
+                times.push(Written {
+                    local,
+                    zoned: zoned_by_id.unwrap_or(Zoned::Floating),
+                });
+            } else if let Ok(day) = NaiveDate::parse_from_str(value, "%Y%m%d") {
+                days.push(day);
+            }
+        }
+        (times, days)
+    }
+
+    /// The zone of a `TZID`: an IANA name (directly or at the end of a longer id), a
+    /// `VTIMEZONE` read so far, or one to resolve at the end.
+    fn tzid(&mut self, id: &str) -> Zoned {
+        if let Some(zoned) = self.tzids.get(id) {
+            return *zoned;
+        }
+        let zoned = match iana(id).or_else(|| self.zones.get(id).copied()) {
+            Some(zone) => Zoned::Zone(zone),
+            None => {
+                let index = u32::try_from(self.unresolved.len()).unwrap_or(u32::MAX);
+                self.unresolved.push(id.to_owned());
+                Zoned::Named(index)
+            }
+        };
+        self.tzids.insert(id.to_owned(), zoned);
+        zoned
+    }
+
+    /// The calendar: every `TZID` resolved, overrides joined to their series.
+    fn finish(mut self) -> Calendar {
+        let mut resolved = Vec::with_capacity(self.unresolved.len());
+        for id in std::mem::take(&mut self.unresolved) {
+            resolved.push(match self.zones.get(&id) {
+                Some(zone) => Zoned::Zone(*zone),
+                None => {
+                    self.note(format!(
+                        "unknown TZID {id:?}: its times are read in the schedule's zone"
+                    ));
+                    Zoned::Floating
+                }
+            });
+        }
+        let resolve = |w: &mut Written| {
+            if let Zoned::Named(index) = w.zoned {
+                w.zoned = resolved
+                    .get(index as usize)
+                    .copied()
+                    .unwrap_or(Zoned::Floating);
+            }
+        };
+        for times in self.overrides.values_mut() {
+            times.iter_mut().for_each(resolve);
+        }
+        for (series, uid) in self.series.iter_mut().zip(&self.uids) {
+            resolve(&mut series.start);
+            let overridden = uid.as_deref().and_then(|uid| self.overrides.get(uid));
+            if let Some(overridden) = overridden {
+                series
+                    .extra
+                    .get_or_insert_with(Box::default)
+                    .overridden
+                    .clone_from(overridden);
+            }
+            if let Some(extra) = &mut series.extra {
+                extra.rdates.iter_mut().for_each(resolve);
+                extra.exdates.iter_mut().for_each(resolve);
+                extra.rdates.shrink_to_fit();
+                extra.exdates.shrink_to_fit();
+                extra.exdays.shrink_to_fit();
+            }
+        }
+        Calendar {
+            series: self.series.into(),
+            events: self.events,
+            notes: self.notes,
+        }
     }
 }
 
@@ -255,20 +468,22 @@ impl Series {
                 expand_rule(self.start.local, rule, zone, from_local, until_local, limit)
             }
         };
-        locals.extend(self.rdates.iter().map(|w| w.local_in(zone, schedule)));
-        let excluded: Vec<NaiveDateTime> = self
+        let none = Extra::default();
+        let extra = self.extra.as_deref().unwrap_or(&none);
+        locals.extend(extra.rdates.iter().map(|w| w.local_in(zone, schedule)));
+        let excluded: Vec<NaiveDateTime> = extra
             .exdates
             .iter()
             .map(|w| w.local_in(zone, schedule))
             .collect();
-        let overridden: Vec<DateTime<Utc>> = self
+        let overridden: Vec<DateTime<Utc>> = extra
             .overridden
             .iter()
             .map(|w| w.instant(schedule))
             .collect();
         locals
             .into_iter()
-            .filter(|local| !excluded.contains(local) && !self.exdays.contains(&local.date()))
+            .filter(|local| !excluded.contains(local) && !extra.exdays.contains(&local.date()))
             .map(|local| localize(zone, local))
             .filter(|at| !overridden.contains(at) && *at >= from && *at < until)
             .collect()
@@ -350,19 +565,6 @@ fn unsupported(rule: &str) -> Option<String> {
     }
 }
 
-/// `TZID`s of the calendar's `VTIMEZONE`s that name an IANA zone in `X-LIC-LOCATION`.
-fn time_zones(root: &Component<'_>) -> HashMap<String, Tz> {
-    root.components
-        .iter()
-        .filter(|c| is(c.name.as_str(), "VTIMEZONE"))
-        .filter_map(|c| {
-            let id = prop(c, "TZID")?.val.as_str().to_owned();
-            let zone = iana(&id).or_else(|| iana(prop(c, "X-LIC-LOCATION")?.val.as_str()))?;
-            Some((id, zone))
-        })
-        .collect()
-}
-
 /// An IANA zone from a `TZID`: the name itself, or its last one to three `/` parts (ids like
 /// `/mozilla.org/20050126_1/Europe/Berlin`).
 fn iana(id: &str) -> Option<Tz> {
@@ -376,79 +578,23 @@ fn iana(id: &str) -> Option<Tz> {
         .find_map(|n| parts[parts.len() - n..].join("/").parse().ok())
 }
 
-/// A date-time property (`DTSTART`, `RECURRENCE-ID`); `None` for a date without a time.
-fn date_time(
-    property: &Property<'_>,
-    zones: &HashMap<String, Tz>,
-    notes: &mut Vec<String>,
-) -> Option<Written> {
-    date_times(property, zones, notes).0.into_iter().next()
-}
-
-/// The values of a date-time list property (`EXDATE`, `RDATE`): times, and dates without one.
-fn date_times(
-    property: &Property<'_>,
-    zones: &HashMap<String, Tz>,
-    notes: &mut Vec<String>,
-) -> (Vec<Written>, Vec<NaiveDate>) {
-    let param = |name: &str| {
-        property
-            .params
-            .iter()
-            .find(|p| is(p.key.as_str(), name))
-            .and_then(|p| p.val.as_ref().map(|v| v.as_str().to_owned()))
-    };
-    let tzid = param("TZID");
-    let zoned_by_id = tzid
-        .as_ref()
-        .map(|id| match zones.get(id).copied().or_else(|| iana(id)) {
-            Some(zone) => Zoned::Zone(zone),
-            None => {
-                let note =
-                    format!("unknown TZID {id:?}: its times are read in the schedule's zone");
-                if !notes.contains(&note) {
-                    notes.push(note);
-                }
-                Zoned::Floating
-            }
-        });
-    let mut times = Vec::new();
-    let mut days = Vec::new();
-    for value in property.val.as_str().split(',') {
-        let value = value.trim();
-        if let Some(utc) = value.strip_suffix(['Z', 'z']) {
-            if let Ok(local) = NaiveDateTime::parse_from_str(utc, "%Y%m%dT%H%M%S") {
-                times.push(Written {
-                    local,
-                    zoned: Zoned::Utc,
-                });
-            }
-        } else if let Ok(local) = NaiveDateTime::parse_from_str(value, "%Y%m%dT%H%M%S") {
-            times.push(Written {
-                local,
-                zoned: zoned_by_id.unwrap_or(Zoned::Floating),
-            });
-        } else if let Ok(day) = NaiveDate::parse_from_str(value, "%Y%m%d") {
-            days.push(day);
-        }
-    }
-    (times, days)
-}
-
 /// The first integer in `summary` that is 1 … `max_cups`.
 pub fn cups_in(summary: &str, max_cups: u32) -> Option<u32> {
+    first_fitting(numbers(summary), max_cups)
+}
+
+/// The integers of a summary that may name cups: runs of one to three digits, 1 … 999.
+fn numbers(summary: &str) -> impl Iterator<Item = u32> + '_ {
     summary
         .split(|c: char| !c.is_ascii_digit())
         .filter(|run| !run.is_empty() && run.len() <= 3)
         .filter_map(|run| run.parse::<u32>().ok())
-        .find(|n| (1..=max_cups).contains(n))
+        .filter(|n| *n >= 1)
 }
 
-/// `VEVENT`s in the text, counted by their `BEGIN` lines.
-fn count_events(text: &str) -> usize {
-    text.lines()
-        .filter(|line| line.trim_end().eq_ignore_ascii_case("BEGIN:VEVENT"))
-        .count()
+/// The first of `numbers` that is 1 … `max_cups`.
+fn first_fitting(mut numbers: impl Iterator<Item = u32>, max_cups: u32) -> Option<u32> {
+    numbers.find(|n| (1..=max_cups).contains(n))
 }
 
 fn is(name: &str, wanted: &str) -> bool {

@@ -2,8 +2,8 @@
 //! planned brews, each with the instant it must be *ready* and the instant it must *start*.
 //!
 //! Pure, like the heater core: the planner never reads a clock and never does I/O. `from` is
-//! passed in; the calendar comes in as text ([`Calendar::parse`]; [`source`] is the one part
-//! that reads a file or a URL); the expected preheat comes from [`PreheatHistory`], which the
+//! passed in; the calendar comes in as text ([`Calendar::parse`], or [`calendar::read`] from a
+//! reader, one component at a time; [`source`] is the one part that opens a file or a URL); the expected preheat comes from [`PreheatHistory`], which the
 //! daemon feeds with what the pot did. The planner decides *when*; [`runner`] says when a start
 //! is due, and the start goes into the core as an ordinary `BrewStart` request, with every
 //! interlock.
@@ -15,6 +15,7 @@
 #![deny(clippy::disallowed_methods)]
 
 pub mod calendar;
+mod ics;
 pub mod runner;
 pub mod shell;
 pub mod source;

@@ -1,16 +1,17 @@
 //! Reads the calendar's text from where `schedule.calendar` says: a file, or an `http(s)://`
 //! (or `webcal://`, read as `https://`) address. Blocking: the daemon calls it on a blocking
-//! thread, the `schedule` command directly. Never reads more than
-//! [`MAX_BYTES`](super::calendar::MAX_BYTES) + 1 bytes, so a 50 MiB answer costs 1 MiB.
+//! thread, the `schedule` command directly. The text is parsed as it arrives, one component
+//! at a time ([`calendar::read`]), and never more than [`MAX_BYTES`](calendar::MAX_BYTES) + 1
+//! bytes of it are read: a 50 MiB answer costs a few kilobytes of buffer.
 //!
 //! HTTPS uses rustls with the aws-lc-rs provider (the one the MQTT client already carries) and
 //! the system's root certificates; no OpenSSL.
 
-use std::io::Read;
+use std::io::BufReader;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::calendar::{Calendar, CalendarError, MAX_BYTES};
+use super::calendar::{self, Calendar, CalendarError, ReadError};
 
 /// Why the calendar could not be read. One line each.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -63,40 +64,32 @@ pub fn is_url(source: &str) -> bool {
 
 /// Reads and parses the calendar at `source`, waiting at most `timeout` for a server.
 pub fn load(source: &str, timeout: Duration) -> Result<Calendar, SourceError> {
-    let bytes = if is_url(source) {
-        fetch(source, timeout)?
+    if is_url(source) {
+        fetch(source, timeout)
     } else {
-        read_file(source)?
-    };
-    let text = String::from_utf8(bytes).map_err(|_| SourceError::NotText)?;
-    Ok(Calendar::parse(&text)?)
-}
-
-/// At most `MAX_BYTES + 1` bytes of a reader.
-fn read_capped(reader: impl Read) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    reader.take(MAX_BYTES as u64 + 1).read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
-
-fn too_large(bytes: &[u8]) -> Result<(), SourceError> {
-    if bytes.len() > MAX_BYTES {
-        return Err(CalendarError::TooLarge(bytes.len()).into());
+        read_file(source)
     }
-    Ok(())
 }
 
-fn read_file(path: &str) -> Result<Vec<u8>, SourceError> {
+/// The source's error for what reading the text found; `io` says what a failed read is.
+fn read_error(error: ReadError, io: impl FnOnce(std::io::Error) -> SourceError) -> SourceError {
+    match error {
+        ReadError::Io(e) => io(e),
+        ReadError::NotText => SourceError::NotText,
+        ReadError::Calendar(e) => e.into(),
+    }
+}
+
+fn read_file(path: &str) -> Result<Calendar, SourceError> {
     let error = |e: std::io::Error| SourceError::File {
         path: path.to_owned(),
         message: e.to_string(),
     };
-    let bytes = read_capped(std::fs::File::open(path).map_err(error)?).map_err(error)?;
-    too_large(&bytes)?;
-    Ok(bytes)
+    let file = std::fs::File::open(path).map_err(error)?;
+    calendar::read(BufReader::new(file)).map_err(|e| read_error(e, error))
 }
 
-fn fetch(url: &str, timeout: Duration) -> Result<Vec<u8>, SourceError> {
+fn fetch(url: &str, timeout: Duration) -> Result<Calendar, SourceError> {
     let url = match url.get(..9) {
         Some(scheme) if scheme.eq_ignore_ascii_case("webcal://") => {
             format!("https://{}", &url[9..])
@@ -128,8 +121,6 @@ fn fetch(url: &str, timeout: Duration) -> Result<Vec<u8>, SourceError> {
     if !(200..300).contains(&status) {
         return Err(SourceError::Status(status));
     }
-    let bytes = read_capped(response.into_body().into_reader())
-        .map_err(|e| SourceError::Fetch(e.to_string()))?;
-    too_large(&bytes)?;
-    Ok(bytes)
+    calendar::read(BufReader::new(response.into_body().into_reader()))
+        .map_err(|e| read_error(e, |e| SourceError::Fetch(e.to_string())))
 }

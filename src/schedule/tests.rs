@@ -355,6 +355,84 @@ fn calendars_too_large_too_many_or_not_calendars_are_refused() {
 }
 
 #[test]
+fn a_calendar_is_read_component_by_component_as_it_arrives() {
+    // A folded summary and a folded DTSTART, the zone's VTIMEZONE after the event that names
+    // it, blank lines; read through a reader that hands out a few bytes at a time.
+    let text = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\n\r\n\
+BEGIN:VEVENT\r\nUID:a@example\r\nDTSTART;TZID=Eastern Ti\r\n me:20260610T060000\r\n\
+SUMMARY:Coffee\r\n  for 3\r\nEND:VEVENT\r\n\
+BEGIN:VTIMEZONE\r\nTZID:Eastern Time\r\nX-LIC-LOCATION:America/New_York\r\nEND:VTIMEZONE\r\n\
+X-WR-CALNAME:Coffee\r\nEND:VCALENDAR\r\n\r\n";
+    let whole = Calendar::parse(text).unwrap();
+    let trickled = calendar::read(std::io::BufReader::with_capacity(3, text.as_bytes())).unwrap();
+    for calendar in [whole, trickled] {
+        assert_eq!(calendar.events, 1);
+        assert!(calendar.notes.is_empty(), "{:?}", calendar.notes);
+        let p = Planner {
+            zone: berlin(),
+            weekly: vec![],
+            calendar: Some(calendar),
+            timing: timing(),
+        };
+        let brews = p.plan(at("2026-06-01T00:00:00Z"), 10, PREHEAT);
+        assert_eq!(brews.len(), 1);
+        assert_eq!(
+            brews[0].doc(new_york()).ready_at,
+            "2026-06-10T06:00:00-04:00"
+        );
+        assert_eq!(brews[0].cups, 3);
+    }
+}
+
+#[test]
+fn a_cut_off_or_damaged_calendar_is_refused_for_its_first_reason() {
+    let good = ics(&vevent("DTSTART:20260610T050000Z"));
+    assert!(Calendar::parse(&good).is_ok());
+    // A download cut off anywhere is no calendar (the last good one stays in use).
+    for cut in [good.len() - 3, good.len() / 2, 20] {
+        assert!(
+            matches!(
+                Calendar::parse(&good[..cut]),
+                Err(CalendarError::Invalid(_))
+            ),
+            "cut at {cut}"
+        );
+    }
+    for bad in [
+        good.clone() + "BEGIN:VCALENDAR\r\n",
+        good.replace("END:VCALENDAR", "END:VEVENT"),
+        good.replace("END:VEVENT", "END:VTODO"),
+        good.replace("VERSION:2.0", "<html>"),
+        ics(&vevent("DTSTART:20260610T050000Z")).replace("BEGIN:VCALENDAR", "BEGIN:VEVENT"),
+    ] {
+        assert!(
+            matches!(Calendar::parse(&bad), Err(CalendarError::Invalid(_))),
+            "{bad}"
+        );
+    }
+    let mut bytes = good.clone().into_bytes();
+    bytes.splice(10..10, [0xff, 0xfe]);
+    assert!(matches!(
+        calendar::read(bytes.as_slice()),
+        Err(calendar::ReadError::NotText)
+    ));
+    // Too large wins over not text and not a calendar: what is read is counted to the end.
+    bytes.extend(std::iter::repeat_n(b'x', MAX_BYTES));
+    assert!(matches!(
+        calendar::read(bytes.as_slice()),
+        Err(calendar::ReadError::Calendar(CalendarError::TooLarge(n))) if n == MAX_BYTES + 1
+    ));
+    // Too many events wins over a damaged end.
+    let many = ics(&vevent("DTSTART:20260610T050000Z").repeat(MAX_EVENTS + 1));
+    assert_eq!(
+        Calendar::parse(&many[..many.len() - 5])
+            .unwrap_err()
+            .to_string(),
+        "the calendar holds more than 10000 events (10001)"
+    );
+}
+
+#[test]
 fn unknown_zones_and_sub_daily_rules_are_noted() {
     let text = ics(&(vevent(
         "UID:a@example

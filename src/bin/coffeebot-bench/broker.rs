@@ -22,11 +22,7 @@ pub(crate) struct Broker {
 
 impl Broker {
     pub(crate) fn start(work: &Path, nodelay: bool) -> Result<Broker> {
-        let program = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| PathBuf::from("mosquitto"));
+        let program = program();
         let mut last = String::new();
         // Another process may take the port between the probe and mosquitto's bind.
         for _ in 0..5 {
@@ -56,6 +52,15 @@ impl Broker {
         }
         bail!("mosquitto did not start (is it installed? scripts/install-test-deps.sh): {last}")
     }
+}
+
+/// The mosquitto executable: Debian's, a local install's, or the one on `PATH`.
+pub(crate) fn program() -> PathBuf {
+    ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("mosquitto"))
 }
 
 impl Drop for Broker {

@@ -47,6 +47,7 @@
 //! | `sample` | `/metrics`, `/proc`, load average, machine, commit |
 //! | `latency`, `cadence`, `viewers` | the experiments |
 //! | `stats`, `report` | percentiles; the figures as a table and as JSON |
+//! | `soak` | `--soak MINUTES`: random use and faults for a while, invariants and drift |
 
 mod broker;
 mod cadence;
@@ -58,6 +59,7 @@ mod process;
 mod realfw;
 mod report;
 mod sample;
+mod soak;
 mod stats;
 mod tap;
 mod viewers;
@@ -122,6 +124,10 @@ pub(crate) struct Args {
     /// (`../shared/realfw` beside the repository, or `COFFEEBOT_REALFW`).
     #[arg(long, value_enum, default_value = "sim")]
     pub(crate) device: DeviceKind,
+    /// Instead of the benchmark: a soak of this many minutes (random brews, commands,
+    /// controller faults, broker restarts) checking invariants, memory and file descriptors.
+    #[arg(long, value_name = "MINUTES")]
+    pub(crate) soak: Option<f64>,
     /// Internal: spin one core for this many seconds (the CPU hog's child process).
     #[arg(long, hide = true)]
     pub(crate) hog: Option<u64>,
@@ -201,6 +207,18 @@ fn main() -> ExitCode {
     };
     let plan = Plan::new(args.short, args.device);
     let result = runtime.block_on(async {
+        if let Some(minutes) = args.soak {
+            if !(minutes > 0.0 && minutes <= 24.0 * 60.0) || args.device != DeviceKind::Sim {
+                return Err(anyhow!(
+                    "--soak takes 0 < MINUTES ≤ 1440, with --device sim"
+                ));
+            }
+            let limit = Duration::from_secs_f64(minutes * 60.0) + Duration::from_secs(600);
+            return match tokio::time::timeout(limit, soak::run(&args, minutes)).await {
+                Ok(result) => result,
+                Err(_) => Err(anyhow!("the soak did not finish within {limit:?}")),
+            };
+        }
         match tokio::time::timeout(plan.limit, run(&args, plan)).await {
             Ok(result) => result,
             Err(_) => Err(anyhow!(

@@ -56,6 +56,21 @@ pub(crate) fn feed_gap_histogram(http_port: u16) -> Option<Histogram> {
     Some(h)
 }
 
+/// The bridge's `/metrics` page (the HTTP response, headers included). `None` when
+/// unavailable.
+pub(crate) fn metrics_text(http_port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, http_port));
+    let mut stream = StdTcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.take(4 << 20).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 /// A Prometheus histogram's cumulative buckets.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Histogram {
