@@ -81,22 +81,23 @@ chmod 0755 "$dir" "$dir/config"
 # Run as root, mosquitto drops to the mosquitto user, which must write data/.
 if [ "$(id -u)" -eq 0 ] && id mosquitto >/dev/null 2>&1; then chown mosquitto "$dir/data"; fi
 
+# Waits until mosquitto (pid $1, log $2) listens on port $3; exits with its log if it dies.
+wait_listening() {
+  for _ in $(seq 100); do
+    port_free "$3" || return 0
+    kill -0 "$1" 2>/dev/null || { cat "$2" >&2; exit 1; }
+    sleep 0.1
+  done
+}
+
 say "starting the LAN mosquitto on 127.0.0.1:$mqtt_port"
 (cd "$dir" && exec "$mosquitto_bin" -c config/mosquitto.conf) >"$dir/mosquitto.log" 2>&1 &
 mosquitto_pid=$!
-for _ in $(seq 100); do
-  port_free "$mqtt_port" || break
-  kill -0 "$mosquitto_pid" 2>/dev/null || { cat "$dir/mosquitto.log" >&2; exit 1; }
-  sleep 0.1
-done
+wait_listening "$mosquitto_pid" "$dir/mosquitto.log" "$mqtt_port"
 say "starting the public mosquitto on 127.0.0.1:$ws_port (websockets), fed from :$feed_port"
 (cd "$dir" && exec "$mosquitto_bin" -c config/public.conf) >"$dir/public.log" 2>&1 &
 public_pid=$!
-for _ in $(seq 100); do
-  port_free "$ws_port" || break
-  kill -0 "$public_pid" 2>/dev/null || { cat "$dir/public.log" >&2; exit 1; }
-  sleep 0.1
-done
+wait_listening "$public_pid" "$dir/public.log" "$ws_port"
 
 say "building coffeebot"
 cargo build --quiet --manifest-path "$root/Cargo.toml" --bin coffeebot

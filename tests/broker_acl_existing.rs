@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use coffeebot::config::load_with;
 use coffeebot::mqtt::command::CommandName;
 use coffeebot::mqtt::topics::Topics;
 use coffeebot::sim::SimConfig;
+use support::acl::Access::{self, No, Pub, PubSub, Sub};
 use support::bridge::Bridge;
 use support::mosquitto::{Broker, Listener, Login, Protocol, PubAck, TestClient, User};
 use support::sim::simulator;
@@ -50,27 +50,6 @@ fn snippet() -> String {
 /// The existing ACL with the documented lines appended, as a user would leave it.
 fn merged_acl() -> String {
     format!("{EXISTING_ACL}\n{}\nuser lan\n{DENY_LINE}\n", snippet())
-}
-
-/// What a subject may do with a topic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Access {
-    No,
-    Sub,
-    Pub,
-    PubSub,
-}
-
-use Access::{No, Pub, PubSub, Sub};
-
-impl Access {
-    fn may_pub(self) -> bool {
-        matches!(self, Pub | PubSub)
-    }
-
-    fn may_sub(self) -> bool {
-        matches!(self, Sub | PubSub)
-    }
 }
 
 /// The columns: the bridge, Home Assistant, another client with a broad grant.
@@ -118,78 +97,18 @@ async fn connect(broker: &Broker, protocol: Protocol, user: User) -> TestClient 
 }
 
 /// Every subject publishes to every topic and subscribes to all of them and `#`; each must
-/// receive exactly the allowed publications on the topics it may read (silence proven by
-/// ordering, as in tests/broker_acl.rs: QoS 1 publications one after another, then a last
-/// message each reader may read).
+/// receive exactly the allowed publications on the topics it may read ([`support::acl`]).
 #[tokio::test]
 async fn merged_acl_gives_each_user_what_it_needs_and_nothing_more() {
     let matrix = matrix();
     for protocol in Protocol::ALL {
         let broker = Broker::start_with_lan_acl(&merged_acl());
-        let mut clients = Vec::new();
-        for user in SUBJECTS {
-            clients.push(connect(&broker, protocol, user).await);
+        let mut clients = [None, None, None];
+        for (client, user) in clients.iter_mut().zip(SUBJECTS) {
+            *client = Some(connect(&broker, protocol, user).await);
         }
-        let mut filters: Vec<&str> = matrix.iter().map(|(t, _)| t.as_str()).collect();
-        filters.push("#");
-        for client in &mut clients {
-            client.subscribe_many(&filters).await.unwrap();
-        }
-        let mut sent: Vec<(String, String, bool)> = Vec::new();
-        let mut failures = Vec::new();
-        for (topic, cells) in &matrix {
-            for (si, client) in clients.iter_mut().enumerate() {
-                let name = SUBJECTS[si].name();
-                let payload = format!("{protocol:?} from {name} to {topic}");
-                let ack = client.publish(topic, payload.clone(), false).await.unwrap();
-                let allowed = cells[si].may_pub();
-                if protocol == Protocol::V5 && ack.accepted() != allowed {
-                    failures.push(format!("{name} publishing {topic}: PUBACK {ack:?}"));
-                }
-                if protocol == Protocol::V5 && !allowed && ack != PubAck::NotAuthorized {
-                    failures.push(format!("{name} publishing {topic}: PUBACK {ack:?}"));
-                }
-                sent.push((topic.clone(), payload, allowed));
-            }
-        }
-        for (ri, user) in SUBJECTS.iter().enumerate() {
-            let (topic, cells) = matrix
-                .iter()
-                .find(|(_, c)| c[ri].may_sub())
-                .expect("every subject reads something");
-            let writer = cells.iter().position(|c| c.may_pub()).expect("a writer");
-            let payload = format!("{protocol:?} last message for {}", user.name());
-            clients[writer]
-                .publish(topic, payload.clone(), false)
-                .await
-                .unwrap();
-            sent.push((topic.clone(), payload, true));
-        }
-        for (ri, user) in SUBJECTS.iter().enumerate() {
-            let readable = |topic: &str| matrix.iter().any(|(t, c)| t == topic && c[ri].may_sub());
-            let expected: BTreeSet<(String, String)> = sent
-                .iter()
-                .filter(|(topic, _, allowed)| *allowed && readable(topic))
-                .map(|(topic, payload, _)| (topic.clone(), payload.clone()))
-                .collect();
-            let client = &mut clients[ri];
-            for (topic, payload) in &expected {
-                if let Err(e) = client.wait_for_payload(topic, payload).await {
-                    failures.push(format!("{protocol:?} {}: missing: {e}", user.name()));
-                }
-            }
-            let received: BTreeSet<(String, String)> = client
-                .seen()
-                .iter()
-                .map(|m| (m.topic.clone(), m.text()))
-                .collect();
-            for (topic, payload) in received.difference(&expected) {
-                failures.push(format!(
-                    "{protocol:?} {} received what it must not: {payload:?} on {topic}",
-                    user.name()
-                ));
-            }
-        }
+        let labels = SUBJECTS.map(|user| user.name());
+        let failures = support::acl::check(protocol, &mut clients, labels, &matrix).await;
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 }
@@ -231,11 +150,9 @@ async fn the_bridge_works_under_the_merged_acl() {
     })
     .await
     .unwrap();
-    ha.wait_for("the device online", WAIT, |m| {
-        m.topic == format!("{D}/availability") && m.payload == b"online"
-    })
-    .await
-    .unwrap();
+    ha.wait_for_payload(&format!("{D}/availability"), "online")
+        .await
+        .unwrap();
     let state = |n: u64| {
         move |m: &support::mosquitto::Message| {
             m.topic == format!("{D}/state")

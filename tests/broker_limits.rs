@@ -232,13 +232,22 @@ async fn send_oversized(stream: &mut TcpStream, v5: bool, topic: &str, size: usi
     }
 }
 
+/// A client of `listener` logged in as `login`, subscribed to the state topic.
+async fn state_reader(
+    broker: &Broker,
+    protocol: Protocol,
+    listener: Listener,
+    login: Login,
+) -> TestClient {
+    let mut reader = broker.connect(protocol, listener, login).await.unwrap();
+    reader.subscribe(STATE).await.unwrap();
+    reader
+}
+
 /// A LAN reader of the state topic still gets the bridge's messages.
 async fn state_still_flows(broker: &Broker, text: &str) {
-    let mut reader = broker
-        .connect(Protocol::V5, Listener::Lan, Login::User(User::Lan))
-        .await
-        .unwrap();
-    reader.subscribe(STATE).await.unwrap();
+    let mut reader =
+        state_reader(broker, Protocol::V5, Listener::Lan, Login::User(User::Lan)).await;
     let mut bridge = broker
         .connect(Protocol::V5, Listener::Lan, Login::User(User::Coffeebot))
         .await
@@ -262,16 +271,8 @@ impl Watch {
             .connect(Protocol::V5, Listener::Lan, Login::User(User::Coffeebot))
             .await
             .unwrap();
-        let mut lan = broker
-            .connect(Protocol::V5, Listener::Lan, Login::User(User::Lan))
-            .await
-            .unwrap();
-        lan.subscribe(STATE).await.unwrap();
-        let mut public = broker
-            .connect(Protocol::V311, Listener::Public, Login::Anonymous)
-            .await
-            .unwrap();
-        public.subscribe(STATE).await.unwrap();
+        let lan = state_reader(broker, Protocol::V5, Listener::Lan, Login::User(User::Lan)).await;
+        let public = state_reader(broker, Protocol::V311, Listener::Public, Login::Anonymous).await;
         Watch {
             bridge,
             lan,

@@ -12,7 +12,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,17 @@ const WAIT: Duration = Duration::from_secs(10);
 /// Long enough that a brew is still running when a fault is injected into it; every fault
 /// below ends it early.
 const SLOW_BREW: (&str, &str) = ("BREW__SECONDS_PER_CUP", "10");
+
+/// A rig named `name` with `extra` settings, in the middle of a [`SLOW_BREW`] of two cups: the
+/// start of every test that injects a fault into a running brew.
+async fn mid_brew(name: &str, extra: &[(&str, &str)]) -> Rig {
+    let settings: Vec<(&str, &str)> = std::iter::once(SLOW_BREW)
+        .chain(extra.iter().copied())
+        .collect();
+    let mut rig = Rig::start(name, &settings).await;
+    rig.brewing(2).await;
+    rig
+}
 
 // ----- the rig ------------------------------------------------------------------------------
 
@@ -451,8 +462,7 @@ async fn a_port_held_by_another_process_is_a_clear_error_and_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_reboot_mid_brew_ends_the_brew_and_never_re_enables() {
-    let mut rig = Rig::start("reboot", &[SLOW_BREW]).await;
-    rig.brewing(2).await;
+    let mut rig = mid_brew("reboot", &[]).await;
     let rebooted = Instant::now();
     rig.sim.reboot(true).await.unwrap();
     rig.event("controller_rebooted").await;
@@ -481,8 +491,7 @@ async fn controller_reboot_mid_brew_ends_the_brew_and_never_re_enables() {
 /// on until the watchdog reboots the board, 5 s after the last line it read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_hang_trips_stale_telemetry() {
-    let mut rig = Rig::start("hang", &[SLOW_BREW, ("SAFETY__STALE_AFTER_S", "2")]).await;
-    rig.brewing(2).await;
+    let mut rig = mid_brew("hang", &[("SAFETY__STALE_AFTER_S", "2")]).await;
     let hung = Instant::now();
     rig.sim.hang(true).await.unwrap();
     let fault = rig
@@ -557,8 +566,7 @@ async fn garbage_is_skipped_and_a_controller_answering_only_garbage_trips_stale_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sensor_crc_errors_trip_sensor_error() {
-    let mut rig = Rig::start("crc", &[SLOW_BREW]).await;
-    rig.brewing(2).await;
+    let mut rig = mid_brew("crc", &[]).await;
     let injected = Instant::now();
     rig.sim.crc_error(true).await.unwrap();
     rig.event_where("fault", |e| e["reason"] == "sensor_error")
@@ -614,8 +622,7 @@ async fn the_dbl_max_first_reading_is_no_reading() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_heater_trips_heater_mismatch_and_off_keeps_being_sent() {
-    let mut rig = Rig::start("stuck", &[SLOW_BREW]).await;
-    rig.brewing(2).await;
+    let mut rig = mid_brew("stuck", &[]).await;
     rig.sim.stuck_heater(true).await.unwrap();
     let stopped = Instant::now();
     rig.command("brew", "STOP").await;
@@ -655,8 +662,7 @@ async fn a_stuck_heater_trips_heater_mismatch_and_off_keeps_being_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_brew_the_controller_cuts_the_heater_and_the_will_says_offline() {
-    let mut rig = Rig::start("sigkill", &[SLOW_BREW]).await;
-    rig.brewing(2).await;
+    let mut rig = mid_brew("sigkill", &[]).await;
     assert!(rig.sim.snapshot().await.unwrap().device.heater_on);
     let sim = rig.sim.clone();
     let relay_off = tokio::spawn(async move { relay(&sim, false).await });
@@ -728,8 +734,7 @@ async fn sigint_mid_brew_writes_off_last_publishes_offline_and_exits_0() {
 /// `feed_gap` fault and does not switch the heater back on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_bridge_the_controller_cuts_the_heater_and_it_is_not_re_enabled() {
-    let mut rig = Rig::start("sigstop", &[SLOW_BREW]).await;
-    rig.brewing(2).await;
+    let mut rig = mid_brew("sigstop", &[]).await;
     let stopped = Instant::now();
     rig.bridge.signal("STOP");
     let off = rig.relay(false).await;
@@ -978,20 +983,6 @@ async fn megabyte_payloads_keep_the_feed_and_memory_bounded() {
 
 // ----- the wall clock -----------------------------------------------------------------------
 
-/// libfaketime, from Debian's `faketime` (scripts/install-test-deps.sh installs it).
-fn libfaketime() -> PathBuf {
-    [
-        "/usr/lib/x86_64-linux-gnu",
-        "/usr/lib/aarch64-linux-gnu",
-        "/usr/lib/arm-linux-gnueabihf",
-        "/usr/lib",
-    ]
-    .iter()
-    .map(|dir| Path::new(dir).join("faketime/libfaketime.so.1"))
-    .find(|p| p.is_file())
-    .expect("libfaketime is not installed: run scripts/install-test-deps.sh")
-}
-
 fn rfc3339_secs(v: &Value) -> f64 {
     let t = humantime::parse_rfc3339(v.as_str().expect("a timestamp")).expect("RFC 3339");
     t.duration_since(std::time::UNIX_EPOCH)
@@ -1008,10 +999,9 @@ fn rfc3339_secs(v: &Value) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wall_clock_jumps_do_not_move_the_brew_timers() {
     const CUPS: u32 = 4;
-    let lib = libfaketime();
+    let lib = support::libfaketime();
     let offset = std::env::temp_dir().join(format!("coffeebot-faketime-{}", std::process::id()));
     std::fs::write(&offset, "+0\n").unwrap();
-    let lib = lib.display().to_string();
     let offset_file = offset.display().to_string();
     let mut rig = Rig::start_with(
         "clock",

@@ -27,6 +27,15 @@ fn answering(s: &coffeebot::state::StateDoc) -> bool {
     s.online() && s.updated_at.is_some()
 }
 
+/// A bridge named `name`, connected to its broker as far as HTTP knows, whose controller
+/// answers.
+async fn ready_bridge(name: &str) -> Bridge {
+    let bridge = Bridge::start(name, &[]).await;
+    bridge.set_broker_connected(true);
+    bridge.wait_state("the controller answers", answering).await;
+    bridge
+}
+
 /// What the public listener serves.
 const PUBLIC_PATHS: [&str; 5] = [
     "/",
@@ -359,9 +368,7 @@ async fn idle_and_excess_connections_are_bounded() {
 /// public answer, and only for this server's host names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_listener_serves_its_own_paths_only() {
-    let bridge = Bridge::start("listeners", &[]).await;
-    bridge.set_broker_connected(true);
-    bridge.wait_state("the controller answers", answering).await;
+    let bridge = ready_bridge("listeners").await;
     for path in PUBLIC_PATHS.iter().filter(|p| **p != "/events") {
         let reply = bridge.get(path).await;
         assert_eq!(reply.status, 200, "public {path}");
@@ -431,20 +438,16 @@ async fn allowed_hosts_are_answered() {
 /// state gets a new tag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_json_revalidates_with_its_etag() {
-    let (state, addr, shutdown, server, _rest) = serve_fake(Options::default()).await;
+    let fake = FakeServer::start(Options::default()).await;
+    let (state, addr) = (&fake.state, fake.addr);
     state.send_replace(Some(doc(20.0)));
     let first = wait_status(addr, |r| r.status == 200).await;
     let etag = first.header("etag").expect("an ETag").to_owned();
     assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
     let host = addr.to_string();
-    let again = request_with(
-        addr,
-        "GET",
-        "/status.json",
-        &[("Host", &host), ("If-None-Match", &etag)],
-        b"",
-    )
-    .await;
+    let conditional = [("Host", host.as_str()), ("If-None-Match", etag.as_str())];
+    let revalidate = || request_with(addr, "GET", "/status.json", &conditional, b"");
+    let again = revalidate().await;
     assert_eq!(again.status, 304);
     assert!(again.body.is_empty());
     assert_eq!(again.header("etag"), Some(etag.as_str()));
@@ -454,17 +457,9 @@ async fn status_json_revalidates_with_its_etag() {
     let changed = wait_status(addr, |r| r.header("etag") != Some(etag.as_str())).await;
     assert_eq!(changed.status, 200);
     assert!(changed.body.contains("\"temperature_c\":21"));
-    let stale = request_with(
-        addr,
-        "GET",
-        "/status.json",
-        &[("Host", &host), ("If-None-Match", &etag)],
-        b"",
-    )
-    .await;
+    let stale = revalidate().await;
     assert_eq!(stale.status, 200);
-    shutdown.cancel();
-    timeout(WAIT, server).await.unwrap().unwrap().unwrap();
+    fake.stop().await;
 }
 
 /// `/events` sends the current state at once, then each new one; `Last-Event-ID` of the
@@ -476,7 +471,8 @@ async fn events_stream_states_and_are_capped() {
         keep_alive: Duration::from_millis(200),
         ..Options::default()
     };
-    let (state, addr, shutdown, server, _rest) = serve_fake(options).await;
+    let fake = FakeServer::start(options).await;
+    let (state, addr) = (&fake.state, fake.addr);
     state.send_replace(Some(doc(20.0)));
 
     let mut first = Sse::open(addr, None).await;
@@ -514,8 +510,7 @@ async fn events_stream_states_and_are_capped() {
         assert!(Instant::now() < deadline, "the slot was never freed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    shutdown.cancel();
-    timeout(WAIT, server).await.unwrap().unwrap().unwrap();
+    fake.stop().await;
 }
 
 /// A viewer that stops reading is cut off once its socket stops taking bytes for the idle
@@ -530,7 +525,8 @@ async fn a_reader_that_never_reads_is_dropped_and_memory_stays_bounded() {
         },
         ..Options::default()
     };
-    let (state, addr, shutdown, server, _rest) = serve_fake(options).await;
+    let fake = FakeServer::start(options).await;
+    let (state, addr) = (&fake.state, fake.addr);
     // States of 64 KiB each: a few fill any socket buffer.
     let big = |n: usize| {
         let mut d = doc(20.0 + n as f64 / 10.0);
@@ -576,8 +572,7 @@ async fn a_reader_that_never_reads_is_dropped_and_memory_stays_bounded() {
     let mut rest = Vec::new();
     let read = timeout(WAIT, hog.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "the hog's connection stays open");
-    shutdown.cancel();
-    timeout(WAIT, server).await.unwrap().unwrap().unwrap();
+    fake.stop().await;
 }
 
 /// Slow-loris on the public port: 300 connections from several addresses, each dripping a
@@ -585,9 +580,7 @@ async fn a_reader_that_never_reads_is_dropped_and_memory_stays_bounded() {
 /// within 100 ms, and one address cannot hold more than its share.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_answer_under_slow_loris_on_the_public_port() {
-    let bridge = Bridge::start("loris", &[]).await;
-    bridge.set_broker_connected(true);
-    bridge.wait_state("the controller answers", answering).await;
+    let bridge = ready_bridge("loris").await;
     let per_peer = http::PUBLIC_LIMITS.per_peer;
     let mut held = Vec::new();
     for i in 0..300 {
@@ -652,29 +645,45 @@ async fn probes_answer_under_slow_loris_on_the_public_port() {
     bridge.stop().await;
 }
 
-/// The HTTP server alone on loopback with `options`, its state fed by the test (the returned
-/// sender) instead of a driver: the state sender, the public address, the shutdown token, the
-/// server task, and the other channel ends, which must stay alive while it runs.
-async fn serve_fake(
-    options: Options,
-) -> (
-    tokio::sync::watch::Sender<Option<coffeebot::state::StateDoc>>,
-    std::net::SocketAddr,
-    CancellationToken,
-    tokio::task::JoinHandle<std::io::Result<()>>,
-    (coffeebot::daemon::Io, coffeebot::mqtt::Io),
-) {
-    let bridge::Channels {
-        driver,
-        mqtt,
-        http: mut views,
-    } = bridge::channels("Pot");
-    let (tx, rx) = tokio::sync::watch::channel(None);
-    views.state = rx;
-    let (listeners, addr, _) = loopback_listeners().await;
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(http::serve(listeners, views, options, shutdown.clone()));
-    (tx, addr, shutdown, server, (driver, mqtt))
+/// The HTTP server alone on loopback, its state fed by the test instead of a driver.
+struct FakeServer {
+    /// The state the server shows.
+    state: tokio::sync::watch::Sender<Option<coffeebot::state::StateDoc>>,
+    /// The public address.
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The other channel ends, which must stay alive while it runs.
+    _rest: (coffeebot::daemon::Io, coffeebot::mqtt::Io),
+}
+
+impl FakeServer {
+    /// Starts the server with `options`.
+    async fn start(options: Options) -> FakeServer {
+        let bridge::Channels {
+            driver,
+            mqtt,
+            http: mut views,
+        } = bridge::channels("Pot");
+        let (state, rx) = tokio::sync::watch::channel(None);
+        views.state = rx;
+        let (listeners, addr, _) = loopback_listeners().await;
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(http::serve(listeners, views, options, shutdown.clone()));
+        FakeServer {
+            state,
+            addr,
+            shutdown,
+            server,
+            _rest: (driver, mqtt),
+        }
+    }
+
+    /// Shuts the server down and waits for it to finish cleanly.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        timeout(WAIT, self.server).await.unwrap().unwrap().unwrap();
+    }
 }
 
 /// A state document with this temperature.

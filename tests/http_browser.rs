@@ -75,30 +75,13 @@ async fn run_chromium(browser: &Path, url: &str, extra: &[String]) -> String {
 /// [`run_chromium`] with Chromium's log on stderr (console messages, CSP reports among them):
 /// returns stdout and that log.
 async fn run_chromium_logged(browser: &Path, url: &str, extra: &[String]) -> (String, String) {
-    let profile = target_dir().join(format!(
-        "chromium-profile-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir_all(&profile).unwrap();
+    let profile = cdp::fresh_profile(&target_dir(), "chromium-profile");
     let mut command = Command::new("timeout");
     command
         .arg("--kill-after=5")
         .arg(CHROMIUM_TIMEOUT.as_secs().to_string())
         .arg(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--hide-scrollbars",
-            "--lang=en-GB",
-        ])
+        .args(cdp::HEADLESS_FLAGS)
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(["--enable-logging=stderr", "--v=0"])
         .args(extra)
@@ -154,6 +137,12 @@ fn attr_of(dom: &str, id: &str, name: &str) -> String {
 /// and the live test holds the page to a one-second deadline.
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Chromium's path and this test's turn at [`ONE_BROWSER`]; `None` when the test is skipped.
+async fn chromium_turn() -> Option<(PathBuf, tokio::sync::MutexGuard<'static, ()>)> {
+    let path = chromium_or_skip()?;
+    Some((path, ONE_BROWSER.lock().await))
+}
+
 /// How soon after the bridge publishes a state the page must show it over `/events`.
 const PUSHED_WITHIN: Duration = Duration::from_secs(1);
 /// How soon when it polls (every second, plus the request).
@@ -184,40 +173,92 @@ fn el(id: &str) -> String {
     format!("document.getElementById('{id}')")
 }
 
-/// Starts a brew and waits for the bridge to publish it; then the page must show a mode other
-/// than off within `within` of that publication. Returns how long the page took.
-async fn page_follows_a_brew(
-    bridge: &mut Bridge,
-    browser: &mut cdp::Browser,
-    tab: &cdp::Tab,
-    within: Duration,
-) -> Duration {
-    bridge.command(brew(1)).await;
-    let published = bridge
-        .wait_state("the brew started", |s| s.mode != Mode::Off)
-        .await;
-    let shown = browser
-        .wait_until(
+/// One live-page test: the browser lock held, a bridge answering, and Chromium with one tab.
+struct Live {
+    _one: tokio::sync::MutexGuard<'static, ()>,
+    bridge: Bridge,
+    browser: cdp::Browser,
+    tab: cdp::Tab,
+}
+
+impl Live {
+    /// Starts the bridge `name` with `options` and a browser with a blank tab; `None` when the
+    /// test is skipped for want of Chromium.
+    async fn start(name: &str, options: Options) -> Option<Live> {
+        let (path, one) = chromium_turn().await?;
+        let bridge = live_bridge(name, options).await;
+        let mut browser = cdp::Browser::launch(&path, &target_dir());
+        let tab = browser.open_tab().await;
+        Some(Live {
+            _one: one,
+            bridge,
+            browser,
             tab,
-            &format!("{}.dataset.value !== 'off'", el("mode")),
-            &format!(
-                "{m}.dataset.value + ' via ' + document.body.dataset.source",
-                m = el("mode")
-            ),
-            within,
-        )
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "the page did not follow the bridge to {:?} within {within:?}: {e}",
-                published.mode
+        })
+    }
+
+    /// Loads the bridge's page in the tab.
+    async fn load(&mut self) {
+        let url = format!("http://{}/", self.bridge.addr);
+        self.browser.navigate(&self.tab, &url).await;
+    }
+
+    /// Waits until the page says its values come from `source` (`sse` or `poll`).
+    async fn wait_source(&mut self, source: &str) {
+        self.browser
+            .wait_until(
+                &self.tab,
+                &format!("document.body.dataset.source === '{source}'"),
+                "document.body.dataset.source",
+                cdp::CALL_TIMEOUT,
             )
-        });
-    eprintln!(
-        "the page showed {:?} {shown:?} after the bridge published it",
-        published.mode
-    );
-    shown
+            .await
+            .unwrap_or_else(|e| panic!("the page takes its values from {source}: {e}"));
+    }
+
+    /// Starts a brew and waits for the bridge to publish it; then the page must show a mode other
+    /// than off within `within` of that publication. Returns how long the page took.
+    async fn follows_a_brew(&mut self, within: Duration) -> Duration {
+        self.bridge.command(brew(1)).await;
+        let published = self
+            .bridge
+            .wait_state("the brew started", |s| s.mode != Mode::Off)
+            .await;
+        let shown = self
+            .browser
+            .wait_until(
+                &self.tab,
+                &format!("{}.dataset.value !== 'off'", el("mode")),
+                &format!(
+                    "{m}.dataset.value + ' via ' + document.body.dataset.source",
+                    m = el("mode")
+                ),
+                within,
+            )
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the page did not follow the bridge to {:?} within {within:?}: {e}",
+                    published.mode
+                )
+            });
+        eprintln!(
+            "the page showed {:?} {shown:?} after the bridge published it",
+            published.mode
+        );
+        shown
+    }
+
+    /// Asserts that Chromium reported no Content-Security-Policy violation, then stops both.
+    async fn finish(self) {
+        assert_eq!(
+            self.browser.csp_reports(&self.tab),
+            Vec::<String>::new(),
+            "CSP reports"
+        );
+        self.browser.close().await;
+        self.bridge.stop().await;
+    }
 }
 
 /// With JavaScript on, the page opens `/events` and shows a new state within a second of the
@@ -226,37 +267,25 @@ async fn page_follows_a_brew(
 /// came from the stream. Chromium reports no Content-Security-Policy violation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_follows_the_state_over_events_within_a_second() {
-    let Some(path) = chromium_or_skip() else {
+    let Some(mut live) = Live::start("live.browser-sse", Options::default()).await else {
         return;
     };
-    let _one = ONE_BROWSER.lock().await;
-    let mut bridge = live_bridge("browser-sse", Options::default()).await;
-    let mut browser = cdp::Browser::launch(&path, &target_dir());
-    let tab = browser.open_tab().await;
-    browser
-        .navigate(&tab, &format!("http://{}/", bridge.addr))
-        .await;
+    live.load().await;
     // The stream delivers the current state at once.
-    browser
-        .wait_until(
-            &tab,
-            "document.body.dataset.source === 'sse'",
-            "document.body.dataset.source",
-            cdp::CALL_TIMEOUT,
-        )
-        .await
-        .expect("the page receives the stream");
-    let navigations = browser
+    live.wait_source("sse").await;
+    let navigations = live
+        .browser
         .events
         .iter()
         .filter(|e| e["method"] == "Page.frameNavigated")
         .count();
 
-    let took = page_follows_a_brew(&mut bridge, &mut browser, &tab, PUSHED_WITHIN).await;
+    let took = live.follows_a_brew(PUSHED_WITHIN).await;
     assert!(took <= PUSHED_WITHIN);
-    let said = browser
+    let said = live
+        .browser
         .eval(
-            &tab,
+            &live.tab,
             "[document.body.dataset.source, document.body.dataset.polls, \
               document.body.dataset.events]",
         )
@@ -269,8 +298,8 @@ async fn the_page_follows_the_state_over_events_within_a_second() {
         events >= 2,
         "the first state and the brew arrived as events"
     );
-    let requests = browser.requests(&tab);
-    let events_url = format!("http://{}/events", bridge.addr);
+    let requests = live.browser.requests(&live.tab);
+    let events_url = format!("http://{}/events", live.bridge.addr);
     assert!(
         requests
             .iter()
@@ -282,7 +311,7 @@ async fn the_page_follows_the_state_over_events_within_a_second() {
         "no status.json request: {requests:?}"
     );
     assert_eq!(
-        browser
+        live.browser
             .events
             .iter()
             .filter(|e| e["method"] == "Page.frameNavigated")
@@ -290,53 +319,34 @@ async fn the_page_follows_the_state_over_events_within_a_second() {
         navigations,
         "no reload"
     );
-    assert_eq!(
-        browser.csp_reports(&tab),
-        Vec::<String>::new(),
-        "CSP reports"
-    );
-    browser.close().await;
-    bridge.stop().await;
+    live.finish().await;
 }
 
 /// When `/events` is refused (here: no stream slot, so 503), the page falls back to polling
 /// `status.json` and still follows the state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_events_the_page_polls() {
-    let Some(path) = chromium_or_skip() else {
-        return;
-    };
-    let _one = ONE_BROWSER.lock().await;
     let options = Options {
         max_streams: 0,
         ..Options::default()
     };
-    let mut bridge = live_bridge("browser-poll", options).await;
-    let mut browser = cdp::Browser::launch(&path, &target_dir());
-    let tab = browser.open_tab().await;
-    browser
-        .navigate(&tab, &format!("http://{}/", bridge.addr))
-        .await;
-    browser
-        .wait_until(
-            &tab,
-            "document.body.dataset.source === 'poll'",
-            "document.body.dataset.source",
-            cdp::CALL_TIMEOUT,
-        )
-        .await
-        .expect("the page falls back to polling");
+    let Some(mut live) = Live::start("live.browser-poll", options).await else {
+        return;
+    };
+    live.load().await;
+    live.wait_source("poll").await;
 
-    page_follows_a_brew(&mut bridge, &mut browser, &tab, POLLED_WITHIN).await;
-    let said = browser
+    live.follows_a_brew(POLLED_WITHIN).await;
+    let said = live
+        .browser
         .eval(
-            &tab,
+            &live.tab,
             "[document.body.dataset.source, document.body.dataset.events]",
         )
         .await
         .unwrap();
     assert_eq!(said, serde_json::json!(["poll", "0"]));
-    let refused = browser.events.iter().any(|e| {
+    let refused = live.browser.events.iter().any(|e| {
         e["method"] == "Network.responseReceived"
             && e["params"]["response"]["url"]
                 .as_str()
@@ -344,29 +354,19 @@ async fn without_events_the_page_polls() {
             && e["params"]["response"]["status"] == 503
     });
     assert!(refused, "the page tried /events and got 503");
-    assert_eq!(
-        browser.csp_reports(&tab),
-        Vec::<String>::new(),
-        "CSP reports"
-    );
-    browser.close().await;
-    bridge.stop().await;
+    live.finish().await;
 }
 
 /// With JavaScript off, the page as the server renders it shows the current values: the
 /// temperature and mode of `status.json` at the time, and the script never ran.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_javascript_the_page_shows_the_current_values() {
-    let Some(path) = chromium_or_skip() else {
+    let Some(mut live) = Live::start("browser-nojs", Options::default()).await else {
         return;
     };
-    let _one = ONE_BROWSER.lock().await;
-    let bridge = live_bridge("browser-nojs", Options::default()).await;
-    let mut browser = cdp::Browser::launch(&path, &target_dir());
-    let tab = browser.open_tab().await;
-    browser
+    live.browser
         .call(
-            Some(&tab.session),
+            Some(&live.tab.session),
             "Emulation.setScriptExecutionDisabled",
             serde_json::json!({ "value": true }),
         )
@@ -374,12 +374,10 @@ async fn without_javascript_the_page_shows_the_current_values() {
         .expect("scripts off");
     // Idle, the published state only moves beyond the deadband: the page must show what
     // status.json says just before or just after it was rendered.
-    let before = bridge.get("/status.json").await.body;
-    browser
-        .navigate(&tab, &format!("http://{}/", bridge.addr))
-        .await;
-    let after = bridge.get("/status.json").await.body;
-    let dom = browser.outer_html(&tab).await;
+    let before = live.bridge.get("/status.json").await.body;
+    live.load().await;
+    let after = live.bridge.get("/status.json").await.body;
+    let dom = live.browser.outer_html(&live.tab).await;
     assert_eq!(
         attr_of(&dom, "page", "data-source"),
         "server",
@@ -402,20 +400,14 @@ async fn without_javascript_the_page_shows_the_current_values() {
     );
     assert!(text_of(&dom, "updated-ago").ends_with("ago"));
     assert!(!text_of(&dom, "updated-clock").is_empty());
-    let requests = browser.requests(&tab);
+    let requests = live.browser.requests(&live.tab);
     assert!(
         !requests
             .iter()
             .any(|(url, _)| url.ends_with("/events") || url.contains("status.json")),
         "without a script the page makes no data request: {requests:?}"
     );
-    assert_eq!(
-        browser.csp_reports(&tab),
-        Vec::<String>::new(),
-        "CSP reports"
-    );
-    browser.close().await;
-    bridge.stop().await;
+    live.finish().await;
 }
 
 /// Screenshots during a brew (`target/status-page.png`, phone size, light, and
@@ -423,10 +415,9 @@ async fn without_javascript_the_page_shows_the_current_values() {
 /// temperature rising (the server keeps the history the sparkline starts from).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn screenshots_during_a_brew() {
-    let Some(browser) = chromium_or_skip() else {
+    let Some((browser, _one)) = chromium_turn().await else {
         return;
     };
-    let _one = ONE_BROWSER.lock().await;
     let mut bridge = live_bridge("browser-shots", Options::default()).await;
     let url = format!("http://{}/", bridge.addr);
     bridge.command(brew(2)).await;
@@ -474,10 +465,9 @@ async fn screenshots_during_a_brew() {
 /// show after the script ran what the server renders for that state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_script_words_values_as_the_server_does() {
-    let Some(browser) = chromium_or_skip() else {
+    let Some((browser, _one)) = chromium_turn().await else {
         return;
     };
-    let _one = ONE_BROWSER.lock().await;
     let doc = StateDoc {
         mode: Mode::KeepWarm,
         heater: Some(OnOff::Off),

@@ -57,7 +57,7 @@ fn slow_mosquitto_passwd(dir: &Path) -> PathBuf {
 
 #[test]
 fn no_password_ever_appears_in_a_command_line() {
-    let dir = tempdir("argv");
+    let dir = support::fresh_dir("make-passwords", "argv");
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let bin = slow_mosquitto_passwd(&bin);
@@ -115,7 +115,7 @@ fn no_password_ever_appears_in_a_command_line() {
 
 #[test]
 fn a_password_on_the_command_line_is_refused() {
-    let dir = tempdir("refuse");
+    let dir = support::fresh_dir("make-passwords", "refuse");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("mosquitto/make-passwords.sh");
     let out = Command::new(&script)
         .arg("-f")
@@ -127,14 +127,4 @@ fn a_password_on_the_command_line_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("MQTT_PASSWORD_LAN"), "{err}");
     assert!(!dir.join("passwd").exists());
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "coffeebot-make-passwords-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

@@ -35,24 +35,28 @@ const GARBAGE: Frame = Frame::Rejected(Rejected::Garbage);
 const OUT_OF_SEQUENCE: Frame = Frame::Rejected(Rejected::OutOfSequence);
 const TOO_LONG: Frame = Frame::Rejected(Rejected::TooLong);
 
+/// Asserts that each reply decodes to the one reading (water, temperature, heater) beside it.
+fn assert_readings(cases: &[(&str, Option<f64>, Option<f64>, bool)]) {
+    for &(reply, water, temperature, heater) in cases {
+        assert_eq!(
+            decode(reply.as_bytes()),
+            [reading(water, temperature, heater)],
+            "{reply:?}"
+        );
+    }
+}
+
 #[test]
 fn a_normal_reply() {
-    assert_eq!(
-        decode(b"W+3.52\nT+92.4\nB+1\n"),
-        [reading(Some(3.52), Some(92.4), true)]
-    );
-    assert_eq!(
-        decode(b"W+0.00\nT+-5.5\nB+0\n"),
-        [reading(Some(0.0), Some(-5.5), false)]
-    );
+    assert_readings(&[
+        ("W+3.52\nT+92.4\nB+1\n", Some(3.52), Some(92.4), true),
+        ("W+0.00\nT+-5.5\nB+0\n", Some(0.0), Some(-5.5), false),
+    ]);
 }
 
 #[test]
 fn crlf_line_endings() {
-    assert_eq!(
-        decode(b"W+3.52\r\nT+21.0\r\nB+0\r\n"),
-        [reading(Some(3.52), Some(21.0), false)]
-    );
+    assert_readings(&[("W+3.52\r\nT+21.0\r\nB+0\r\n", Some(3.52), Some(21.0), false)]);
 }
 
 #[test]
@@ -94,18 +98,11 @@ fn temperature_sentinels_are_no_reading() {
 
 #[test]
 fn range_checks_are_not_the_decoders_job() {
-    assert_eq!(
-        decode(b"W+3.00\nT+85.0\nB+0\n"),
-        [reading(Some(3.0), Some(85.0), false)]
-    );
-    assert_eq!(
-        decode(b"W+400.00\nT+150.0\nB+1\n"),
-        [reading(Some(400.0), Some(150.0), true)]
-    );
-    assert_eq!(
-        decode(b"W+3.00\nT+-999.9\nB+1\n"),
-        [reading(Some(3.0), Some(-999.9), true)]
-    );
+    assert_readings(&[
+        ("W+3.00\nT+85.0\nB+0\n", Some(3.0), Some(85.0), false),
+        ("W+400.00\nT+150.0\nB+1\n", Some(400.0), Some(150.0), true),
+        ("W+3.00\nT+-999.9\nB+1\n", Some(3.0), Some(-999.9), true),
+    ]);
 }
 
 #[test]

@@ -39,31 +39,6 @@ const SCHEDULE: &[(&str, &str)] = &[
     ("SCHEDULE__CALENDAR_REFRESH_S", "10"),
 ];
 
-/// A directory of this test's own.
-fn test_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("coffeebot-schedule-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("test dir");
-    dir
-}
-
-/// libfaketime, from Debian's `faketime` (scripts/install-test-deps.sh installs it).
-fn libfaketime() -> String {
-    [
-        "/usr/lib/x86_64-linux-gnu",
-        "/usr/lib/aarch64-linux-gnu",
-        "/usr/lib/arm-linux-gnueabihf",
-        "/usr/lib",
-    ]
-    .iter()
-    .map(|dir| Path::new(dir).join("faketime/libfaketime.so.1"))
-    .find(|p| p.is_file())
-    .expect("libfaketime is not installed: run scripts/install-test-deps.sh")
-    .display()
-    .to_string()
-}
-
 /// How one bridge of a test is launched.
 #[derive(Default)]
 struct Launch {
@@ -133,10 +108,33 @@ impl Setup {
     async fn event_within(&mut self, event_type: &str, limit: Duration) -> Value {
         event_within(&mut self.rig.watcher, event_type, limit).await
     }
+
+    /// Waits (at most `start_within`) for the brew `planned` to start, then for it to finish,
+    /// and asserts that it began at its `start_at` and was done by its `ready_at`.
+    async fn brews_on_time(&mut self, planned: &Value, start_within: Duration) {
+        let started = self.event_within("brew_started", start_within).await;
+        let finished = self
+            .event_within("brew_finished", Duration::from_secs(30))
+            .await;
+        let start_at = time(&planned["start_at"]);
+        let ready_at = time(&planned["ready_at"]);
+        let began = time(&started["at"]);
+        assert!(
+            began >= start_at && began <= start_at + START_SLACK,
+            "planned to start at {start_at}, started at {began}"
+        );
+        assert_eq!(started["cups"], planned["cups"], "{started}");
+        assert_eq!(finished["reason"], "done", "{finished}");
+        let done = time(&finished["at"]);
+        assert!(
+            done <= ready_at,
+            "ready at {ready_at} was planned; done at {done}"
+        );
+    }
 }
 
 fn bridge(broker: &Broker, port: &Path, state_dir: &Path, launch: Launch) -> Bridge {
-    let lib = launch.faketime.as_ref().map(|_| libfaketime());
+    let lib = launch.faketime.as_ref().map(|_| support::libfaketime());
     let config_env;
     let mut wrapper: Vec<&str> = Vec::new();
     if let Some(config) = &launch.config {
@@ -226,25 +224,6 @@ fn calendar_file(dir: &Path, text: &str) -> String {
     path.display().to_string()
 }
 
-/// Asserts that a started brew began at its planned `start_at` and a finished one by
-/// `ready_at`; `started` and `finished` are the events.
-fn on_time(planned: &Value, started: &Value, finished: &Value) {
-    let start_at = time(&planned["start_at"]);
-    let ready_at = time(&planned["ready_at"]);
-    let began = time(&started["at"]);
-    assert!(
-        began >= start_at && began <= start_at + START_SLACK,
-        "planned to start at {start_at}, started at {began}"
-    );
-    assert_eq!(started["cups"], planned["cups"], "{started}");
-    assert_eq!(finished["reason"], "done", "{finished}");
-    let done = time(&finished["at"]);
-    assert!(
-        done <= ready_at,
-        "ready at {ready_at} was planned; done at {done}"
-    );
-}
-
 // ----- brewing on schedule -------------------------------------------------------------------
 
 /// A weekly entry in Europe/Berlin on a Monday: the bridge's wall clock starts at 08:44:30
@@ -253,7 +232,7 @@ fn on_time(planned: &Value, started: &Value, finished: &Value) {
 /// the next Monday's brew starts later (the pot preheats in less than the default 8 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weekly_brew_starts_on_time_and_is_ready_at_ready_at() {
-    let dir = test_dir("weekly");
+    let dir = support::fresh_dir("schedule", "weekly");
     let config = dir.join("coffeebot.toml");
     std::fs::write(
         &config,
@@ -276,13 +255,7 @@ async fn a_weekly_brew_starts_on_time_and_is_ready_at_ready_at() {
             "source": "weekly",
         })
     );
-    let started = s
-        .event_within("brew_started", Duration::from_secs(40))
-        .await;
-    let finished = s
-        .event_within("brew_finished", Duration::from_secs(30))
-        .await;
-    on_time(&planned, &started, &finished);
+    s.brews_on_time(&planned, Duration::from_secs(40)).await;
 
     let next = s
         .next_brew("next Monday's brew", |b| {
@@ -305,7 +278,7 @@ async fn a_weekly_brew_starts_on_time_and_is_ready_at_ready_at() {
 /// cups ready then, started 10 s before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_calendar_event_from_a_loopback_server_brews() {
-    let dir = test_dir("http");
+    let dir = support::fresh_dir("schedule", "http");
     let ready = now_s() + chrono::Duration::seconds(25);
     let server = CalendarServer::start(vec![Answer::Calendar(ics(&[(ready, "Coffee 2")]))]);
     let launch = Launch::default().with("SCHEDULE__CALENDAR", server.url());
@@ -318,13 +291,7 @@ async fn a_calendar_event_from_a_loopback_server_brews() {
         time(&planned["ready_at"]) - time(&planned["start_at"]),
         chrono::Duration::seconds(10)
     );
-    let started = s
-        .event_within("brew_started", Duration::from_secs(40))
-        .await;
-    let finished = s
-        .event_within("brew_finished", Duration::from_secs(30))
-        .await;
-    on_time(&planned, &started, &finished);
+    s.brews_on_time(&planned, Duration::from_secs(40)).await;
     let request = server.request(Duration::from_secs(1)).expect("a request");
     assert!(request.starts_with("GET /coffee.ics HTTP/1.1"), "{request}");
 }
@@ -333,7 +300,7 @@ async fn a_calendar_event_from_a_loopback_server_brews() {
 /// restart: the first brew that starts is the one after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skip_skips_the_next_brew_even_across_a_restart() {
-    let dir = test_dir("skip");
+    let dir = support::fresh_dir("schedule", "skip");
     let first = now_s() + chrono::Duration::seconds(30);
     let second = first + chrono::Duration::seconds(20);
     let calendar = calendar_file(&dir, &ics(&[(first, "Coffee 1"), (second, "Coffee 1")]));
@@ -352,13 +319,7 @@ async fn skip_skips_the_next_brew_even_across_a_restart() {
         .await;
     assert_eq!(kept, after, "the skip is kept");
 
-    let started = s
-        .event_within("brew_started", Duration::from_secs(60))
-        .await;
-    let finished = s
-        .event_within("brew_finished", Duration::from_secs(30))
-        .await;
-    on_time(&after, &started, &finished);
+    s.brews_on_time(&after, Duration::from_secs(60)).await;
     assert_eq!(
         seen_events(&s.rig.watcher, "brew_started").len(),
         1,
@@ -370,7 +331,7 @@ async fn skip_skips_the_next_brew_even_across_a_restart() {
 /// says why and which brew, and nothing is queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interlock_at_start_time_gives_brew_skipped() {
-    let dir = test_dir("interlock");
+    let dir = support::fresh_dir("schedule", "interlock");
     let ready = now_s() + chrono::Duration::seconds(30);
     let calendar = calendar_file(&dir, &ics(&[(ready, "Coffee 1")]));
     let launch = Launch::default().with("SCHEDULE__CALENDAR", calendar);
@@ -416,7 +377,7 @@ async fn an_interlock_at_start_time_gives_brew_skipped() {
 /// are set ahead with libfaketime; the brews are an hour and two hours away in real time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_missed_by_a_restart_runs_within_max_late_and_is_skipped_after() {
-    let dir = test_dir("late");
+    let dir = support::fresh_dir("schedule", "late");
     let first = now_s() + chrono::Duration::hours(1);
     let second = first + chrono::Duration::hours(1);
     let calendar = calendar_file(&dir, &ics(&[(first, "Coffee 2"), (second, "Coffee 2")]));
@@ -491,7 +452,7 @@ async fn a_start_missed_by_a_restart_runs_within_max_late_and_is_skipped_after()
 /// most a little over the 1 MiB it reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_calendar_server_that_hangs_fails_or_floods_leaves_the_last_good_calendar() {
-    let dir = test_dir("down");
+    let dir = support::fresh_dir("schedule", "down");
     let ready = now_s() + chrono::Duration::hours(3);
     let good = ics(&[(ready, "Coffee 3")]);
     let server = CalendarServer::start(vec![

@@ -7,7 +7,7 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -16,17 +16,6 @@ use support::bridge::{binary_under_test, wrapper_under_test};
 
 const WAIT: Duration = Duration::from_secs(20);
 const STARTED: &str = "simulated controller started";
-
-/// A fresh, empty directory to be the run's `TMPDIR`.
-fn fresh_tmpdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "coffeebot-simulate-test-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// What is in `dir`, by name.
 fn entries(dir: &Path) -> Vec<String> {
@@ -121,7 +110,7 @@ fn signal(child: &Child, name: &str) {
 #[test]
 fn the_simulator_folder_is_removed_on_sigterm_and_sigint() {
     for sig in ["TERM", "INT"] {
-        let tmpdir = fresh_tmpdir(sig);
+        let tmpdir = support::fresh_dir("simulate-test", sig);
         let (mut child, lines) = start(&tmpdir, "");
         let line = wait_line(&lines, STARTED);
         let made = entries(&tmpdir);
@@ -144,7 +133,7 @@ fn the_simulator_folder_is_removed_on_sigterm_and_sigint() {
 
 #[test]
 fn the_simulator_folder_is_removed_when_the_run_fails() {
-    let tmpdir = fresh_tmpdir("fails");
+    let tmpdir = support::fresh_dir("simulate-test", "fails");
     // The public HTTP address is taken: the run starts the simulator, then fails.
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let (mut child, lines) = start(&tmpdir, &taken.local_addr().unwrap().to_string());

@@ -20,6 +20,34 @@ use tokio::time::{timeout, Instant};
 /// Longest wait for a reply to one protocol command (a page load included).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The flags every headless Chromium of the tests runs with: no sandbox, GPU, QUIC, first-run
+/// page, background traffic or updates, and one language, so that runs are quiet and alike.
+pub const HEADLESS_FLAGS: [&str; 11] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--lang=en-GB",
+];
+
+/// A new, empty profile directory `NAME-PID-RANDOM` under `scratch`, so that concurrent runs
+/// never share one.
+pub fn fresh_profile(scratch: &Path, name: &str) -> PathBuf {
+    let profile = scratch.join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&profile).expect("a profile directory");
+    profile
+}
+
 /// A running Chromium and the protocol connection to it.
 pub struct Browser {
     child: Child,
@@ -41,32 +69,15 @@ pub struct Tab {
 impl Browser {
     /// Starts headless Chromium at `path` with a fresh profile under `scratch`.
     pub fn launch(path: &Path, scratch: &Path) -> Browser {
-        let profile = scratch.join(format!(
-            "chromium-cdp-{}-{}",
-            std::process::id(),
-            fastrand::u32(..)
-        ));
-        std::fs::create_dir_all(&profile).expect("a profile directory");
+        let profile = fresh_profile(scratch, "chromium-cdp");
         let mut child = Command::new("sh")
             .arg("-c")
             // stdin becomes fd 3 (commands), stdout fd 4 (replies); Chromium's own output goes
             // to stderr, which is discarded.
             .arg(r#"exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>&2"#)
             .arg(path)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                "--hide-scrollbars",
-                "--lang=en-GB",
-                "--remote-debugging-pipe",
-            ])
+            .args(HEADLESS_FLAGS)
+            .arg("--remote-debugging-pipe")
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
             .stdin(Stdio::piped())

@@ -1626,14 +1626,25 @@ pub async fn message_since(
 /// The default device's topics (`mqtt.base_topic`/`device.id`), as the tests run the bridge.
 pub const DEVICE_TOPIC: &str = "coffeebot/coffeepot";
 
+/// The first JSON document (from now on) on the default device's topic `suffix` for which
+/// `pred` holds.
+async fn next_doc(
+    client: &mut TestClient,
+    suffix: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let topic = format!("{DEVICE_TOPIC}/{suffix}");
+    json(&next_message(client, what, |m| m.topic == topic && pred(&json(m))).await)
+}
+
 /// The first state of the default device (from now on) for which `pred` holds.
 pub async fn next_state(
     client: &mut TestClient,
     what: &str,
     pred: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let topic = format!("{DEVICE_TOPIC}/state");
-    json(&next_message(client, what, |m| m.topic == topic && pred(&json(m))).await)
+    next_doc(client, "state", what, pred).await
 }
 
 /// The first event (from now on) of this type on the default device for which `pred` holds.
@@ -1642,12 +1653,10 @@ pub async fn next_event(
     event_type: &str,
     pred: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let topic = format!("{DEVICE_TOPIC}/event");
-    let m = next_message(client, event_type, |m| {
-        m.topic == topic && json(m)["event_type"] == event_type && pred(&json(m))
+    next_doc(client, "event", event_type, |e| {
+        e["event_type"] == event_type && pred(e)
     })
-    .await;
-    json(&m)
+    .await
 }
 
 /// Publishes a command to the default device as `lan` (a fresh connection over MQTT 3.1.1,

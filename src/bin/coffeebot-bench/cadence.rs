@@ -171,9 +171,13 @@ pub(crate) async fn heating(
         _ => None,
     }
     .map(|load| {
-        let (pid, public, ops) = (bridge.pid, bridge.public_port, bridge.http_port);
+        let target = viewers::Target {
+            pid: bridge.pid,
+            public_port: bridge.public_port,
+            ops_port: bridge.http_port,
+        };
         let window = end.saturating_duration_since(Instant::now());
-        viewers::spawn(load, plan, window, pid, public, ops)
+        viewers::spawn(load, plan, window, target)
     });
     let cpu_a = cpu_sample(bridge.pid);
     let metrics_a = feed_gap_histogram(bridge.http_port);

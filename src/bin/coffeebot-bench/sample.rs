@@ -15,15 +15,7 @@ use crate::process::Bridge;
 /// `coffeebot_mqtt_replies_total{outcome="…"}` from the bridge's `/metrics` (0 before the
 /// first); `None` when `/metrics` cannot be read.
 pub(crate) fn replies_total(http_port: u16, outcome: &str) -> Option<u64> {
-    use std::io::{Read, Write};
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, http_port));
-    let mut stream = StdTcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    stream.take(4 << 20).read_to_string(&mut text).ok()?;
+    let text = metrics_text(http_port)?;
     let key = format!("coffeebot_mqtt_replies_total{{outcome=\"{outcome}\"}} ");
     Some(
         text.lines()

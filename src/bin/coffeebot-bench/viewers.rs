@@ -173,15 +173,22 @@ impl LoadFigures {
     }
 }
 
+/// The bridge a load runs against: its process (for its memory in /proc) and its public and
+/// operator ports on loopback.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Target {
+    pub(crate) pid: u32,
+    pub(crate) public_port: u16,
+    pub(crate) ops_port: u16,
+}
+
 /// [`run`] on a runtime of its own (two threads), so that the load competes with the tap and
 /// the simulated controller only for the CPU, not for their runtime's threads.
 pub(crate) fn spawn(
     load: Load,
     plan: Plan,
     window: Duration,
-    pid: u32,
-    public_port: u16,
-    ops_port: u16,
+    target: Target,
 ) -> tokio::task::JoinHandle<Result<LoadFigures>> {
     tokio::task::spawn_blocking(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -189,21 +196,19 @@ pub(crate) fn spawn(
             .enable_all()
             .build()
             .context("the load's runtime")?;
-        let figures = runtime.block_on(run(load, plan, window, pid, public_port, ops_port));
+        let figures = runtime.block_on(run(load, plan, window, target));
         runtime.shutdown_timeout(Duration::from_secs(2));
         figures
     })
 }
 
-/// Runs `load` against the bridge (`pid`, public and operator ports) for `window`.
-async fn run(
-    load: Load,
-    plan: Plan,
-    window: Duration,
-    pid: u32,
-    public_port: u16,
-    ops_port: u16,
-) -> Result<LoadFigures> {
+/// Runs `load` against the bridge `target` for `window`.
+async fn run(load: Load, plan: Plan, window: Duration, target: Target) -> Result<LoadFigures> {
+    let Target {
+        pid,
+        public_port,
+        ops_port,
+    } = target;
     let public = SocketAddr::from((Ipv4Addr::LOCALHOST, public_port));
     let ops = SocketAddr::from((Ipv4Addr::LOCALHOST, ops_port));
     let end = Instant::now() + window;
