@@ -621,13 +621,16 @@ mod tests {
         );
     }
 
+    /// The dead-bands the change tests compare with.
+    const BANDS: Deadbands = Deadbands {
+        temperature_c: 0.3,
+        water_in: 0.05,
+    };
+
     #[test]
     fn jitter_inside_the_deadband_is_not_a_change() {
         let now = Instant::now();
-        let bands = Deadbands {
-            temperature_c: 0.3,
-            water_in: 0.05,
-        };
+        let bands = BANDS;
         let a = StateDoc::new(&status(now), &clock(now));
         let mut s = status(now);
         s.temperature_c = Some(92.6);
@@ -644,10 +647,7 @@ mod tests {
     #[test]
     fn readings_alone_are_told_from_other_changes() {
         let now = Instant::now();
-        let bands = Deadbands {
-            temperature_c: 0.3,
-            water_in: 0.05,
-        };
+        let bands = BANDS;
         let a = StateDoc::new(&status(now), &clock(now));
         let mut s = status(now);
         s.temperature_c = Some(95.0);
@@ -663,10 +663,7 @@ mod tests {
     #[test]
     fn a_countdown_tick_is_not_a_change_but_a_new_brew_end_is() {
         let now = Instant::now();
-        let bands = Deadbands {
-            temperature_c: 0.3,
-            water_in: 0.05,
-        };
+        let bands = BANDS;
         let a = StateDoc::new(&status(now), &clock(now));
         assert_eq!(a.brew_ends_at.as_deref(), Some("2026-11-18T11:08:37.500Z"));
         // A second later: the countdown ticked, the end is the same instant.

@@ -9,15 +9,13 @@
 
 mod support;
 
-use std::collections::BTreeSet;
-
 use coffeebot::config::load_with;
 use coffeebot::mqtt::command::CommandName;
 use coffeebot::mqtt::topics::Topics;
 
 use support::mosquitto::{
     shipped_config, shipped_public_config, topic_matches, Broker, ConnectError, Listener, Login,
-    Protocol, PubAck, TestClient, User, WAIT,
+    Protocol, TestClient, User, WAIT,
 };
 
 /// Who connects, where, and whether the broker lets them in.
@@ -76,30 +74,7 @@ const SUBJECTS: [Subject; 7] = [
     },
 ];
 
-/// What a subject may do with a topic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Access {
-    /// Neither publish nor receive.
-    No,
-    /// Receive (subscribe and get the messages).
-    Sub,
-    /// Publish (subscribers with read rights get it).
-    Pub,
-    /// Both.
-    PubSub,
-}
-
-use Access::{No, Pub, PubSub, Sub};
-
-impl Access {
-    fn may_pub(self) -> bool {
-        matches!(self, Pub | PubSub)
-    }
-
-    fn may_sub(self) -> bool {
-        matches!(self, Sub | PubSub)
-    }
-}
+use support::acl::Access::{self, No, Pub, PubSub, Sub};
 
 /// The security model of the bridge's own topics: one row per topic, one cell per
 /// [`SUBJECTS`] column. `B` = `coffeebot`, `D` = `coffeepot`, discovery prefix
@@ -334,97 +309,19 @@ async fn acl_matrix_holds_for_mqtt_311_and_5() {
 async fn check_matrix(protocol: Protocol) {
     let broker = Broker::start();
 
-    let mut clients: Vec<Option<TestClient>> = Vec::new();
-    for s in &SUBJECTS {
+    let mut clients: [Option<TestClient>; 7] = Default::default();
+    for (s, slot) in SUBJECTS.iter().zip(clients.iter_mut()) {
         let result = broker.connect(protocol, s.listener, s.login).await;
-        clients.push(match (s.connects, result) {
+        *slot = match (s.connects, result) {
             (true, Ok(client)) => Some(client),
             (false, Err(ConnectError::Refused(_))) => None,
             (true, Err(e)) => panic!("{protocol:?} {}: must connect: {e}", s.label),
             (false, Ok(_)) => panic!("{protocol:?} {}: must be refused", s.label),
             (false, Err(e)) => panic!("{protocol:?} {}: must get a refusal: {e}", s.label),
-        });
-    }
-
-    // mosquitto 2.0 grants every SUBSCRIBE and filters at delivery: the SUBACK is no evidence
-    // either way, only deliveries are.
-    let matrix = matrix();
-    let mut filters: Vec<&str> = matrix.iter().map(|(topic, _)| topic.as_str()).collect();
-    filters.push("#");
-    for client in clients.iter_mut().flatten() {
-        client.subscribe_many(&filters).await.unwrap();
-    }
-
-    // (topic, payload, allowed) of every publication, in order.
-    let mut sent: Vec<(&str, String, bool)> = Vec::new();
-    for (topic, cells) in &matrix {
-        for (si, client) in clients.iter_mut().enumerate() {
-            let Some(client) = client else { continue };
-            let label = SUBJECTS[si].label;
-            let payload = format!("{protocol:?} from {label} to {topic}");
-            let ack = client.publish(topic, payload.clone(), false).await.unwrap();
-            let allowed = cells[si].may_pub();
-            if protocol == Protocol::V5 {
-                let expected = if allowed { "accepted" } else { "NotAuthorized" };
-                assert!(
-                    if allowed {
-                        ack.accepted()
-                    } else {
-                        ack == PubAck::NotAuthorized
-                    },
-                    "{protocol:?} {label} publishing {topic}: PUBACK {ack:?}, expected {expected}"
-                );
-            }
-            sent.push((topic, payload, allowed));
-        }
-    }
-
-    // A last message for each reader, after all the above.
-    for (ri, s) in SUBJECTS.iter().enumerate() {
-        if clients[ri].is_none() {
-            continue;
-        }
-        let Some((topic, cells)) = matrix.iter().find(|(_, cells)| cells[ri].may_sub()) else {
-            continue;
         };
-        let writer = cells.iter().position(|c| c.may_pub()).expect("testable");
-        let payload = format!("{protocol:?} last message for {}", s.label);
-        let client = clients[writer].as_mut().expect("a writer connects");
-        client.publish(topic, payload.clone(), false).await.unwrap();
-        sent.push((topic, payload, true));
     }
-
-    let mut failures = Vec::new();
-    for (ri, s) in SUBJECTS.iter().enumerate() {
-        let Some(client) = clients[ri].as_mut() else {
-            continue;
-        };
-        let readable = |topic: &str| matrix.iter().any(|(t, c)| t == topic && c[ri].may_sub());
-        let expected: BTreeSet<(String, String)> = sent
-            .iter()
-            .filter(|(topic, _, allowed)| *allowed && readable(topic))
-            .map(|(topic, payload, _)| (topic.to_string(), payload.clone()))
-            .collect();
-        for (topic, payload) in &expected {
-            if let Err(e) = client.wait_for_payload(topic, payload).await {
-                failures.push(format!("{protocol:?} {}: missing: {e}", s.label));
-            }
-        }
-        if expected.is_empty() {
-            client.round_trip().await.unwrap();
-        }
-        let received: BTreeSet<(String, String)> = client
-            .seen()
-            .iter()
-            .map(|m| (m.topic.clone(), m.text()))
-            .collect();
-        for (topic, payload) in received.difference(&expected) {
-            failures.push(format!(
-                "{protocol:?} {} received what it must not: {payload:?} on {topic}",
-                s.label
-            ));
-        }
-    }
+    let labels = SUBJECTS.map(|s| s.label);
+    let failures = support::acl::check(protocol, &mut clients, labels, &matrix()).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
