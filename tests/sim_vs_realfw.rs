@@ -49,7 +49,7 @@ impl Transcript {
     fn shapes(&self) -> Vec<(String, Vec<String>)> {
         self.steps
             .iter()
-            .filter(|(name, _)| name != "burst")
+            .filter(|(name, _)| name != "burst" && name != "end of burst")
             .map(|(name, lines)| {
                 let shapes = lines
                     .iter()
@@ -131,7 +131,11 @@ async fn script(mut port: SerialStream) -> Transcript {
     step(&mut t, "B+0", lines);
     let lines = send(&mut port, "S+?\n".repeat(10).as_bytes()).await;
     step(&mut t, "burst", lines);
-    // The lost bytes may leave a partial line in the buffer: a lone `\n` clears it.
+    // The lost bytes may leave a partial line in the buffer: a `\n` ends it, and answers when
+    // what was left is a whole `S+?` (where the loss falls is the loop's phase). A second `\n`
+    // is then a lone newline on an empty buffer.
+    let lines = send(&mut port, b"\n").await;
+    step(&mut t, "end of burst", lines);
     let lines = send(&mut port, b"\n").await;
     step(&mut t, "lone newline", lines);
     port.write_all(b"RESETX\n").await.unwrap();
@@ -266,6 +270,10 @@ fn check(who: &str, build: Build, t: &Transcript) {
     assert!(
         (4..=6).contains(&replies),
         "{who}: burst: {replies} replies"
+    );
+    assert!(
+        t.step("end of burst").len() <= lines_per_reply,
+        "{who}: end of burst: {t:?}"
     );
     assert!(
         (4.95..5.3).contains(&t.watchdog_s),
