@@ -5,7 +5,7 @@
 #![no_main]
 
 use coffeebot::core::Request;
-use coffeebot::mqtt::command::{unknown, CommandName, MAX_PAYLOAD};
+use coffeebot::mqtt::command::{unknown, CommandName, Order, MAX_PAYLOAD};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
@@ -35,14 +35,22 @@ fuzz_target!(|input: Input| {
         },
     };
     match parsed {
-        Ok(request) => {
-            assert!(input.payload.len() <= MAX_PAYLOAD, "oversized payload accepted");
-            let cups = match request {
-                Request::BrewStart { cups: Some(n) } | Request::SelectCups(n) => Some(n),
+        Ok(order) => {
+            assert!(
+                input.payload.len() <= MAX_PAYLOAD,
+                "oversized payload accepted"
+            );
+            let cups = match order {
+                Order::Core(Request::BrewStart { cups: Some(n) } | Request::SelectCups(n)) => {
+                    Some(n)
+                }
                 _ => None,
             };
             if let Some(n) = cups {
-                assert!((1..=max_cups).contains(&n), "{n} cups accepted, max {max_cups}");
+                assert!(
+                    (1..=max_cups).contains(&n),
+                    "{n} cups accepted, max {max_cups}"
+                );
             }
         }
         Err(reason) => assert!(!reason.trim().is_empty(), "a rejection without a reason"),
