@@ -15,13 +15,13 @@
 //! target would reach too.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::child::spawn_reading_lines;
 use super::mosquitto::{Broker, Credentials};
 
 /// Settings that make the tests fast: short intervals, a quick brew, no HTTP server.
@@ -136,24 +136,13 @@ impl Bridge {
         for (key, value) in FAST.iter().chain(extra) {
             cmd.env(format!("COFFEEBOT__{key}"), value);
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn coffeebot");
-        let stdout = child.stdout.take().expect("piped stdout");
+        cmd.stdin(Stdio::null()).stderr(Stdio::inherit());
         let (tx, lines) = mpsc::channel();
         let log = Arc::new(Mutex::new(Vec::new()));
         let keep = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                keep.lock().expect("log lock").push(line.clone());
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
+        let child = spawn_reading_lines(&mut cmd, "coffeebot", move |line| {
+            keep.lock().expect("log lock").push(line.clone());
+            tx.send(line).is_ok()
         });
         Bridge {
             child: Some(child),

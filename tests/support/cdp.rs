@@ -10,12 +10,14 @@
 //! deadline; the browser is killed when its owner is dropped.
 
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
+
+use super::child::spawn_reading;
 
 /// Longest wait for a reply to one protocol command (a page load included).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,7 +72,8 @@ impl Browser {
     /// Starts headless Chromium at `path` with a fresh profile under `scratch`.
     pub fn launch(path: &Path, scratch: &Path) -> Browser {
         let profile = fresh_profile(scratch, "chromium-cdp");
-        let mut child = Command::new("sh")
+        let mut command = Command::new("sh");
+        command
             .arg("-c")
             // stdin becomes fd 3 (commands), stdout fd 4 (replies); Chromium's own output goes
             // to stderr, which is discarded.
@@ -81,33 +84,20 @@ impl Browser {
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromium starts");
-        let to = child.stdin.take().expect("piped stdin");
-        let out = child.stdout.take().expect("piped stdout");
+            .stderr(Stdio::null());
         let (tx, from) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(out);
-            let mut message = Vec::new();
-            loop {
-                message.clear();
-                match reader.read_until(0, &mut message) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-                if message.last() == Some(&0) {
-                    message.pop();
-                }
-                let Ok(value) = serde_json::from_slice::<Value>(&message) else {
-                    continue;
-                };
-                if tx.send(value).is_err() {
-                    return;
-                }
-            }
-        });
+        // Each message ends with a NUL byte; one that is not JSON is skipped.
+        let mut child =
+            spawn_reading(
+                &mut command,
+                "chromium",
+                0,
+                move |message| match serde_json::from_slice::<Value>(&message) {
+                    Ok(value) => tx.send(value).is_ok(),
+                    Err(_) => true,
+                },
+            );
+        let to = child.stdin.take().expect("piped stdin");
         Browser {
             child,
             to,

@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod bridge;
 pub mod cdp;
+pub mod child;
 pub mod http;
 #[path = "../../src/bin/coffeebot-bench/listen.rs"]
 pub mod listen;

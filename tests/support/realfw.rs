@@ -5,12 +5,14 @@
 //! `CLOCK_MONOTONIC` seconds) is parsed so tests assert what the firmware itself did, and its
 //! control FIFO is written to inject faults. Terminated (SIGTERM) on drop.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
+
+use super::child::spawn_reading_lines;
 
 /// Environment variable naming the realfw folder (default: `../shared/realfw` from the
 /// repository root).
@@ -167,29 +169,25 @@ impl Realfw {
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(self.root.join("run.sh"))
+        let (tx, rx) = mpsc::channel();
+        let mut command = Command::new(self.root.join("run.sh"));
+        command
             .arg(&self.link)
             .arg(&self.log)
             .env("REALFW_TRACE", "1")
             .env("REALFW_LOG_STDERR", "0")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn realfw run.sh");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            // Drain whatever else it prints, so it never blocks on a full pipe.
-            for _ in lines {}
+            .stderr(Stdio::inherit());
+        // The first line is the JSON line; whatever else it prints is drained.
+        let child = spawn_reading_lines(&mut command, "realfw run.sh", move |line| {
+            let _ = tx.send(line);
+            false
         });
         let first = rx.recv_timeout(READY_TIMEOUT);
         self.child = Some(child);
         let line = match first {
-            Ok(Some(Ok(line))) => line,
+            Ok(line) => line,
             other => panic!("realfw did not print its JSON line: {other:?}"),
         };
         let info: serde_json::Value =
