@@ -8,8 +8,8 @@
 //! the LAN broker, is rewritten the same way and started on first use of the public side
 //! ([`Broker::ws_port`]): tests that never touch it run one mosquitto, as before.
 //! [`Broker::start_anonymous`] is a plain anonymous loopback broker for tests that do not care
-//! about ACLs. Both wait until their ports accept connections, keep their ports across
-//! [`Broker::restart`], and kill mosquitto on drop.
+//! about ACLs. Both wait until their ports accept connections, hold their ports ([`HeldPort`])
+//! from the start to the drop, across [`Broker::restart`] too, and kill mosquitto on drop.
 //!
 //! [`TestClient`] is an MQTT 3.1.1 or 5 client ([`Protocol`]) on the LAN listener or, through a
 //! tiny websocket relay (the `rumqttc` of this crate is built without its `websocket` feature),
@@ -33,7 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-use super::listen::{free_ports, spawn_listening};
+use super::listen::spawn_listening;
 
 /// The address every test broker listens on.
 pub const HOST: &str = "127.0.0.1";
@@ -111,6 +111,37 @@ pub enum Setup {
     Anonymous,
 }
 
+/// A loopback port kept for a server of a test: bound with `SO_REUSEADDR` but not listening.
+/// mosquitto binds its listeners with `SO_REUSEADDR` too, so it can listen on the port (again
+/// after a restart), while no free-port pick on this machine (a `bind` to port 0, which passes
+/// over ports bound this way) can get it, not even while the server is stopped. The port is
+/// let go on drop.
+pub struct HeldPort {
+    _socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl HeldPort {
+    /// A free loopback port, held.
+    pub fn new() -> HeldPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket
+            .bind((std::net::Ipv4Addr::LOCALHOST, 0).into())
+            .expect("a free loopback port");
+        let port = socket.local_addr().expect("the bound address").port();
+        HeldPort {
+            _socket: socket,
+            port,
+        }
+    }
+
+    /// The port number.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
 /// A mosquitto child process on free loopback ports (with [`Setup::Shipped`], the LAN broker,
 /// and the public broker once used); killed on drop.
 pub struct Broker {
@@ -121,6 +152,8 @@ pub struct Broker {
     feed_port: Option<u16>,
     public: Option<Mutex<PublicBroker>>,
     child: Option<Child>,
+    /// Every port of the LAN and the public broker, for as long as the broker lives.
+    _held: Vec<HeldPort>,
 }
 
 /// The public broker of [`Setup::Shipped`]: `mosquitto/config/public.conf`, its bridge feature
@@ -152,16 +185,15 @@ impl Broker {
     /// Starts `setup` on fresh free ports and a fresh temporary directory, and waits until its
     /// ports accept connections. Panics if mosquitto is missing or does not come up.
     pub fn start_with(setup: Setup) -> Broker {
-        let mut last_error = String::new();
-        // Another process may take a port between our probe and mosquitto's bind: try again.
-        for _ in 0..5 {
-            let mut broker = Broker::prepare(setup);
-            match broker.spawn() {
-                Ok(()) => return broker,
-                Err(e) => last_error = e,
-            }
+        Broker::started(Broker::prepare(setup))
+    }
+
+    /// `broker`, started; panics if it does not come up.
+    fn started(mut broker: Broker) -> Broker {
+        if let Err(e) = broker.spawn() {
+            panic!("mosquitto did not start: {e}");
         }
-        panic!("mosquitto did not start: {last_error}");
+        broker
     }
 
     /// Prepares `setup` on fresh free ports and a fresh directory without starting it: for
@@ -171,7 +203,7 @@ impl Broker {
     }
 
     /// Starts a [`Broker::reserve`]d (or stopped) broker on its ports; panics if it does not
-    /// come up (another process may have taken a port meanwhile).
+    /// come up.
     pub fn launch(&mut self) {
         if self.is_running() {
             return;
@@ -185,40 +217,29 @@ impl Broker {
     /// such as `max_queued_messages 20000`, for a test that must not lose a message to the
     /// broker's own limits).
     pub fn start_with_extra(setup: Setup, lines: &str) -> Broker {
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            let mut broker = Broker::prepare(setup);
-            let mut text = fs::read_to_string(&broker.conf).expect("read conf");
-            text.push_str(lines);
-            text.push('\n');
-            fs::write(&broker.conf, text).expect("write conf");
-            match broker.spawn() {
-                Ok(()) => return broker,
-                Err(e) => last_error = e,
-            }
-        }
-        panic!("mosquitto did not start: {last_error}");
+        let broker = Broker::prepare(setup);
+        let mut text = fs::read_to_string(&broker.conf).expect("read conf");
+        text.push_str(lines);
+        text.push('\n');
+        fs::write(&broker.conf, text).expect("write conf");
+        Broker::started(broker)
     }
 
     /// [`Setup::Shipped`] with `acl` as the LAN listener's ACL file instead of the shipped
     /// `acl-lan`: a broker whose ACL is someone else's (coffeebot added to an existing one).
     pub fn start_with_lan_acl(acl: &str) -> Broker {
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            let mut broker = Broker::prepare(Setup::Shipped);
-            fs::write(broker.dir.join("acl-lan"), acl).expect("write the LAN ACL");
-            give_to_mosquitto_user(&broker.dir);
-            match broker.spawn() {
-                Ok(()) => return broker,
-                Err(e) => last_error = e,
-            }
-        }
-        panic!("mosquitto did not start: {last_error}");
+        let broker = Broker::prepare(Setup::Shipped);
+        fs::write(broker.dir.join("acl-lan"), acl).expect("write the LAN ACL");
+        give_to_mosquitto_user(&broker.dir);
+        Broker::started(broker)
     }
 
     fn prepare(setup: Setup) -> Broker {
         let dir = unique_temp_dir();
-        let ports = free_ports(if setup == Setup::Shipped { 4 } else { 1 }).expect("free ports");
+        let held: Vec<HeldPort> = (0..if setup == Setup::Shipped { 4 } else { 1 })
+            .map(|_| HeldPort::new())
+            .collect();
+        let ports: Vec<u16> = held.iter().map(HeldPort::port).collect();
         let lan_port = ports[0];
         let feed_port = ports.get(1).copied();
         let mut public = None;
@@ -265,6 +286,7 @@ impl Broker {
             feed_port,
             public,
             child: None,
+            _held: held,
         }
     }
 
