@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use coffeebot::sim::{SimConfig, SimHandle};
 use support::bridge::{Bridge, Process};
-use support::mosquitto::{Broker, Credentials, Listener, Login, Protocol, Setup};
+use support::mosquitto::{Broker, Credentials, HeldPort, Listener, Login, Protocol, Setup};
 use support::sim::simulator;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -131,59 +131,68 @@ fn certificates(name: &str) -> PathBuf {
     dir
 }
 
-/// A plain broker (its TCP listener for the test's own client) with a TLS listener using
-/// `server` (`server` or `expired`), requiring client certificates when `require` is set.
-fn tls_broker(certs: &Path, server: &str, require: bool) -> (Broker, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let c = |f: &str| certs.join(f).display().to_string();
-    let lines = format!(
-        "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require}\ntls_version tlsv1.2\n",
-        c("ca.crt"),
-        c(&format!("{server}.crt")),
-        c(&format!("{server}.key")),
-    );
-    (Broker::start_with_extra(Setup::Anonymous, &lines), port)
+/// A plain broker (its TCP listener for the test's own client) with a TLS listener, and the
+/// [`certificates`] of the test.
+struct TlsBroker {
+    broker: Broker,
+    /// The TLS listener's port.
+    port: HeldPort,
+    certs: PathBuf,
 }
 
-/// The bridge, with a simulator of its own for test `name`, against the TLS listener on
-/// `localhost:port` with these `mqtt.tls` files.
-async fn bridge(
-    name: &str,
-    broker: &Broker,
-    port: u16,
-    tls: &[(&str, PathBuf)],
-) -> (SimHandle, Bridge) {
-    let sim = simulator("tls-sim", name, SimConfig::default()).await;
-    let port = port.to_string();
-    let mut extra: Vec<(&str, String)> = vec![
-        ("MQTT__HOST", "localhost".to_owned()),
-        ("MQTT__PORT", port),
-        ("HOMEASSISTANT__DISCOVERY", "off".to_owned()),
-    ];
-    for (key, path) in tls {
-        extra.push((key, path.display().to_string()));
+impl TlsBroker {
+    /// Certificates for test `name`, and a broker whose TLS listener uses `server` (`server` or
+    /// `expired`), requiring client certificates when `require` is set.
+    fn start(name: &str, server: &str, require: bool) -> TlsBroker {
+        let certs = certificates(name);
+        let port = HeldPort::new();
+        let c = |f: &str| certs.join(f).display().to_string();
+        let lines = format!(
+            "listener {} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require}\ntls_version tlsv1.2\n",
+            port.port(),
+            c("ca.crt"),
+            c(&format!("{server}.crt")),
+            c(&format!("{server}.key")),
+        );
+        let broker = Broker::start_with_extra(Setup::Anonymous, &lines);
+        TlsBroker {
+            broker,
+            port,
+            certs,
+        }
     }
-    let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let anonymous = Credentials {
-        username: String::new(),
-        password: String::new(),
-    };
-    // Debug logs show every retry.
-    let bridge = Bridge::start_with(
-        Process {
-            rust_log: "coffeebot=debug",
-            ..Process::default()
-        },
-        sim.path(),
-        broker,
-        &anonymous,
-        &extra,
-    );
-    (sim, bridge)
+
+    /// The bridge, with a simulator of its own for test `name`, against the TLS listener on
+    /// `localhost:port` with these `mqtt.tls` settings, each naming a file of the certificates.
+    async fn bridge(&self, name: &str, tls: &[(&str, &str)]) -> (SimHandle, Bridge) {
+        let sim = simulator("tls-sim", name, SimConfig::default()).await;
+        let port = self.port.port().to_string();
+        let mut extra: Vec<(&str, String)> = vec![
+            ("MQTT__HOST", "localhost".to_owned()),
+            ("MQTT__PORT", port),
+            ("HOMEASSISTANT__DISCOVERY", "off".to_owned()),
+        ];
+        for (key, file) in tls {
+            extra.push((key, self.certs.join(file).display().to_string()));
+        }
+        let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let anonymous = Credentials {
+            username: String::new(),
+            password: String::new(),
+        };
+        // Debug logs show every retry.
+        let bridge = Bridge::start_with(
+            Process {
+                rust_log: "coffeebot=debug",
+                ..Process::default()
+            },
+            sim.path(),
+            &self.broker,
+            &anonymous,
+            &extra,
+        );
+        (sim, bridge)
+    }
 }
 
 /// A client on the plain listener that has seen the bridge's `online`.
@@ -201,62 +210,41 @@ async fn wait_online(broker: &Broker) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_only() {
-    let certs = certificates("ca-only");
-    let (broker, port) = tls_broker(&certs, "server", false);
-    let (_sim, mut bridge) = bridge(
-        "ca-only",
-        &broker,
-        port,
-        &[("MQTT__TLS__CA_FILE", certs.join("ca.crt"))],
-    )
-    .await;
-    wait_online(&broker).await;
+    let tls = TlsBroker::start("ca-only", "server", false);
+    let (_sim, mut bridge) = tls
+        .bridge("ca-only", &[("MQTT__TLS__CA_FILE", "ca.crt")])
+        .await;
+    wait_online(&tls.broker).await;
     assert!(bridge.is_running());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificate_required_by_the_broker() {
-    let certs = certificates("client-cert");
-    let (broker, port) = tls_broker(&certs, "server", true);
-    let (_sim, _bridge) = bridge(
-        "client-cert",
-        &broker,
-        port,
-        &[
-            ("MQTT__TLS__CA_FILE", certs.join("ca.crt")),
-            ("MQTT__TLS__CLIENT_CERT", certs.join("client.crt")),
-            ("MQTT__TLS__CLIENT_KEY", certs.join("client.key")),
-        ],
-    )
-    .await;
-    wait_online(&broker).await;
+    let tls = TlsBroker::start("client-cert", "server", true);
+    let client_cert = [
+        ("MQTT__TLS__CA_FILE", "ca.crt"),
+        ("MQTT__TLS__CLIENT_CERT", "client.crt"),
+        ("MQTT__TLS__CLIENT_KEY", "client.key"),
+    ];
+    let (_sim, _bridge) = tls.bridge("client-cert", &client_cert).await;
+    wait_online(&tls.broker).await;
     // Without its certificate the same bridge is turned away, with a line that says so.
-    let (_sim, mut without) = bridge(
-        "client-cert-missing",
-        &broker,
-        port,
-        &[("MQTT__TLS__CA_FILE", certs.join("ca.crt"))],
-    )
-    .await;
+    let (_sim, mut without) = tls.bridge("client-cert-missing", &client_cert[..1]).await;
     let line = without
         .wait_for_log("MQTT broker at localhost", WAIT)
         .expect("a line about the broker connection");
-    assert!(line.contains(&format!("localhost:{port}")), "{line}");
+    assert!(
+        line.contains(&format!("localhost:{}", tls.port.port())),
+        "{line}"
+    );
     assert!(without.is_running());
 }
 
 /// A refused TLS connection: one clear line, retries (the broker sees several attempts), the
 /// process keeps running and never says online.
 async fn refused(name: &str, server: &str, ca: &str, expect: &str) {
-    let certs = certificates(name);
-    let (broker, port) = tls_broker(&certs, server, false);
-    let (_sim, mut bridge) = bridge(
-        name,
-        &broker,
-        port,
-        &[("MQTT__TLS__CA_FILE", certs.join(ca))],
-    )
-    .await;
+    let tls = TlsBroker::start(name, server, false);
+    let (_sim, mut bridge) = tls.bridge(name, &[("MQTT__TLS__CA_FILE", ca)]).await;
     let line = bridge
         .wait_for_log("TLS with the MQTT broker at localhost", WAIT)
         .expect("one line naming TLS and the broker");
