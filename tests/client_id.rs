@@ -32,20 +32,10 @@ const TAKEN: &str = "another client connected with the bridge's client id";
 /// The shipped broker, the simulator and the bridge with `mqtt.client_id = "coffeebot"` (the
 /// default) and `extra` settings.
 async fn start(name: &str, extra: &[(&str, &str)]) -> Rig {
-    let broker = Broker::start();
-    let sim = simulator("client_id", name, SimConfig::default()).await;
-    let watcher = broker
-        .watcher(&[&format!("{B}/#"), "homeassistant/#"])
-        .await;
+    let watched: [&str; 2] = [&format!("{B}/#"), "homeassistant/#"];
     let mut settings = vec![("MQTT__CLIENT_ID", "coffeebot")];
     settings.extend_from_slice(extra);
-    let bridge = Bridge::start(
-        sim.path(),
-        &broker,
-        &broker.credentials(User::Coffeebot),
-        &settings,
-    );
-    Rig::answering(broker, sim, watcher, bridge, |s| s["link"] == "up").await
+    Rig::shipped("client_id", name, SimConfig::default(), &watched, &settings).await
 }
 
 /// The client ids of the bridge's connections so far, from its `connected` log lines.

@@ -22,7 +22,7 @@ use serde_json::Value;
 use support::bridge::{Bridge, Process};
 use support::mosquitto::{json, next_message, Broker, Login, Setup, User};
 use support::rig::Rig;
-use support::sim::simulator;
+use support::sim::{keeps_seeing, simulator};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -83,6 +83,17 @@ impl Rig {
         );
     }
 
+    /// `fault` trips: its `fault` event (with its time), then a state that shows it, the mode
+    /// `off`. Returns when the event came.
+    async fn trips(&mut self, fault: &str) -> Instant {
+        let event = self.event_where("fault", |e| e["reason"] == fault).await;
+        let at = Instant::now();
+        assert!(event["at"].is_string(), "{event}");
+        let state = self.state_where(fault, |s| has_fault(s, fault)).await;
+        assert_eq!(state["mode"], "off", "{state}");
+        at
+    }
+
     /// A brew of `cups` started and seen in the `brewing` mode; returns the first `B+1`.
     async fn brewing(&mut self, cups: u32) -> CommandEvent {
         let mut commands = self.sim.commands();
@@ -136,13 +147,7 @@ async fn lines_after(sim: &SimHandle, line: &str, t: Instant) -> Vec<CommandEven
 /// Waits for `n` more status polls: a few seconds of the bridge going on as it is, proven by
 /// what the controller saw rather than by a sleep.
 async fn polls(sim: &SimHandle, n: usize) {
-    let mut commands = sim.commands();
-    for i in 0..n {
-        assert!(
-            commands.next_matching("S+?", WAIT).await.is_some(),
-            "poll {i} never came"
-        );
-    }
+    keeps_seeing(sim, "S+?", n, WAIT).await;
 }
 
 fn has_fault(state: &Value, fault: &str) -> bool {
@@ -494,16 +499,8 @@ async fn controller_hang_trips_stale_telemetry() {
     let mut rig = mid_brew("hang", &[("SAFETY__STALE_AFTER_S", "2")]).await;
     let hung = Instant::now();
     rig.sim.hang(true).await.unwrap();
-    let fault = rig
-        .event_where("fault", |e| e["reason"] == "stale_telemetry")
-        .await;
-    let tripped = hung.elapsed();
+    let tripped = rig.trips("stale_telemetry").await.duration_since(hung);
     let off = rig.relay(false).await;
-    assert!(fault["at"].is_string());
-    let state = rig
-        .state_where("stale", |s| has_fault(s, "stale_telemetry"))
-        .await;
-    assert_eq!(state["mode"], "off");
     println!(
         "FIGURE controller hang: relay off {} ms (the controller's watchdog), stale_telemetry {} ms after the hang",
         ms(off.duration_since(hung)),
@@ -522,13 +519,7 @@ async fn garbage_is_skipped_and_a_controller_answering_only_garbage_trips_stale_
     noise.extend(std::iter::repeat_n(b'A', 1000));
     noise.extend_from_slice(b"\r\nB+7\nT+\n\xc3\x28\n");
     rig.sim.garbage(noise).await.unwrap();
-    let mut commands = rig.sim.commands();
-    for _ in 0..8 {
-        assert!(commands
-            .next_matching("B+1", Duration::from_millis(1000))
-            .await
-            .is_some());
-    }
+    keeps_seeing(&rig.sim, "B+1", 8, Duration::from_millis(1000)).await;
     let state = rig.state_where("still brewing", |_| true).await;
     assert_eq!(state["mode"], "brewing", "{state}");
     assert!(rig.feeds_after(first.at).await.len() >= 8);
@@ -545,16 +536,8 @@ async fn garbage_is_skipped_and_a_controller_answering_only_garbage_trips_stale_
             }
         }
     });
-    let fault = rig
-        .event_where("fault", |e| e["reason"] == "stale_telemetry")
-        .await;
+    let tripped = rig.trips("stale_telemetry").await.duration_since(since);
     spam.abort();
-    assert!(fault["at"].is_string());
-    let tripped = since.elapsed();
-    let state = rig
-        .state_where("stale", |s| has_fault(s, "stale_telemetry"))
-        .await;
-    assert_eq!(state["mode"], "off");
     println!(
         "FIGURE garbage-only controller: stale_telemetry {} ms after the last good reply",
         ms(tripped)
@@ -636,13 +619,7 @@ async fn a_stuck_heater_trips_heater_mismatch_and_off_keeps_being_sent() {
     assert_eq!(state["heater"], "ON", "{state}");
     assert_eq!(state["mode"], "off");
     // B+0 goes on at the feed pace, never a B+1.
-    let mut commands = rig.sim.commands();
-    for _ in 0..4 {
-        assert!(commands
-            .next_matching("B+0", Duration::from_millis(600))
-            .await
-            .is_some());
-    }
+    keeps_seeing(&rig.sim, "B+0", 4, Duration::from_millis(600)).await;
     let first_off = lines_after(&rig.sim, "B+0", stopped).await[0].at;
     assert!(rig.feeds_after(first_off).await.is_empty());
     rig.heater_on_refused("heater_mismatch").await;

@@ -10,13 +10,13 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use coffeebot::sim::{SimConfig, SimHandle};
+use coffeebot::sim::SimConfig;
 use coffeebot::state::StateDoc;
 use serde_json::Value;
 use support::bridge::Bridge;
 use support::mosquitto::{json, message_since, next_message, Broker, Login, User};
 use support::rig::Rig;
-use support::sim::simulator;
+use support::sim::{keeps_seeing, simulator};
 
 const B: &str = "coffeebot";
 const D: &str = "coffeebot/coffeepot";
@@ -30,30 +30,8 @@ impl Rig {
 
     /// [`Rig::start`] with a simulator configured by `sim`.
     async fn start_with(name: &str, sim: SimConfig, extra: &[(&str, &str)]) -> Rig {
-        let broker = Broker::start();
-        let sim = simulator("mqtt", name, sim).await;
-        let watcher = broker
-            .watcher(&[&format!("{B}/#"), "homeassistant/#"])
-            .await;
-        let bridge = Bridge::start(
-            sim.path(),
-            &broker,
-            &broker.credentials(User::Coffeebot),
-            extra,
-        );
-        Rig::answering(broker, sim, watcher, bridge, |s| s["link"] == "up").await
-    }
-}
-
-/// Waits until the simulator has accepted `line` `times` times in a row of waits, each within
-/// `within` of the previous.
-async fn keeps_seeing(sim: &SimHandle, line: &str, times: usize, within: Duration) {
-    let mut commands = sim.commands();
-    for i in 0..times {
-        assert!(
-            commands.next_matching(line, within).await.is_some(),
-            "{line} number {i} did not come within {within:?}"
-        );
+        let watched: [&str; 2] = [&format!("{B}/#"), "homeassistant/#"];
+        Rig::shipped("mqtt", name, sim, &watched, extra).await
     }
 }
 

@@ -19,10 +19,8 @@ use std::time::Duration;
 
 use coffeebot::sim::SimConfig;
 use serde_json::Value;
-use support::bridge::Bridge;
 use support::mosquitto::{json, Broker, Listener, Login, Message, Protocol, TestClient, User};
 use support::rig::Rig;
-use support::sim::simulator;
 
 const B: &str = "coffeebot";
 const D: &str = "coffeebot/coffeepot";
@@ -39,16 +37,8 @@ fn settings(preheat_c: &'static str) -> Vec<(&'static str, &'static str)> {
 
 /// The shipped broker, the simulator, a watcher (`homeassistant`) and the bridge with `extra`.
 async fn start(name: &str, extra: &[(&str, &str)]) -> Rig {
-    let broker = Broker::start();
-    let sim = simulator("truth", name, SimConfig::default()).await;
-    let watcher = broker.watcher(&[&format!("{B}/#")]).await;
-    let bridge = Bridge::start(
-        sim.path(),
-        &broker,
-        &broker.credentials(User::Coffeebot),
-        extra,
-    );
-    Rig::answering(broker, sim, watcher, bridge, |s| s["link"] == "up").await
+    let watched: [&str; 1] = [&format!("{B}/#")];
+    Rig::shipped("truth", name, SimConfig::default(), &watched, extra).await
 }
 
 /// The state messages the watcher has seen from index `from` on.

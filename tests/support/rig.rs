@@ -1,13 +1,14 @@
 //! The end-to-end rig of the MQTT tests: the broker, the simulated controller, a watching
 //! client subscribed before the bridge starts (so nothing it publishes is missed) and the
-//! bridge as a real process. A test binary adds its own ways to start one (`impl Rig` in the
-//! test file) and its own steps.
+//! bridge as a real process. [`Rig::shipped`] starts the usual one; a test binary adds its
+//! own ways to start one (`impl Rig` in the test file) and its own steps.
 
-use coffeebot::sim::SimHandle;
+use coffeebot::sim::{SimConfig, SimHandle};
 use serde_json::Value;
 
 use super::bridge::Bridge;
-use super::mosquitto::{lan_command, next_event, next_state, Broker, TestClient};
+use super::mosquitto::{lan_command, next_event, next_state, Broker, TestClient, User};
+use super::sim::simulator;
 
 /// A broker, the simulator, a watching client and the bridge.
 pub struct Rig {
@@ -22,6 +23,24 @@ pub struct Rig {
 }
 
 impl Rig {
+    /// The shipped broker, a simulator configured by `sim` for test `name` of the test binary
+    /// `binary`, a watcher (`homeassistant`) subscribed to `watched`, and the bridge logged in
+    /// as `coffeebot` with `extra` settings; once the link is up.
+    pub async fn shipped(
+        binary: &str,
+        name: &str,
+        sim: SimConfig,
+        watched: &[&str],
+        extra: &[(&str, &str)],
+    ) -> Rig {
+        let broker = Broker::start();
+        let sim = simulator(binary, name, sim).await;
+        let watcher = broker.watcher(watched).await;
+        let login = broker.credentials(User::Coffeebot);
+        let bridge = Bridge::start(sim.path(), &broker, &login, extra);
+        Rig::answering(broker, sim, watcher, bridge, |s| s["link"] == "up").await
+    }
+
     /// The rig, once a state for which `answering` holds has come (the controller answers).
     pub async fn answering(
         broker: Broker,

@@ -3,6 +3,7 @@
 
 use coffeebot::sim::{SimConfig, SimHandle, Simulator};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// A link path of its own for test `name` of binary `binary`: a directory under the temporary
 /// directory named after both and this process, created if missing.
@@ -19,4 +20,16 @@ pub async fn simulator(binary: &str, name: &str, cfg: SimConfig) -> SimHandle {
     Simulator::start(cfg, link_path(binary, name))
         .await
         .expect("simulator starts")
+}
+
+/// Waits until the simulator has accepted `line` `times` times in a row of waits, each within
+/// `within` of the previous.
+pub async fn keeps_seeing(sim: &SimHandle, line: &str, times: usize, within: Duration) {
+    let mut commands = sim.commands();
+    for i in 0..times {
+        assert!(
+            commands.next_matching(line, within).await.is_some(),
+            "{line} number {i} did not come within {within:?}"
+        );
+    }
 }
