@@ -127,6 +127,14 @@ impl Link {
             Link::Down => "down",
         }
     }
+
+    /// What the status page calls it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Link::Up => "Answering",
+            Link::Down => "Not answering",
+        }
+    }
 }
 
 /// The JSON form of the state's typed values is their name (`as_str`).
