@@ -340,29 +340,11 @@ impl Run {
     async fn start(&self, observer: &mut Observer) -> Result<Bridge> {
         let http_port = free_port()?;
         let public_port = free_port()?;
-        let mut command = Command::new(&self.bin);
-        command
-            .arg("run")
-            .env_remove("COFFEEBOT_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(self.log.try_clone()?)
-            .stderr(self.log.try_clone()?);
-        for (k, v) in bridge_env(&self.link, self.mqtt_port, http_port, public_port)
+        let env: Vec<_> = bridge_env(&self.link, self.mqtt_port, http_port, public_port)
             .into_iter()
             .chain(soak_env(&self.state_dir))
-        {
-            command.env(k, v);
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot run {}", self.bin.display()))?;
-        let pid = child.id();
-        let mut bridge = Bridge {
-            child,
-            pid,
-            http_port,
-            public_port,
-        };
+            .collect();
+        let mut bridge = Bridge::spawn(&self.bin, &env, &self.log, http_port, public_port)?;
         if let Err(e) = observer.until(WAIT, "the bridge ready", false, ready).await {
             bridge.check_alive()?;
             return Err(e);
@@ -430,18 +412,7 @@ struct Tally {
 
 /// The soak: `minutes` of random use and trouble, then the figures.
 pub(crate) async fn run(args: &Args, minutes: f64) -> Result<()> {
-    let bin = match &args.bridge {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("cannot find this binary")?
-            .with_file_name("coffeebot"),
-    };
-    if !bin.is_file() {
-        bail!(
-            "no bridge binary at {} (build it: cargo build --release)",
-            bin.display()
-        );
-    }
+    let bin = args.bridge_bin()?;
     let duration = Duration::from_secs_f64(minutes * 60.0);
     let work = std::env::temp_dir().join(format!("coffeebot-soak-{}", std::process::id()));
     fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
