@@ -712,17 +712,12 @@ async fn act(
             finish(monitor, observer, long).await?;
         }
         Action::BrewStopped => {
-            start(monitor, observer, BREW_SET, "{\"cups\": 3}").await?;
-            // Workload: a brew stopped some time into it.
-            tokio::time::sleep(Duration::from_millis(rng.u64(500..6000))).await;
-            observer.publish(BREW_SET, "STOP").await?;
-            finish(monitor, observer, WAIT).await?;
+            let run = Duration::from_millis(rng.u64(500..6000));
+            start_and_stop(monitor, observer, BREW_SET, ("{\"cups\": 3}", "STOP"), run).await?;
         }
         Action::Manual => {
-            start(monitor, observer, HEATER_SET, "ON").await?;
-            tokio::time::sleep(Duration::from_millis(rng.u64(500..8000))).await;
-            observer.publish(HEATER_SET, "OFF").await?;
-            finish(monitor, observer, WAIT).await?;
+            let run = Duration::from_millis(rng.u64(500..8000));
+            start_and_stop(monitor, observer, HEATER_SET, ("ON", "OFF"), run).await?;
         }
         Action::ManualToLimit => {
             let before = observer.count("heater_auto_off");
@@ -734,10 +729,8 @@ async fn act(
                 .context("a manual run reached the limit")?;
         }
         Action::KeepWarm => {
-            start(monitor, observer, KEEP_WARM_SET, "ON").await?;
-            tokio::time::sleep(Duration::from_millis(rng.u64(500..8000))).await;
-            observer.publish(KEEP_WARM_SET, "OFF").await?;
-            finish(monitor, observer, WAIT).await?;
+            let run = Duration::from_millis(rng.u64(500..8000));
+            start_and_stop(monitor, observer, KEEP_WARM_SET, ("ON", "OFF"), run).await?;
         }
         Action::Commands => {
             let invalid: [(&str, &str); 6] = [
@@ -881,6 +874,22 @@ async fn start(
         ),
         Err(e) => Err(e),
     }
+}
+
+/// [`start`]s a program with the first payload on `topic`, stops it with the second after
+/// `run` and waits for it to end.
+async fn start_and_stop(
+    monitor: &Monitor,
+    observer: &mut Observer,
+    topic: &str,
+    (on, off): (&str, &str),
+    run: Duration,
+) -> Result<()> {
+    start(monitor, observer, topic, on).await?;
+    // Workload: a program stopped some time into it.
+    tokio::time::sleep(run).await;
+    observer.publish(topic, off).await?;
+    finish(monitor, observer, WAIT).await
 }
 
 /// Waits (≤ `within`) for the program to end; heating is no longer allowed from then on.
