@@ -1186,7 +1186,7 @@ impl Report {
             "timeline": self.tally.timeline,
             "controller_faults": self.tally.faults,
             "broker_restarts": self.tally.broker_restarts,
-            "broker_back": Stats::of(&self.tally.broker_back).to_json(),
+            "broker_back": Stats::of(&self.tally.broker_back),
             "bridge_restarts": self.tally.bridge_restarts,
             "violations": f.violations,
             "feeds_while_denied": f.feeds_while_denied,
@@ -1196,7 +1196,7 @@ impl Report {
                 "boots": self.controller_boots, "interlock_conditions": f.trips_seen,
             },
             "feed_gaps": {
-                "stats": gaps.to_json(),
+                "stats": gaps,
                 "over_target": over,
                 "target_ms": ms(FEED_TARGET),
                 "missed_feed_ms": ms(MISSED),
