@@ -556,14 +556,21 @@ B+1
     }
 
     proptest! {
+        /// Random bytes in random chunks: the partial line stays bounded and every reading
+        /// decoded is finite (and nothing panics).
         #[test]
-        fn memory_stays_bounded(chunks in prop::collection::vec(
-            prop::collection::vec(any::<u8>(), 0..600), 0..20)) {
+        fn random_bytes_stay_bounded_and_finite(chunks in prop::collection::vec(
+            prop::collection::vec(any::<u8>(), 0..600), 0..30)) {
             let mut decoder = Decoder::new();
             for chunk in &chunks {
                 decoder.push(chunk);
                 prop_assert!(decoder.line.len() <= MAX_LINE + 1);
-                while decoder.next_frame().is_some() {}
+                while let Some(frame) = decoder.next_frame() {
+                    if let Frame::Reading(reading) = frame {
+                        prop_assert!(reading.temperature_c.is_none_or(f64::is_finite));
+                        prop_assert!(reading.water_distance_in.is_none_or(f64::is_finite));
+                    }
+                }
             }
             prop_assert!(decoder.line.capacity() <= 2 * (MAX_LINE + 2));
         }

@@ -127,6 +127,14 @@ impl Link {
             Link::Down => "down",
         }
     }
+
+    /// What the status page calls it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Link::Up => "Answering",
+            Link::Down => "Not answering",
+        }
+    }
 }
 
 /// The JSON form of the state's typed values is their name (`as_str`).
@@ -215,28 +223,18 @@ impl StateDoc {
     /// yet. Tests change the keys they are about with `StateDoc { key, ..StateDoc::example() }`.
     #[doc(hidden)]
     pub fn example() -> StateDoc {
-        StateDoc {
-            mode: Mode::Off,
-            heater: None,
-            temperature_c: None,
-            water_distance_in: None,
-            water_level_pct: None,
+        let idle = Status {
             cups: 4,
-            brew_remaining_s: None,
-            brew_ends_at: None,
-            keep_warm: OnOff::Off,
-            faults: FaultSet::default(),
-            last_fault: None,
-            link: Link::Up,
-            controller_reboots: 0,
-            firmware: None,
-            reply_format: None,
-            updated_at: None,
-            next_brew: None,
-            schedule: OnOff::Off,
-            calendar_read_at: None,
-            counters: Default::default(),
-        }
+            link_up: true,
+            answering: true,
+            ..Status::default()
+        };
+        // The status holds no instant, so the clock's reading shows nowhere.
+        let clock = Clock {
+            now: Instant::now(),
+            wall: SystemTime::UNIX_EPOCH,
+        };
+        StateDoc::new(&idle, &clock)
     }
 
     /// The document for a status.

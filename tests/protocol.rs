@@ -358,21 +358,6 @@ proptest! {
     }
 
     #[test]
-    fn random_bytes_never_panic(chunks in prop::collection::vec(
-        prop::collection::vec(any::<u8>(), 0..200), 0..30)) {
-        let mut decoder = Decoder::new();
-        for chunk in &chunks {
-            decoder.push(chunk);
-            for frame in drain(&mut decoder) {
-                if let Frame::Reading(reading) = frame {
-                    prop_assert!(reading.temperature_c.is_none_or(f64::is_finite));
-                    prop_assert!(reading.water_distance_in.is_none_or(f64::is_finite));
-                }
-            }
-        }
-    }
-
-    #[test]
     fn protocol_like_noise_never_panics(lines in prop::collection::vec(
         "(W\\+|T\\+|B\\+|MrCoffeeBot v|[ -~]{0,3})[-0-9.a-z+ ]{0,8}( Booted\\.)?(\r?\n)?", 0..40)) {
         let mut decoder = Decoder::new();

@@ -236,16 +236,33 @@ pub const WEEKLY_ROWS: &[Key] = &[
     row("cups", range(1.0, 24.0), "cups", "it must be a brew that can be started"),
 ];
 
-/// A check between keys. It runs only when its key and every key it `needs` passed their own
-/// checks, so that one mistake gives one error.
+/// A check between two keys. It runs only when both passed their own checks, so that one
+/// mistake gives one error.
 #[derive(Clone, Copy, Debug)]
 pub struct Relation {
     /// The key reported when the check fails (its row's `doc` says why).
     pub key: &'static str,
-    /// The other keys the check reads.
-    pub needs: &'static [&'static str],
-    /// `None` when the settings pass; else what is allowed, naming the other key and its value.
-    pub check: fn(&Settings) -> Option<String>,
+    /// How its value must stand to the other key's.
+    pub rule: Rule,
+    /// The other key the check reads; what is allowed names it.
+    pub other: &'static str,
+}
+
+/// How a key's value must stand to another key's; what is allowed when it does not says the
+/// other key and its value. Comparisons are written so that NaN fails them.
+#[derive(Clone, Copy, Debug)]
+pub enum Rule {
+    /// A number less than the other: `below <other> (<its value>)`.
+    Below,
+    /// A number at most the other: `at most <other> (<its value>)`.
+    AtMost,
+    /// A number more than the other: `more than <other> (<its value>)`.
+    MoreThan,
+    /// A text set whenever the other is: `<this> when <other> is set`, e.g. `a key file`.
+    SetWith(&'static str),
+    /// Anything else: `None` when the settings pass, else what is allowed, naming the other
+    /// key and its value.
+    Other(fn(&Settings) -> Option<String>),
 }
 
 /// `Some(allowed)` when `ok` is false.
@@ -257,122 +274,53 @@ fn unless(ok: bool, allowed: impl FnOnce() -> String) -> Option<String> {
     }
 }
 
-/// Every check between keys, in the order they are reported. Comparisons are written so that
-/// NaN fails them.
+/// Every check between keys, in the order they are reported.
+#[rustfmt::skip] // One row a check reads best as a table.
 pub const RELATIONS: &[Relation] = &[
-    Relation {
-        key: "mqtt.tls.client_key",
-        needs: &["mqtt.tls.client_cert"],
-        check: |s| {
-            let tls = &s.mqtt.tls;
-            unless(
-                tls.client_cert.is_empty() || !tls.client_key.is_empty(),
-                || "a key file when mqtt.tls.client_cert is set".to_owned(),
-            )
-        },
-    },
-    Relation {
-        key: "mqtt.tls.client_cert",
-        needs: &["mqtt.tls.client_key"],
-        check: |s| {
-            let tls = &s.mqtt.tls;
-            unless(
-                tls.client_key.is_empty() || !tls.client_cert.is_empty(),
-                || "a certificate file when mqtt.tls.client_key is set".to_owned(),
-            )
-        },
-    },
-    Relation {
-        key: "mqtt.tls.ca_file",
-        needs: &["mqtt.tls.client_cert"],
-        check: |s| {
-            let tls = &s.mqtt.tls;
-            unless(
-                tls.client_cert.is_empty() || !tls.ca_file.is_empty(),
-                || "a CA file when mqtt.tls.client_cert is set".to_owned(),
-            )
-        },
-    },
-    Relation {
-        key: "brew.default_cups",
-        needs: &["brew.max_cups"],
-        check: |s| {
-            let max = s.brew.max_cups;
-            unless(s.brew.default_cups <= max, || {
-                format!("at most brew.max_cups ({max})")
-            })
-        },
-    },
-    Relation {
-        key: "brew.preheat_c",
-        needs: &["safety.max_plate_c"],
-        check: |s| {
-            let plate = s.safety.max_plate_c;
-            unless(s.brew.preheat_c < plate, || {
-                format!("below safety.max_plate_c ({plate})")
-            })
-        },
-    },
-    Relation {
-        key: "keep_warm.target_c",
-        needs: &["safety.max_plate_c"],
-        check: |s| {
-            let plate = s.safety.max_plate_c;
-            unless(s.keep_warm.target_c < plate, || {
-                format!("below safety.max_plate_c ({plate})")
-            })
-        },
-    },
-    Relation {
-        key: "keep_warm.hysteresis_c",
-        needs: &["keep_warm.target_c"],
-        check: |s| {
-            let target = s.keep_warm.target_c;
-            unless(target - s.keep_warm.hysteresis_c >= 20.0, || {
-                format!("at most keep_warm.target_c - 20 ({})", target - 20.0)
-            })
-        },
-    },
-    Relation {
-        key: "serial.poll_interval_ms",
-        needs: &["safety.stale_after_s"],
-        check: |s| {
-            let stale_ms = s.safety.stale_after_s * 1000.0;
-            unless((s.serial.poll_interval_ms as f64) < stale_ms, || {
-                format!("below safety.stale_after_s ({stale_ms} ms)")
-            })
-        },
-    },
-    Relation {
-        key: "http.ops_listen",
-        needs: &["http.listen"],
-        check: |s| {
-            let public = s.http.listen_addr();
-            let clash = match (public, s.http.ops_listen_addr()) {
-                (Some(public), Some(ops)) => {
-                    public.port() == ops.port()
-                        && (public.ip() == ops.ip()
-                            || public.ip().is_unspecified()
-                            || ops.ip().is_unspecified())
-                }
-                _ => false,
-            };
-            unless(!clash, || {
-                format!("an address apart from http.listen ({})", s.http.listen)
-            })
-        },
-    },
-    Relation {
-        key: "water.empty_distance_in",
-        needs: &["water.full_distance_in"],
-        check: |s| {
-            let full = s.water.full_distance_in;
-            unless(s.water.empty_distance_in > full, || {
-                format!("more than water.full_distance_in ({full})")
-            })
-        },
-    },
+    Relation { key: "mqtt.tls.client_key", rule: Rule::SetWith("a key file"), other: "mqtt.tls.client_cert" },
+    Relation { key: "mqtt.tls.client_cert", rule: Rule::SetWith("a certificate file"), other: "mqtt.tls.client_key" },
+    Relation { key: "mqtt.tls.ca_file", rule: Rule::SetWith("a CA file"), other: "mqtt.tls.client_cert" },
+    Relation { key: "brew.default_cups", rule: Rule::AtMost, other: "brew.max_cups" },
+    Relation { key: "brew.preheat_c", rule: Rule::Below, other: "safety.max_plate_c" },
+    Relation { key: "keep_warm.target_c", rule: Rule::Below, other: "safety.max_plate_c" },
+    Relation { key: "keep_warm.hysteresis_c", rule: Rule::Other(comes_on_above_room), other: "keep_warm.target_c" },
+    Relation { key: "serial.poll_interval_ms", rule: Rule::Other(polls_before_stale), other: "safety.stale_after_s" },
+    Relation { key: "http.ops_listen", rule: Rule::Other(listens_apart), other: "http.listen" },
+    Relation { key: "water.empty_distance_in", rule: Rule::MoreThan, other: "water.full_distance_in" },
 ];
+
+/// `keep_warm.hysteresis_c`: the heater comes on at least 20 °C above room temperature.
+fn comes_on_above_room(s: &Settings) -> Option<String> {
+    let target = s.keep_warm.target_c;
+    unless(target - s.keep_warm.hysteresis_c >= 20.0, || {
+        format!("at most keep_warm.target_c - 20 ({})", target - 20.0)
+    })
+}
+
+/// `serial.poll_interval_ms`: a poll comes before the readings count as stale.
+fn polls_before_stale(s: &Settings) -> Option<String> {
+    let stale_ms = s.safety.stale_after_s * 1000.0;
+    unless((s.serial.poll_interval_ms as f64) < stale_ms, || {
+        format!("below safety.stale_after_s ({stale_ms} ms)")
+    })
+}
+
+/// `http.ops_listen`: not the public server's port on an address that overlaps it.
+fn listens_apart(s: &Settings) -> Option<String> {
+    let public = s.http.listen_addr();
+    let clash = match (public, s.http.ops_listen_addr()) {
+        (Some(public), Some(ops)) => {
+            public.port() == ops.port()
+                && (public.ip() == ops.ip()
+                    || public.ip().is_unspecified()
+                    || ops.ip().is_unspecified())
+        }
+        _ => false,
+    };
+    unless(!clash, || {
+        format!("an address apart from http.listen ({})", s.http.listen)
+    })
+}
 
 /// 1 to 64 letters, digits, `_` or `-`.
 fn is_id(id: &str) -> bool {

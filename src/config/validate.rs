@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use config::{Config, ValueKind};
 
-use super::keys::{Check, Key, KEYS, RELATIONS};
+use super::keys::{Check, Key, Relation, Rule, KEYS, RELATIONS};
 use super::{ConfigError, Settings};
 
 /// A value as [`Settings::validate`] sees it.
@@ -182,6 +182,36 @@ fn refused(key: &Key, value: &Value, allowed: String) -> ConfigError {
     }
 }
 
+/// What is allowed when `value` (of the relation's key) and `other` (of its other key) break
+/// `relation`; `None` when they keep it.
+fn broken(
+    relation: &Relation,
+    value: &Value,
+    other: &Value,
+    settings: &Settings,
+) -> Option<String> {
+    let name = relation.other;
+    let (holds, allowed) = match (relation.rule, value, other) {
+        (Rule::Other(check), _, _) => return check(settings),
+        (Rule::Below, Value::Number(n, _), Value::Number(limit, shown)) => {
+            (n < limit, format!("below {name} ({shown})"))
+        }
+        (Rule::AtMost, Value::Number(n, _), Value::Number(limit, shown)) => {
+            (n <= limit, format!("at most {name} ({shown})"))
+        }
+        (Rule::MoreThan, Value::Number(n, _), Value::Number(limit, shown)) => {
+            (n > limit, format!("more than {name} ({shown})"))
+        }
+        (Rule::SetWith(what), Value::Text(text), Value::Text(with)) => (
+            with.is_empty() || !text.is_empty(),
+            format!("{what} when {name} is set"),
+        ),
+        // A rule for values of another type: the unit tests below rule it out.
+        _ => return None,
+    };
+    (!holds).then_some(allowed)
+}
+
 impl Settings {
     /// Checks every key and every relation between keys; returns every problem at once:
     /// numbers first, then texts, then relations, each in the order of [`KEYS`].
@@ -230,22 +260,26 @@ impl Settings {
                 errors.extend(entry_problems(&tree, key, rows, self));
             }
         }
+        let value = |name: &str| values.iter().find(|(key, _)| key.name == name);
         for relation in RELATIONS {
-            let ready = !bad.contains(relation.key)
-                && relation.needs.iter().all(|need| !bad.contains(need));
-            let Some(allowed) = ready.then(|| (relation.check)(self)).flatten() else {
+            if bad.contains(relation.key) || bad.contains(relation.other) {
+                continue;
+            }
+            let (Some((key, value)), Some((_, other))) =
+                (value(relation.key), value(relation.other))
+            else {
                 continue;
             };
-            let row = values.iter().find(|(key, _)| key.name == relation.key);
-            if let Some((key, value)) = row {
-                // A number's own bounds still hold; say both.
-                let allowed = match value {
-                    Value::Number(..) => format!("{} and {allowed}", key.allowed()),
-                    Value::Text(_) | Value::List(_) | Value::Other(_) => allowed,
-                };
-                errors.push(refused(key, value, allowed));
-                bad.insert(key.name);
-            }
+            let Some(allowed) = broken(relation, value, other, self) else {
+                continue;
+            };
+            // A number's own bounds still hold; say both.
+            let allowed = match value {
+                Value::Number(..) => format!("{} and {allowed}", key.allowed()),
+                Value::Text(_) | Value::List(_) | Value::Other(_) => allowed,
+            };
+            errors.push(refused(key, value, allowed));
+            bad.insert(key.name);
         }
         if errors.is_empty() {
             Ok(())
@@ -323,9 +357,80 @@ mod tests {
             assert!(!key.doc.is_empty() && !key.allowed().is_empty());
         }
         for relation in RELATIONS {
-            for name in std::iter::once(&relation.key).chain(relation.needs) {
+            let [value, other] = [relation.key, relation.other].map(|name| tree.get(name));
+            let fits = match (relation.rule, value, other) {
+                (Rule::Below | Rule::AtMost | Rule::MoreThan, Some(value), Some(other)) => {
+                    matches!((value, other), (Value::Number(..), Value::Number(..)))
+                }
+                (Rule::SetWith(_), Some(Value::Text(_)), Some(Value::Text(_))) => true,
+                (Rule::Other(_), Some(_), Some(_)) => true,
+                _ => false,
+            };
+            assert!(
+                fits,
+                "{}: {:?} does not fit its keys",
+                relation.key, relation.rule
+            );
+            for name in [relation.key, relation.other] {
                 assert!(super::super::key(name).is_some(), "{name} has no row");
             }
+        }
+    }
+
+    #[test]
+    fn relations_name_the_other_key_and_its_value() {
+        let problems = |change: fn(&mut Settings)| {
+            let mut settings = Settings::default();
+            change(&mut settings);
+            let errors = settings.validate().err().unwrap_or_default();
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        // A change to the defaults, and the problems it makes.
+        type Case = (fn(&mut Settings), &'static [&'static str]);
+        let cases: [Case; 5] = [
+            (
+                |s| s.mqtt.tls.client_cert = "/c.pem".into(),
+                &[
+                    "mqtt.tls.client_key = \"\" is not allowed: allowed a key file when \
+                     mqtt.tls.client_cert is set (a client certificate needs its private key)",
+                    "mqtt.tls.ca_file = \"\" is not allowed: allowed a CA file when \
+                     mqtt.tls.client_cert is set (TLS is off while ca_file is empty)",
+                ],
+            ),
+            (
+                |s| s.brew.max_cups = 3,
+                &[
+                    "brew.default_cups = 4 is out of range: allowed 1..=24 and at most \
+                   brew.max_cups (3) (it must be a brew that can be started)",
+                ],
+            ),
+            (
+                |s| s.safety.max_plate_c = 54.5,
+                &[
+                    "keep_warm.target_c = 80 is out of range: allowed 40..=95 and below \
+                   safety.max_plate_c (54.5) (below 40 °C is not warm, above 95 °C coffee boils \
+                   down; at max_plate_c the overtemp interlock trips)",
+                ],
+            ),
+            (
+                |s| s.water.full_distance_in = 8.25,
+                &[
+                    "water.empty_distance_in = 8 is out of range: allowed more than 0, up to 160 \
+                   and more than water.full_distance_in (8.25) (the empty surface is farther \
+                   from the sensor than the full one; the HC-SR04 ranges up to 4 m)",
+                ],
+            ),
+            (
+                |s| s.http.ops_listen = "0.0.0.0:8080".into(),
+                &[
+                    "http.ops_listen = \"0.0.0.0:8080\" is not allowed: allowed an address apart \
+                   from http.listen (127.0.0.1:8080) (metrics and the probes listen there, apart \
+                   from the public page so that its clients cannot starve them)",
+                ],
+            ),
+        ];
+        for (change, expected) in cases {
+            assert_eq!(problems(change), expected);
         }
     }
 }

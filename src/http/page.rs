@@ -140,13 +140,6 @@ fn keep_warm_label(keep_warm: OnOff) -> &'static str {
     }
 }
 
-fn link_label(link: Link) -> &'static str {
-    match link {
-        Link::Up => "Answering",
-        Link::Down => "Not answering",
-    }
-}
-
 /// Which build answers and whether it has the 1 s heater timeout.
 fn build_label(format: ReplyFormat) -> String {
     let timeout = if format.has_heater_timeout() {
@@ -168,7 +161,7 @@ fn labels_json() -> &'static str {
             "reasons": table(TripReason::all().map(|r| (r.as_str(), r.label()))),
             "heater": table(heater.into_iter().chain([("unknown", heater_label(None))])),
             "keep_warm": table(OnOff::ALL.map(|k| (k.as_str(), keep_warm_label(k)))),
-            "link": table(Link::ALL.map(|l| (l.as_str(), link_label(l)))),
+            "link": table(Link::ALL.map(|l| (l.as_str(), l.label()))),
             "formats": table(
                 [ReplyFormat::OneLine, ReplyFormat::ThreeLines].map(|f| (f.as_str(), build_label(f)))
             ),
@@ -308,7 +301,7 @@ impl Values {
             keep_warm: d.keep_warm.as_str(),
             keep_warm_label: keep_warm_label(d.keep_warm),
             link: d.link.as_str(),
-            link_label: link_label(d.link),
+            link_label: d.link.label(),
             firmware: firmware_label(d.firmware.as_deref(), d.reply_format),
             reboots: format!(
                 "{} {} since start",
@@ -357,7 +350,7 @@ impl Values {
             keep_warm: OnOff::Off.as_str(),
             keep_warm_label: keep_warm_label(OnOff::Off),
             link: Link::Down.as_str(),
-            link_label: link_label(Link::Down),
+            link_label: Link::Down.label(),
             firmware: "Firmware unknown".into(),
             reboots: String::new(),
             faults: String::new(),

@@ -277,26 +277,23 @@ impl CommandName {
                 }),
             )
         };
+        // A button that sends `press`.
+        let button = |key, name, press| {
+            Entity::new(
+                key,
+                "button",
+                name,
+                json!({"command_topic": command_topic, "payload_press": press}),
+            )
+        };
         match self {
             CommandName::Heater => vec![switch("heater", "Heater", "mdi:heating-coil")],
             CommandName::KeepWarm => {
                 vec![switch("keep_warm", "Keep warm", "mdi:thermometer-check")]
             }
             CommandName::Brew => vec![
-                Entity::new(
-                    "brew",
-                    "button",
-                    "Brew",
-                    json!({"command_topic": command_topic, "payload_press": "START",
-                           "icon": "mdi:coffee"}),
-                ),
-                Entity::new(
-                    "stop",
-                    "button",
-                    "Stop",
-                    json!({"command_topic": command_topic, "payload_press": "STOP",
-                           "icon": "mdi:coffee-off"}),
-                ),
+                button("brew", "Brew", "START").with(json!({"icon": "mdi:coffee"})),
+                button("stop", "Stop", "STOP").with(json!({"icon": "mdi:coffee-off"})),
             ],
             CommandName::Cups => vec![Entity::new(
                 "cups",
@@ -312,30 +309,17 @@ impl CommandName {
                     "icon": "mdi:cup",
                 }),
             )],
-            CommandName::Controller => vec![Entity::new(
-                "restart_controller",
-                "button",
-                "Restart controller",
-                json!({"command_topic": command_topic, "payload_press": "RESET",
-                       "device_class": "restart", "entity_category": "config"}),
-            )],
+            CommandName::Controller => {
+                vec![button("restart_controller", "Restart controller", "RESET")
+                    .with(json!({"device_class": "restart", "entity_category": "config"}))]
+            }
             CommandName::Schedule => vec![
                 switch("schedule", "Schedule", "mdi:calendar-clock"),
-                Entity::new(
-                    "skip_next_brew",
-                    "button",
-                    "Skip next brew",
-                    json!({"command_topic": command_topic, "payload_press": "SKIP",
-                           "icon": "mdi:debug-step-over"}),
-                ),
+                button("skip_next_brew", "Skip next brew", "SKIP")
+                    .with(json!({"icon": "mdi:debug-step-over"})),
             ],
-            CommandName::Maintenance => vec![Entity::new(
-                "descaled",
-                "button",
-                "Descale done",
-                json!({"command_topic": command_topic, "payload_press": "DESCALED",
-                       "entity_category": "config", "icon": "mdi:water-check"}),
-            )],
+            CommandName::Maintenance => vec![button("descaled", "Descale done", "DESCALED")
+                .with(json!({"entity_category": "config", "icon": "mdi:water-check"}))],
         }
     }
 }
@@ -460,30 +444,32 @@ mod tests {
 
     #[test]
     fn reasons_a_person_can_act_on() {
-        assert_eq!(p("cups", "99").unwrap_err(), "cups must be 1..12, got 99");
-        assert_eq!(p("brew", "0").unwrap_err(), "cups must be 1..12, got 0");
-        assert_eq!(p("brew", "-3").unwrap_err(), "cups must be 1..12, got -3");
-        assert_eq!(
-            p("brew", r#"{"cups": 13}"#).unwrap_err(),
-            "cups must be 1..12, got 13"
-        );
-        assert_eq!(
-            p("cups", "4.5").unwrap_err(),
-            "cups must be a whole number 1..12, got \"4.5\""
-        );
-        assert_eq!(
-            p("heater", "maybe").unwrap_err(),
-            "expected ON or OFF, got \"maybe\""
-        );
-        assert_eq!(p("controller", "").unwrap_err(), "expected RESET, got \"\"");
-        assert_eq!(
-            p("schedule", "START").unwrap_err(),
-            "expected ON, OFF or SKIP, got \"START\""
-        );
-        assert_eq!(
-            p("maintenance", "RESET").unwrap_err(),
-            "expected DESCALED, got \"RESET\""
-        );
+        let reasons = [
+            ("cups", "99", "cups must be 1..12, got 99"),
+            ("brew", "0", "cups must be 1..12, got 0"),
+            ("brew", "-3", "cups must be 1..12, got -3"),
+            ("brew", r#"{"cups": 13}"#, "cups must be 1..12, got 13"),
+            (
+                "cups",
+                "4.5",
+                "cups must be a whole number 1..12, got \"4.5\"",
+            ),
+            ("heater", "maybe", "expected ON or OFF, got \"maybe\""),
+            ("controller", "", "expected RESET, got \"\""),
+            (
+                "schedule",
+                "START",
+                "expected ON, OFF or SKIP, got \"START\"",
+            ),
+            ("maintenance", "RESET", "expected DESCALED, got \"RESET\""),
+        ];
+        for (command, payload, reason) in reasons {
+            assert_eq!(
+                p(command, payload).unwrap_err(),
+                reason,
+                "{command} {payload:?}"
+            );
+        }
         assert!(p("brew", r#"{"cup": 4}"#)
             .unwrap_err()
             .starts_with("expected START, STOP"));

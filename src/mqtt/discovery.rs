@@ -105,6 +105,28 @@ impl Entity {
             options,
         }
     }
+
+    /// The entity with `extra` added to its options (a key given again takes the new value).
+    pub fn with(mut self, extra: Value) -> Entity {
+        merge(&mut self.options, extra);
+        self
+    }
+
+    /// The entity following the bridge's availability alone ([`Entity::bridge_only`]).
+    pub fn bridge_only(self) -> Entity {
+        Entity {
+            bridge_only: true,
+            ..self
+        }
+    }
+
+    /// The entity existing only with water sensing ([`Entity::water`]).
+    pub fn water(self) -> Entity {
+        Entity {
+            water: true,
+            ..self
+        }
+    }
 }
 
 /// Entities of earlier versions (key, platform), gone from [`entities`]: the device config
@@ -118,217 +140,111 @@ pub fn entities(settings: &Settings) -> Vec<Entity> {
     let t = Topics::new(settings);
     let state = t.state();
     let expire = (3.0 * settings.mqtt.state_interval_s).ceil() as u64;
-    let sensor = |template: &str, extra: Value| {
-        let mut options = json!({
-            "state_topic": state,
-            "value_template": template,
-            "expire_after": expire,
-        });
-        merge(&mut options, extra);
-        options
+    // A reading of the state document: expires when the state stops coming.
+    let on_state = |key, platform, name, template: &str| {
+        Entity::new(
+            key,
+            platform,
+            name,
+            json!({"state_topic": state, "value_template": template, "expire_after": expire}),
+        )
+    };
+    // The sensor of the state's `field` (a dotted path).
+    let sensor = |key, name, field: &str| {
+        let template = format!("{{{{ value_json.{field} }}}}");
+        on_state(key, "sensor", name, &template)
+    };
+    // A binary sensor, on while the Jinja `condition` on the state holds.
+    let binary = |key, name, condition: &str| {
+        on_state(
+            key,
+            "binary_sensor",
+            name,
+            &format!("{{{{ 'ON' if {condition} else 'OFF' }}}}"),
+        )
+        .with(json!({"payload_on": "ON", "payload_off": "OFF"}))
+    };
+    // A household counter (kept across restarts): what HA's energy dashboard and long-term
+    // statistics take.
+    let counter = |key, name, field: &str| {
+        sensor(key, name, &format!("counters.{field}"))
+            .with(json!({"state_class": "total_increasing"}))
     };
     let modes: Vec<&str> = Mode::ALL.iter().map(|m| m.as_str()).collect();
-    let entity = Entity::new;
     let mut all = vec![
-        entity(
-            "temperature",
-            "sensor",
-            "Temperature",
-            sensor(
-                "{{ value_json.temperature_c }}",
-                json!({"device_class": "temperature", "unit_of_measurement": "°C",
-                       "state_class": "measurement", "suggested_display_precision": 1}),
-            ),
-        ),
-        Entity {
-            water: true,
-            ..entity(
-                "water_level",
-                "sensor",
-                "Water level",
-                sensor(
-                    "{{ value_json.water_level_pct }}",
-                    json!({"unit_of_measurement": "%", "state_class": "measurement",
-                           "icon": "mdi:cup-water"}),
-                ),
-            )
-        },
-        Entity {
-            water: true,
-            bridge_only: true,
-            ..entity(
-                "water_distance",
-                "sensor",
-                "Water distance",
-                sensor(
-                    "{{ value_json.water_distance_in }}",
-                    json!({"device_class": "distance", "unit_of_measurement": "in",
-                           "state_class": "measurement", "entity_category": "diagnostic",
-                           "suggested_display_precision": 2}),
-                ),
-            )
-        },
-        entity(
-            "mode",
-            "sensor",
-            "Mode",
-            sensor(
-                "{{ value_json.mode }}",
-                json!({"device_class": "enum", "options": modes, "icon": "mdi:coffee-maker"}),
-            ),
-        ),
+        sensor("temperature", "Temperature", "temperature_c")
+            .with(json!({"device_class": "temperature", "unit_of_measurement": "°C",
+                         "state_class": "measurement", "suggested_display_precision": 1})),
+        sensor("water_level", "Water level", "water_level_pct")
+            .with(json!({"unit_of_measurement": "%", "state_class": "measurement",
+                         "icon": "mdi:cup-water"}))
+            .water(),
+        sensor("water_distance", "Water distance", "water_distance_in")
+            .with(json!({"device_class": "distance", "unit_of_measurement": "in",
+                         "state_class": "measurement", "entity_category": "diagnostic",
+                         "suggested_display_precision": 2}))
+            .water()
+            .bridge_only(),
+        sensor("mode", "Mode", "mode")
+            .with(json!({"device_class": "enum", "options": modes, "icon": "mdi:coffee-maker"})),
         // When the brew ends, not a countdown: Home Assistant counts down itself, and the
         // state does not go out (nor the recorder write) every second of a brew.
-        entity(
-            "brew_ends_at",
-            "sensor",
-            "Brew ready at",
-            sensor(
-                "{{ value_json.brew_ends_at }}",
-                json!({"device_class": "timestamp", "icon": "mdi:coffee-to-go"}),
-            ),
-        ),
-        Entity {
-            bridge_only: true,
-            ..entity(
-                "updated_at",
-                "sensor",
-                "Last reading",
-                sensor(
-                    "{{ value_json.updated_at }}",
-                    json!({"device_class": "timestamp", "entity_category": "diagnostic"}),
-                ),
-            )
-        },
-        Entity {
-            bridge_only: true,
-            ..entity(
-                "controller_reboots",
-                "sensor",
-                "Controller reboots",
-                sensor(
-                    "{{ value_json.controller_reboots }}",
-                    json!({"state_class": "total_increasing", "entity_category": "diagnostic",
-                           "icon": "mdi:restart-alert"}),
-                ),
-            )
-        },
+        sensor("brew_ends_at", "Brew ready at", "brew_ends_at")
+            .with(json!({"device_class": "timestamp", "icon": "mdi:coffee-to-go"})),
+        sensor("updated_at", "Last reading", "updated_at")
+            .with(json!({"device_class": "timestamp", "entity_category": "diagnostic"}))
+            .bridge_only(),
+        sensor("controller_reboots", "Controller reboots", "controller_reboots")
+            .with(json!({"state_class": "total_increasing", "entity_category": "diagnostic",
+                         "icon": "mdi:restart-alert"}))
+            .bridge_only(),
         // Which firmware build answers (SPEC §2): known only while the controller answers.
-        entity(
-            "reply_format",
-            "sensor",
-            "Controller reply format",
-            sensor(
-                "{{ value_json.reply_format }}",
-                json!({"device_class": "enum", "options": ["one_line", "three_lines"],
-                       "entity_category": "diagnostic", "icon": "mdi:chip"}),
-            ),
-        ),
-        Entity {
-            bridge_only: true,
-            ..entity(
-                "link",
-                "binary_sensor",
-                "Controller link",
-                sensor(
-                    "{{ 'ON' if value_json.link == 'up' else 'OFF' }}",
-                    json!({"device_class": "connectivity", "entity_category": "diagnostic",
-                           "payload_on": "ON", "payload_off": "OFF"}),
-                ),
-            )
-        },
+        sensor("reply_format", "Controller reply format", "reply_format")
+            .with(json!({"device_class": "enum", "options": ["one_line", "three_lines"],
+                         "entity_category": "diagnostic", "icon": "mdi:chip"})),
+        binary("link", "Controller link", "value_json.link == 'up'")
+            .with(json!({"device_class": "connectivity", "entity_category": "diagnostic"}))
+            .bridge_only(),
         // When the bridge process started (from the retained `B/bridge/info`): a restart is
         // visible in Home Assistant. No `expire_after`: the info is retained and sent once per
         // connection, not with every state.
-        Entity {
-            bridge_only: true,
-            ..entity(
-                "bridge_started",
-                "sensor",
-                "Bridge started",
-                json!({"state_topic": t.bridge_info(),
-                       "value_template": "{{ value_json.started_at }}",
-                       "device_class": "timestamp", "entity_category": "diagnostic",
-                       "icon": "mdi:restart"}),
-            )
-        },
-        entity(
-            "fault",
-            "binary_sensor",
-            "Fault",
-            sensor(
-                "{{ 'ON' if value_json.faults | length > 0 else 'OFF' }}",
-                json!({"device_class": "problem", "payload_on": "ON", "payload_off": "OFF",
-                       "json_attributes_topic": state,
-                       "json_attributes_template":
-                           "{{ {'faults': value_json.faults, 'last_fault': value_json.last_fault} | tojson }}"}),
-            ),
-        ),
+        Entity::new(
+            "bridge_started",
+            "sensor",
+            "Bridge started",
+            json!({"state_topic": t.bridge_info(),
+                   "value_template": "{{ value_json.started_at }}",
+                   "device_class": "timestamp", "entity_category": "diagnostic",
+                   "icon": "mdi:restart"}),
+        )
+        .bridge_only(),
+        binary("fault", "Fault", "value_json.faults | length > 0")
+            .with(json!({"device_class": "problem", "json_attributes_topic": state,
+                         "json_attributes_template":
+                             "{{ {'faults': value_json.faults, 'last_fault': value_json.last_fault} | tojson }}"})),
         // The schedule: when the next planned brew will be ready (its start and cups as
         // attributes); unknown while none is planned or the schedule is off.
-        entity(
+        on_state(
             "next_brew",
             "sensor",
             "Next brew ready",
-            sensor(
-                "{{ value_json.next_brew.ready_at if value_json.next_brew else None }}",
-                json!({"device_class": "timestamp", "icon": "mdi:coffee-to-go",
-                       "json_attributes_topic": state,
-                       "json_attributes_template": "{{ (value_json.next_brew or {}) | tojson }}"}),
-            ),
-        ),
-        // The household counters (kept across restarts): what HA's energy dashboard and
-        // long-term statistics take.
-        entity(
-            "energy",
-            "sensor",
-            "Energy",
-            sensor(
-                "{{ value_json.counters.energy_kwh_total }}",
-                json!({"device_class": "energy", "unit_of_measurement": "kWh",
-                       "state_class": "total_increasing", "suggested_display_precision": 3}),
-            ),
-        ),
-        entity(
-            "cups_brewed",
-            "sensor",
-            "Cups brewed",
-            sensor(
-                "{{ value_json.counters.cups_brewed_total }}",
-                json!({"state_class": "total_increasing", "unit_of_measurement": "cups",
-                       "icon": "mdi:coffee"}),
-            ),
-        ),
-        entity(
-            "brews",
-            "sensor",
-            "Brews",
-            sensor(
-                "{{ value_json.counters.brews_total }}",
-                json!({"state_class": "total_increasing", "unit_of_measurement": "brews",
-                       "icon": "mdi:counter"}),
-            ),
-        ),
-        entity(
-            "heater_on_time",
-            "sensor",
-            "Heater on time",
-            sensor(
-                "{{ value_json.counters.heater_on_seconds_total }}",
-                json!({"device_class": "duration", "unit_of_measurement": "s",
-                       "state_class": "total_increasing", "suggested_display_precision": 0}),
-            ),
-        ),
-        entity(
-            "descale_due",
-            "binary_sensor",
-            "Descale due",
-            sensor(
-                "{{ 'ON' if value_json.counters.descale_due else 'OFF' }}",
-                json!({"device_class": "problem", "payload_on": "ON", "payload_off": "OFF",
-                       "icon": "mdi:water-alert"}),
-            ),
-        ),
+            "{{ value_json.next_brew.ready_at if value_json.next_brew else None }}",
+        )
+        .with(json!({"device_class": "timestamp", "icon": "mdi:coffee-to-go",
+                     "json_attributes_topic": state,
+                     "json_attributes_template": "{{ (value_json.next_brew or {}) | tojson }}"})),
+        counter("energy", "Energy", "energy_kwh_total")
+            .with(json!({"device_class": "energy", "unit_of_measurement": "kWh",
+                         "suggested_display_precision": 3})),
+        counter("cups_brewed", "Cups brewed", "cups_brewed_total")
+            .with(json!({"unit_of_measurement": "cups", "icon": "mdi:coffee"})),
+        counter("brews", "Brews", "brews_total")
+            .with(json!({"unit_of_measurement": "brews", "icon": "mdi:counter"})),
+        counter("heater_on_time", "Heater on time", "heater_on_seconds_total")
+            .with(json!({"device_class": "duration", "unit_of_measurement": "s",
+                         "suggested_display_precision": 0})),
+        binary("descale_due", "Descale due", "value_json.counters.descale_due")
+            .with(json!({"device_class": "problem", "icon": "mdi:water-alert"})),
     ];
     // The controls, after what the device shows and before what happened.
     all.extend(
@@ -336,7 +252,7 @@ pub fn entities(settings: &Settings) -> Vec<Entity> {
             .into_iter()
             .flat_map(|c| c.entities(&t, settings.brew.max_cups)),
     );
-    all.push(entity(
+    all.push(Entity::new(
         "event",
         "event",
         "Event",

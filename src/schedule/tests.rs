@@ -134,44 +134,53 @@ fn weekdays_only_and_count_and_from() {
     assert!(p.plan(at("2026-06-05T04:44:00Z"), 0, PREHEAT).is_empty());
 }
 
+/// A daily brew across each DST change: on the spring day its time falls in the gap it brews
+/// at the first instant after the gap; on the fall day its time comes twice and it brews once.
 #[test]
-fn berlin_spring_forward_brews_at_the_first_instant_after_the_gap() {
-    let p = planner(berlin(), vec![every_day("02:30", 2)], None);
-    assert_eq!(
-        ready(&p, "2026-03-27T12:00:00Z", 3),
-        [
-            "2026-03-28T02:30:00+01:00",
-            "2026-03-29T03:00:00+02:00",
-            "2026-03-30T02:30:00+02:00"
-        ]
-    );
-}
-
-#[test]
-fn berlin_fall_back_brews_once() {
-    let p = planner(berlin(), vec![every_day("02:30", 2)], None);
-    assert_eq!(
-        ready(&p, "2026-10-24T12:00:00Z", 3),
-        [
-            "2026-10-25T02:30:00+02:00",
-            "2026-10-26T02:30:00+01:00",
-            "2026-10-27T02:30:00+01:00"
-        ]
-    );
-}
-
-#[test]
-fn new_york_both_changes() {
-    let p = planner(new_york(), vec![every_day("02:15", 2)], None);
-    assert_eq!(
-        ready(&p, "2026-03-07T12:00:00Z", 2),
-        ["2026-03-08T03:00:00-04:00", "2026-03-09T02:15:00-04:00"]
-    );
-    let p = planner(new_york(), vec![every_day("01:30", 2)], None);
-    assert_eq!(
-        ready(&p, "2026-10-31T12:00:00Z", 2),
-        ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]
-    );
+fn daily_brews_across_dst_changes() {
+    // (zone, daily ready time, from, the ready times that follow)
+    let cases: [(Tz, &str, &str, &[&str]); 4] = [
+        (
+            berlin(),
+            "02:30",
+            "2026-03-27T12:00:00Z",
+            &[
+                "2026-03-28T02:30:00+01:00",
+                "2026-03-29T03:00:00+02:00",
+                "2026-03-30T02:30:00+02:00",
+            ],
+        ),
+        (
+            berlin(),
+            "02:30",
+            "2026-10-24T12:00:00Z",
+            &[
+                "2026-10-25T02:30:00+02:00",
+                "2026-10-26T02:30:00+01:00",
+                "2026-10-27T02:30:00+01:00",
+            ],
+        ),
+        (
+            new_york(),
+            "02:15",
+            "2026-03-07T12:00:00Z",
+            &["2026-03-08T03:00:00-04:00", "2026-03-09T02:15:00-04:00"],
+        ),
+        (
+            new_york(),
+            "01:30",
+            "2026-10-31T12:00:00Z",
+            &["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"],
+        ),
+    ];
+    for (zone, time, from, expected) in cases {
+        let p = planner(zone, vec![every_day(time, 2)], None);
+        assert_eq!(
+            ready(&p, from, expected.len()),
+            expected,
+            "{time} daily from {from}"
+        );
+    }
 }
 
 #[test]

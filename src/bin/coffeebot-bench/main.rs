@@ -138,6 +138,25 @@ pub(crate) struct Args {
     pub(crate) hog: Option<u64>,
 }
 
+impl Args {
+    /// The bridge binary to run: `--bridge`, or `coffeebot` next to this binary; it must exist.
+    pub(crate) fn bridge_bin(&self) -> Result<PathBuf> {
+        let bin = match &self.bridge {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()
+                .context("cannot find this binary")?
+                .with_file_name("coffeebot"),
+        };
+        if !bin.is_file() {
+            bail!(
+                "no bridge binary at {} (build it: cargo build --release)",
+                bin.display()
+            );
+        }
+        Ok(bin)
+    }
+}
+
 /// How much of everything a run measures.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Plan {
@@ -244,18 +263,7 @@ fn main() -> ExitCode {
 
 /// The whole run, in order: start-ups, idle, latencies, cadence, footprint, report.
 pub(crate) async fn run(args: &Args, plan: Plan) -> Result<()> {
-    let bridge_bin = match &args.bridge {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("cannot find this binary")?
-            .with_file_name("coffeebot"),
-    };
-    if !bridge_bin.is_file() {
-        bail!(
-            "no bridge binary at {} (build it: cargo build --release)",
-            bridge_bin.display()
-        );
-    }
+    let bridge_bin = args.bridge_bin()?;
     let work = std::env::temp_dir().join(format!("coffeebot-bench-{}", std::process::id()));
     fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let _cleanup = RemoveDir(work.clone());

@@ -74,6 +74,33 @@ pub(crate) struct Bridge {
 }
 
 impl Bridge {
+    /// Runs `bin run` with `env` added to this process's environment and no
+    /// `COFFEEBOT_CONFIG` (the built-in defaults), its output appended to `log`; `env` puts its
+    /// HTTP servers on `http_port` and `public_port`.
+    pub(crate) fn spawn(
+        bin: &Path,
+        env: &[(String, String)],
+        log: &fs::File,
+        http_port: u16,
+        public_port: u16,
+    ) -> Result<Bridge> {
+        let child = Command::new(bin)
+            .arg("run")
+            .env_remove("COFFEEBOT_CONFIG")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log.try_clone()?)
+            .spawn()
+            .with_context(|| format!("cannot run {}", bin.display()))?;
+        Ok(Bridge {
+            pid: child.id(),
+            child,
+            http_port,
+            public_port,
+        })
+    }
+
     pub(crate) fn check_alive(&mut self) -> Result<()> {
         match self.child.try_wait()? {
             None => Ok(()),
@@ -110,27 +137,8 @@ pub(crate) async fn start_bridge(
         .await?;
     client.wait(|s| matches!(s, Seen::PubAck), "PUBACK").await?;
     client.drain();
-    let mut command = Command::new(bin);
-    command
-        .arg("run")
-        .env_remove("COFFEEBOT_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log.try_clone()?);
-    for (k, v) in &env {
-        command.env(k, v);
-    }
     let t0 = Instant::now();
-    let child = command
-        .spawn()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
-    let pid = child.id();
-    let mut bridge = Bridge {
-        child,
-        pid,
-        http_port,
-        public_port,
-    };
+    let mut bridge = Bridge::spawn(bin, &env, log, http_port, public_port)?;
     // One pass over the states: the first one, and the first with the controller's reading
     // (often the same message, when the bridge had the reading before it reached the broker).
     let mut first_at = None;

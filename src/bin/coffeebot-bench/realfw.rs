@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::device::next_fw_event;
@@ -29,16 +30,20 @@ pub(crate) struct FwEvent {
     pub(crate) n: Option<u64>,
 }
 
-/// Running totals over the board's log.
-#[derive(Clone, Copy, Debug, Default)]
+/// Running totals over the board's log; in the report without the relay's last state.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
 pub(crate) struct FwCounters {
+    #[serde(rename = "controller_boots")]
     pub(crate) boots: u64,
+    #[serde(skip)]
     pub(crate) relay_on: bool,
     /// `RELAY 0 … by=loop`: the firmware's own 1 s heater time-out switched the relay off.
+    #[serde(rename = "relay_dropouts_by_loop")]
     pub(crate) relay_dropouts: u64,
     pub(crate) rx_dropped_bytes: u64,
     pub(crate) rx_lost_bytes: u64,
     /// `TX_CUT`: replies a watchdog reset cut short.
+    #[serde(rename = "replies_cut")]
     pub(crate) tx_cut: u64,
 }
 
@@ -79,16 +84,6 @@ impl FwCounters {
             "{} relay drop-outs (by=loop), {} B RX_DROP, {} B RX_LOST, {} boots, {} cut replies",
             self.relay_dropouts, self.rx_dropped_bytes, self.rx_lost_bytes, self.boots, self.tx_cut
         )
-    }
-
-    pub(crate) fn to_json(self) -> Value {
-        json!({
-            "controller_boots": self.boots,
-            "relay_dropouts_by_loop": self.relay_dropouts,
-            "rx_dropped_bytes": self.rx_dropped_bytes,
-            "rx_lost_bytes": self.rx_lost_bytes,
-            "replies_cut": self.tx_cut,
-        })
     }
 }
 

@@ -56,8 +56,7 @@ impl Figures {
     }
 
     pub(crate) fn to_json(&self, args: &Args, plan: Plan, bin: &Path, device: &Device) -> Value {
-        let telemetry =
-            |f: fn(&TelemetrySample) -> Duration| Stats::of_each(&self.telemetry, f).to_json();
+        let telemetry = |f: fn(&TelemetrySample) -> Duration| Stats::of_each(&self.telemetry, f);
         let cadence: serde_json::Map<String, Value> = self
             .cadence
             .iter()
@@ -69,8 +68,8 @@ impl Figures {
                     json!({
                         "window_s": c.window.as_secs_f64(),
                         "feeds_written": c.wire_gaps.len() + 1,
-                        "gap_written": w.to_json(),
-                        "gap_at_controller": h.to_json(),
+                        "gap_written": w,
+                        "gap_at_controller": h,
                         "largest_gap_ms": ms(w.max.max(h.max)),
                         "largest_gap_vs_feed_interval": ms(w.max.max(h.max)) / FEED_INTERVAL_MS,
                         "watchdog_margin_ms": CONTROLLER_CUTOFF_MS - ms(w.max.max(h.max)),
@@ -89,7 +88,7 @@ impl Figures {
                         "bridge_metrics_feed_gaps": c.bridge_gaps,
                         "bridge_metrics_feed_gaps_over_300ms": c.bridge_gaps_over_300ms,
                         "largest_gap_serial_context": c.context,
-                        "firmware_log": c.firmware_log.map(FwCounters::to_json),
+                        "firmware_log": c.firmware_log,
                         "page_load": c.load.as_ref().map(LoadFigures::to_json),
                     }),
                 )
@@ -126,12 +125,12 @@ impl Figures {
                 "only_scenarios": args.scenarios.iter().map(|s| s.key()).collect::<Vec<_>>(),
             },
             "command_latency": {
-                "bridge_share": self.command_stats(|s| s.bridge, None).to_json(),
-                "publish_to_wire": self.command_stats(|s| s.to_wire, None).to_json(),
-                "publish_to_controller": self.command_stats(|s| s.to_handled, None).to_json(),
-                "publish_to_state": self.command_stats(|s| s.to_state, None).to_json(),
-                "on_publish_to_controller": self.command_stats(|s| s.to_handled, Some(true)).to_json(),
-                "off_publish_to_controller": self.command_stats(|s| s.to_handled, Some(false)).to_json(),
+                "bridge_share": self.command_stats(|s| s.bridge, None),
+                "publish_to_wire": self.command_stats(|s| s.to_wire, None),
+                "publish_to_controller": self.command_stats(|s| s.to_handled, None),
+                "publish_to_state": self.command_stats(|s| s.to_state, None),
+                "on_publish_to_controller": self.command_stats(|s| s.to_handled, Some(true)),
+                "off_publish_to_controller": self.command_stats(|s| s.to_handled, Some(false)),
                 "samples_behind_a_reply": self.commands.iter().filter(|s| s.waited_for_reply).count(),
             },
             "telemetry_latency": {
@@ -139,7 +138,7 @@ impl Figures {
                 "plate_change_to_subscriber": telemetry(|s| s.set_to_received),
             },
             "feed_cadence": cadence,
-            "firmware_log": self.firmware_log.map(FwCounters::to_json),
+            "firmware_log": self.firmware_log,
             "footprint": {
                 "rss_idle_kb": self.rss_idle_kb,
                 "rss_end_kb": self.rss_end_kb,
@@ -147,9 +146,9 @@ impl Figures {
                 "idle_cpu": self.idle_cpu.map(CpuUse::to_json),
                 "brewing_cpu": self.cadence.iter().find(|c| c.stress == Stress::None).map(|c| c.cpu.to_json()),
                 "binary_bytes": self.binary_bytes,
-                "start_to_first_state": Stats::of(&self.start_to_state).to_json(),
-                "start_to_state_with_reading": Stats::of(&self.start_to_reading).to_json(),
-                "sigterm_to_exit": Stats::of(&self.shutdown).to_json(),
+                "start_to_first_state": Stats::of(&self.start_to_state),
+                "start_to_state_with_reading": Stats::of(&self.start_to_reading),
+                "sigterm_to_exit": Stats::of(&self.shutdown),
                 "exit_codes": self.shutdown_codes,
             },
         })

@@ -2,16 +2,21 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde::{Serialize, Serializer};
 
-/// Nearest-rank percentiles of a sample.
-#[derive(Clone, Copy, Debug, Default)]
+/// Nearest-rank percentiles of a sample; in the report in milliseconds (`p50_ms`, …).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
 pub(crate) struct Stats {
     pub(crate) n: usize,
+    #[serde(rename = "p50_ms", serialize_with = "as_ms")]
     pub(crate) p50: Duration,
+    #[serde(rename = "p99_ms", serialize_with = "as_ms")]
     pub(crate) p99: Duration,
+    #[serde(rename = "max_ms", serialize_with = "as_ms")]
     pub(crate) max: Duration,
+    #[serde(rename = "min_ms", serialize_with = "as_ms")]
     pub(crate) min: Duration,
+    #[serde(rename = "mean_ms", serialize_with = "as_ms")]
     pub(crate) mean: Duration,
 }
 
@@ -48,20 +53,15 @@ impl Stats {
             self.n
         )
     }
-
-    pub(crate) fn to_json(self) -> Value {
-        json!({
-            "n": self.n,
-            "min_ms": ms(self.min),
-            "p50_ms": ms(self.p50),
-            "p99_ms": ms(self.p99),
-            "max_ms": ms(self.max),
-            "mean_ms": ms(self.mean),
-        })
-    }
 }
 
 /// Milliseconds as a float.
 pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// A duration as milliseconds (a float): serde's `serialize_with` for the report's `…_ms`
+/// figures.
+pub(crate) fn as_ms<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(ms(*d))
 }

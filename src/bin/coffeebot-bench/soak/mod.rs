@@ -340,29 +340,11 @@ impl Run {
     async fn start(&self, observer: &mut Observer) -> Result<Bridge> {
         let http_port = free_port()?;
         let public_port = free_port()?;
-        let mut command = Command::new(&self.bin);
-        command
-            .arg("run")
-            .env_remove("COFFEEBOT_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(self.log.try_clone()?)
-            .stderr(self.log.try_clone()?);
-        for (k, v) in bridge_env(&self.link, self.mqtt_port, http_port, public_port)
+        let env: Vec<_> = bridge_env(&self.link, self.mqtt_port, http_port, public_port)
             .into_iter()
             .chain(soak_env(&self.state_dir))
-        {
-            command.env(k, v);
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot run {}", self.bin.display()))?;
-        let pid = child.id();
-        let mut bridge = Bridge {
-            child,
-            pid,
-            http_port,
-            public_port,
-        };
+            .collect();
+        let mut bridge = Bridge::spawn(&self.bin, &env, &self.log, http_port, public_port)?;
         if let Err(e) = observer.until(WAIT, "the bridge ready", false, ready).await {
             bridge.check_alive()?;
             return Err(e);
@@ -430,18 +412,7 @@ struct Tally {
 
 /// The soak: `minutes` of random use and trouble, then the figures.
 pub(crate) async fn run(args: &Args, minutes: f64) -> Result<()> {
-    let bin = match &args.bridge {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("cannot find this binary")?
-            .with_file_name("coffeebot"),
-    };
-    if !bin.is_file() {
-        bail!(
-            "no bridge binary at {} (build it: cargo build --release)",
-            bin.display()
-        );
-    }
+    let bin = args.bridge_bin()?;
     let duration = Duration::from_secs_f64(minutes * 60.0);
     let work = std::env::temp_dir().join(format!("coffeebot-soak-{}", std::process::id()));
     fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
@@ -741,17 +712,12 @@ async fn act(
             finish(monitor, observer, long).await?;
         }
         Action::BrewStopped => {
-            start(monitor, observer, BREW_SET, "{\"cups\": 3}").await?;
-            // Workload: a brew stopped some time into it.
-            tokio::time::sleep(Duration::from_millis(rng.u64(500..6000))).await;
-            observer.publish(BREW_SET, "STOP").await?;
-            finish(monitor, observer, WAIT).await?;
+            let run = Duration::from_millis(rng.u64(500..6000));
+            start_and_stop(monitor, observer, BREW_SET, ("{\"cups\": 3}", "STOP"), run).await?;
         }
         Action::Manual => {
-            start(monitor, observer, HEATER_SET, "ON").await?;
-            tokio::time::sleep(Duration::from_millis(rng.u64(500..8000))).await;
-            observer.publish(HEATER_SET, "OFF").await?;
-            finish(monitor, observer, WAIT).await?;
+            let run = Duration::from_millis(rng.u64(500..8000));
+            start_and_stop(monitor, observer, HEATER_SET, ("ON", "OFF"), run).await?;
         }
         Action::ManualToLimit => {
             let before = observer.count("heater_auto_off");
@@ -763,10 +729,8 @@ async fn act(
                 .context("a manual run reached the limit")?;
         }
         Action::KeepWarm => {
-            start(monitor, observer, KEEP_WARM_SET, "ON").await?;
-            tokio::time::sleep(Duration::from_millis(rng.u64(500..8000))).await;
-            observer.publish(KEEP_WARM_SET, "OFF").await?;
-            finish(monitor, observer, WAIT).await?;
+            let run = Duration::from_millis(rng.u64(500..8000));
+            start_and_stop(monitor, observer, KEEP_WARM_SET, ("ON", "OFF"), run).await?;
         }
         Action::Commands => {
             let invalid: [(&str, &str); 6] = [
@@ -910,6 +874,22 @@ async fn start(
         ),
         Err(e) => Err(e),
     }
+}
+
+/// [`start`]s a program with the first payload on `topic`, stops it with the second after
+/// `run` and waits for it to end.
+async fn start_and_stop(
+    monitor: &Monitor,
+    observer: &mut Observer,
+    topic: &str,
+    (on, off): (&str, &str),
+    run: Duration,
+) -> Result<()> {
+    start(monitor, observer, topic, on).await?;
+    // Workload: a program stopped some time into it.
+    tokio::time::sleep(run).await;
+    observer.publish(topic, off).await?;
+    finish(monitor, observer, WAIT).await
 }
 
 /// Waits (≤ `within`) for the program to end; heating is no longer allowed from then on.
@@ -1206,7 +1186,7 @@ impl Report {
             "timeline": self.tally.timeline,
             "controller_faults": self.tally.faults,
             "broker_restarts": self.tally.broker_restarts,
-            "broker_back": Stats::of(&self.tally.broker_back).to_json(),
+            "broker_back": Stats::of(&self.tally.broker_back),
             "bridge_restarts": self.tally.bridge_restarts,
             "violations": f.violations,
             "feeds_while_denied": f.feeds_while_denied,
@@ -1216,7 +1196,7 @@ impl Report {
                 "boots": self.controller_boots, "interlock_conditions": f.trips_seen,
             },
             "feed_gaps": {
-                "stats": gaps.to_json(),
+                "stats": gaps,
                 "over_target": over,
                 "target_ms": ms(FEED_TARGET),
                 "missed_feed_ms": ms(MISSED),
