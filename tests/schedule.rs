@@ -109,6 +109,18 @@ impl Setup {
         event_within(&mut self.rig.watcher, event_type, limit).await
     }
 
+    /// The first `brew_skipped` event from now on (at most `limit`), which must be for the brew
+    /// ready at `ready` and give a reason starting with `reason`.
+    async fn brew_skipped(&mut self, limit: Duration, reason: &str, ready: DateTime<Utc>) -> Value {
+        let skipped = self.event_within("brew_skipped", limit).await;
+        assert!(
+            skipped["reason"].as_str().unwrap().starts_with(reason),
+            "{skipped}"
+        );
+        assert_eq!(time(&skipped["ready_at"]), ready, "{skipped}");
+        skipped
+    }
+
     /// Waits (at most `start_within`) for the brew `planned` to start, then for it to finish,
     /// and asserts that it began at its `start_at` and was done by its `ready_at`.
     async fn brews_on_time(&mut self, planned: &Value, start_within: Duration) {
@@ -217,11 +229,13 @@ fn ics(events: &[(DateTime<Utc>, &str)]) -> String {
     text
 }
 
-/// Writes the calendar `text` as `coffee.ics` in `dir`; returns its path.
-fn calendar_file(dir: &Path, text: &str) -> String {
+/// A fresh directory for test `name` holding the calendar of these brews (see [`ics`]) as
+/// `coffee.ics`; the directory and the calendar's path.
+fn calendar_dir(name: &str, events: &[(DateTime<Utc>, &str)]) -> (PathBuf, String) {
+    let dir = support::fresh_dir("schedule", name);
     let path = dir.join("coffee.ics");
-    std::fs::write(&path, text).expect("calendar written");
-    path.display().to_string()
+    std::fs::write(&path, ics(events)).expect("calendar written");
+    (dir, path.display().to_string())
 }
 
 // ----- brewing on schedule -------------------------------------------------------------------
@@ -300,10 +314,9 @@ async fn a_calendar_event_from_a_loopback_server_brews() {
 /// restart: the first brew that starts is the one after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skip_skips_the_next_brew_even_across_a_restart() {
-    let dir = support::fresh_dir("schedule", "skip");
     let first = now_s() + chrono::Duration::seconds(30);
     let second = first + chrono::Duration::seconds(20);
-    let calendar = calendar_file(&dir, &ics(&[(first, "Coffee 1"), (second, "Coffee 1")]));
+    let (dir, calendar) = calendar_dir("skip", &[(first, "Coffee 1"), (second, "Coffee 1")]);
     let launch = || Launch::default().with("SCHEDULE__CALENDAR", calendar.clone());
     let mut s = Setup::start("skip", &dir, launch()).await;
     let planned = s.next_brew("the first brew", |_| true).await;
@@ -331,9 +344,8 @@ async fn skip_skips_the_next_brew_even_across_a_restart() {
 /// says why and which brew, and nothing is queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interlock_at_start_time_gives_brew_skipped() {
-    let dir = support::fresh_dir("schedule", "interlock");
     let ready = now_s() + chrono::Duration::seconds(30);
-    let calendar = calendar_file(&dir, &ics(&[(ready, "Coffee 1")]));
+    let (dir, calendar) = calendar_dir("interlock", &[(ready, "Coffee 1")]);
     let launch = Launch::default().with("SCHEDULE__CALENDAR", calendar);
     let mut s = Setup::start("interlock", &dir, launch).await;
     let planned = s.next_brew("the brew", |_| true).await;
@@ -346,13 +358,8 @@ async fn an_interlock_at_start_time_gives_brew_skipped() {
         })
         .await;
     let skipped = s
-        .event_within("brew_skipped", Duration::from_secs(40))
+        .brew_skipped(Duration::from_secs(40), "no_water", ready)
         .await;
-    assert!(
-        skipped["reason"].as_str().unwrap().starts_with("no_water"),
-        "{skipped}"
-    );
-    assert_eq!(time(&skipped["ready_at"]), ready, "{skipped}");
     assert_eq!(skipped["cups"], 1);
     assert_eq!(skipped["source"], "calendar");
     let at = time(&skipped["at"]);
@@ -377,10 +384,9 @@ async fn an_interlock_at_start_time_gives_brew_skipped() {
 /// are set ahead with libfaketime; the brews are an hour and two hours away in real time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_missed_by_a_restart_runs_within_max_late_and_is_skipped_after() {
-    let dir = support::fresh_dir("schedule", "late");
     let first = now_s() + chrono::Duration::hours(1);
     let second = first + chrono::Duration::hours(1);
-    let calendar = calendar_file(&dir, &ics(&[(first, "Coffee 2"), (second, "Coffee 2")]));
+    let (dir, calendar) = calendar_dir("late", &[(first, "Coffee 2"), (second, "Coffee 2")]);
     let launch = |clock: Option<String>| Launch {
         faketime: clock,
         ..Launch::default()
@@ -402,14 +408,7 @@ async fn a_start_missed_by_a_restart_runs_within_max_late_and_is_skipped_after()
     assert_eq!(first - first_start, chrono::Duration::seconds(122));
 
     s.restart(launch(ahead_of(first_start, 60))).await;
-    let skipped = s
-        .event_within("brew_skipped", Duration::from_secs(20))
-        .await;
-    assert!(
-        skipped["reason"].as_str().unwrap().starts_with("late"),
-        "{skipped}"
-    );
-    assert_eq!(time(&skipped["ready_at"]), first);
+    s.brew_skipped(Duration::from_secs(20), "late", first).await;
     let planned = s
         .next_brew("the second brew", |b| time(&b["ready_at"]) == second)
         .await;
