@@ -50,6 +50,7 @@ RUN case "${TARGETPLATFORM:?set by buildx}" in \
     && rustc --version
 
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 COPY config ./config
 COPY src ./src
 
