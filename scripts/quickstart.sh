@@ -11,9 +11,11 @@
 # (scripts/install-test-deps.sh). Environment: QUICKSTART_MQTT_PORT (default: 1883, or the
 # first free of 11883, 21883), QUICKSTART_FEED_PORT (the LAN broker's loopback feed listener,
 # 1884 likewise), QUICKSTART_WS_PORT (the public broker's websockets, 9001 likewise),
-# QUICKSTART_PUBLIC_PORT (the public broker's loopback MQTT, 9002 likewise), RUST_LOG,
-# QUICKSTART_SERIAL_PORT (a controller's port, e.g. the link of ../shared/realfw/run.sh: the
-# bridge drives it instead of the simulator).
+# QUICKSTART_PUBLIC_PORT (the public broker's loopback MQTT, 9002 likewise),
+# QUICKSTART_HTTP_PORT (the status page, 8080 likewise), QUICKSTART_OPS_PORT (metrics and
+# probes, 9090 likewise), RUST_LOG, QUICKSTART_SERIAL_PORT (a controller's port, e.g. the link of
+# ../shared/realfw/run.sh: the bridge drives it instead of the simulator), QUICKSTART_BIN (a
+# coffeebot binary to run instead of building one).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,13 +34,15 @@ pick_port() {
   for p in "$@"; do
     if port_free "$p"; then echo "$p"; return 0; fi
   done
-  say "ports $* are all taken; set QUICKSTART_MQTT_PORT, _FEED_PORT, _WS_PORT, _PUBLIC_PORT" >&2
+  say "ports $* are all taken; set QUICKSTART_MQTT_PORT, _FEED_PORT, _WS_PORT, _PUBLIC_PORT, _HTTP_PORT, _OPS_PORT" >&2
   return 1
 }
 mqtt_port="${QUICKSTART_MQTT_PORT:-$(pick_port 1883 11883 21883)}"
 feed_port="${QUICKSTART_FEED_PORT:-$(pick_port 1884 11884 21884)}"
 ws_port="${QUICKSTART_WS_PORT:-$(pick_port 9001 19001 29001)}"
 public_port="${QUICKSTART_PUBLIC_PORT:-$(pick_port 9002 19002 29002)}"
+http_port="${QUICKSTART_HTTP_PORT:-$(pick_port 8080 18080 28080)}"
+ops_port="${QUICKSTART_OPS_PORT:-$(pick_port 9090 19090 29090)}"
 
 dir="$(mktemp -d "${TMPDIR:-/tmp}/coffeebot-quickstart.XXXXXX")"
 mosquitto_pid=""
@@ -99,10 +103,15 @@ say "starting the public mosquitto on 127.0.0.1:$ws_port (websockets), fed from 
 public_pid=$!
 wait_listening "$public_pid" "$dir/public.log" "$ws_port"
 
-say "building coffeebot"
-cargo build --quiet --manifest-path "$root/Cargo.toml" --bin coffeebot
-target="$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" |
-  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+if [ -n "${QUICKSTART_BIN:-}" ]; then
+  bridge_bin="$QUICKSTART_BIN"
+else
+  say "building coffeebot"
+  cargo build --quiet --manifest-path "$root/Cargo.toml" --bin coffeebot
+  target="$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+  bridge_bin="$target/debug/coffeebot"
+fi
 
 cat <<EOF_HELP
 
@@ -120,6 +129,9 @@ cat <<EOF_HELP
   what the public sees (the public broker, anonymous, read-only; websockets on :$ws_port):
     mosquitto_sub -h 127.0.0.1 -p $public_port -t 'coffeebot/#' -v
 
+  the status page: http://127.0.0.1:$http_port/
+  metrics and probes: http://127.0.0.1:$ops_port/metrics, /healthz, /readyz
+
   Ctrl-C stops everything.
 
 EOF_HELP
@@ -128,10 +140,12 @@ export COFFEEBOT__MQTT__HOST=127.0.0.1
 export COFFEEBOT__MQTT__PORT="$mqtt_port"
 export COFFEEBOT__MQTT__USERNAME=coffeebot
 export COFFEEBOT__MQTT__PASSWORD="$bridge_password"
+export COFFEEBOT__HTTP__LISTEN="127.0.0.1:$http_port"
+export COFFEEBOT__HTTP__OPS_LISTEN="127.0.0.1:$ops_port"
 if [ -n "${QUICKSTART_SERIAL_PORT:-}" ]; then
-  COFFEEBOT__SERIAL__PORT="$QUICKSTART_SERIAL_PORT" "$target/debug/coffeebot" run &
+  COFFEEBOT__SERIAL__PORT="$QUICKSTART_SERIAL_PORT" "$bridge_bin" run &
 else
-  "$target/debug/coffeebot" run --simulate &
+  "$bridge_bin" run --simulate &
 fi
 bridge_pid=$!
 wait "$bridge_pid" || true
