@@ -165,20 +165,11 @@ fn has_fault(state: &Value, fault: &str) -> bool {
         .is_some_and(|f| f.iter().any(|x| x == fault))
 }
 
-/// `CLOCK_MONOTONIC` now, in seconds: the clock of realfw's `t=`. On Linux `Instant` is that
-/// clock; its `Debug` shows the `timespec` (std offers no other way without `unsafe`).
+/// `CLOCK_MONOTONIC` now, in seconds: the clock of realfw's `t=`.
 fn monotonic_now() -> f64 {
-    let text = format!("{:?}", Instant::now());
-    let number = |key: &str| -> f64 {
-        let start = text.find(key).expect("Instant's Debug shows a timespec") + key.len();
-        text[start..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .expect("a number")
-    };
-    number("tv_sec: ") + number("tv_nsec: ") / 1e9
+    let now =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    now.tv_sec() as f64 + now.tv_nsec() as f64 / 1e9
 }
 
 /// Relay changes (`RELAY 0`/`RELAY 1`) as (t, on, by).
