@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use support::bridge::binary_under_test;
 use support::child::spawn_reading_lines;
 use support::http::request;
-use support::mosquitto::HeldPort;
+use support::listen::HeldPort;
 
 /// How long the script may take to have both brokers up and print its lines.
 const START: Duration = Duration::from_secs(30);
@@ -141,7 +141,9 @@ fn the_quick_start_runs_as_printed_and_ctrl_c_leaves_nothing() {
     let tmp = support::fresh_dir("quickstart", "tmp");
     // The script's six ports, held free until it binds them (mosquitto and the bridge both
     // bind with SO_REUSEADDR, so a held port is theirs to take).
-    let held: Vec<HeldPort> = (0..6).map(|_| HeldPort::new()).collect();
+    let held: Vec<HeldPort> = (0..6)
+        .map(|_| HeldPort::new().expect("a free loopback port"))
+        .collect();
     let ports: Vec<String> = held.iter().map(|h| h.port().to_string()).collect();
     let mut script = Command::new("bash");
     script

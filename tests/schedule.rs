@@ -21,6 +21,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 use coffeebot::sim::SimConfig;
 use serde_json::Value;
 use support::bridge::{Bridge, Process};
+use support::listen::HeldPort;
 use support::mosquitto::{json, Broker, Message, TestClient, User};
 use support::rig::Rig;
 use support::sim::simulator;
@@ -463,7 +464,8 @@ async fn a_calendar_server_that_hangs_fails_or_floods_leaves_the_last_good_calen
         Answer::Huge(50 << 20),
         Answer::Calendar(good),
     ]);
-    let ops = free_port();
+    let held = HeldPort::new().expect("a free loopback port");
+    let ops = held.port();
     let launch = Launch::default()
         .with("SCHEDULE__CALENDAR", server.url())
         .with("HTTP__OPS_LISTEN", format!("127.0.0.1:{ops}"));
@@ -685,14 +687,6 @@ fn serve(stream: TcpStream, answer: Answer, requests: mpsc::Sender<String>) {
         }
     }
     let _ = requests.send(request_line.trim_end().to_owned());
-}
-
-/// A TCP port on loopback that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// The body of `GET path` from the ops listener on `port`.

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use coffeebot::sim::{SimConfig, SimHandle};
 use support::bridge::{Bridge, Process};
-use support::mosquitto::{Broker, Credentials, HeldPort, Listener, Login, Protocol, Setup};
+use support::listen::HeldPort;
+use support::mosquitto::{Broker, Credentials, Listener, Login, Protocol, Setup};
 use support::sim::simulator;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -145,7 +146,7 @@ impl TlsBroker {
     /// `expired`), requiring client certificates when `require` is set.
     fn start(name: &str, server: &str, require: bool) -> TlsBroker {
         let certs = certificates(name);
-        let port = HeldPort::new();
+        let port = HeldPort::new().expect("a free loopback port");
         let c = |f: &str| certs.join(f).display().to_string();
         let lines = format!(
             "listener {} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require}\ntls_version tlsv1.2\n",

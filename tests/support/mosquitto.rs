@@ -33,7 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-use super::listen::spawn_listening;
+use super::listen::{spawn_listening, HeldPort};
 
 /// The address every test broker listens on.
 pub const HOST: &str = "127.0.0.1";
@@ -109,37 +109,6 @@ pub enum Setup {
     Shipped,
     /// One anonymous plain-TCP loopback listener with persistence, no ACLs.
     Anonymous,
-}
-
-/// A loopback port kept for a server of a test: bound with `SO_REUSEADDR` but not listening.
-/// mosquitto binds its listeners with `SO_REUSEADDR` too, so it can listen on the port (again
-/// after a restart), while no free-port pick on this machine (a `bind` to port 0, which passes
-/// over ports bound this way) can get it, not even while the server is stopped. The port is
-/// let go on drop.
-pub struct HeldPort {
-    _socket: tokio::net::TcpSocket,
-    port: u16,
-}
-
-impl HeldPort {
-    /// A free loopback port, held.
-    pub fn new() -> HeldPort {
-        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
-        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-        socket
-            .bind((std::net::Ipv4Addr::LOCALHOST, 0).into())
-            .expect("a free loopback port");
-        let port = socket.local_addr().expect("the bound address").port();
-        HeldPort {
-            _socket: socket,
-            port,
-        }
-    }
-
-    /// The port number.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
 }
 
 /// A mosquitto child process on free loopback ports (with [`Setup::Shipped`], the LAN broker,
@@ -237,7 +206,7 @@ impl Broker {
     fn prepare(setup: Setup) -> Broker {
         let dir = unique_temp_dir();
         let held: Vec<HeldPort> = (0..if setup == Setup::Shipped { 4 } else { 1 })
-            .map(|_| HeldPort::new())
+            .map(|_| HeldPort::new().expect("a free loopback port"))
             .collect();
         let ports: Vec<u16> = held.iter().map(HeldPort::port).collect();
         let lan_port = ports[0];

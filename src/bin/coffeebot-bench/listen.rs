@@ -1,21 +1,39 @@
-//! Starting a server process and waiting until it listens on its loopback ports: shared by the
-//! benchmark and the integration tests' kit (`tests/support/mod.rs` includes this file by its
-//! path), so that both start mosquitto the same way. Standard library only.
+//! Holding loopback ports for a server, starting it and waiting until it listens on them:
+//! shared by the benchmark and the integration tests' kit (`tests/support/mod.rs` includes this
+//! file by its path), so that both start mosquitto (and the bridge) the same way. The standard
+//! library and tokio's `TcpSocket` (which needs no runtime) only.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// `n` distinct loopback ports that were free a moment ago. Another process may take one
-/// before the server binds it: callers start again with new ports when the server fails.
-pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+/// A loopback port kept for a server: bound with `SO_REUSEADDR` but not listening. mosquitto
+/// and the bridge bind their listeners with `SO_REUSEADDR` too, so they can listen on the port
+/// (again after a restart), while no free-port pick on this machine (a `bind` to port 0, which
+/// passes over ports bound this way) can get it, not even while the server is stopped. The
+/// port is let go on drop.
+pub struct HeldPort {
+    _socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl HeldPort {
+    /// A free loopback port, held.
+    pub fn new() -> std::io::Result<HeldPort> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind((Ipv4Addr::LOCALHOST, 0).into())?;
+        let port = socket.local_addr()?.port();
+        Ok(HeldPort {
+            _socket: socket,
+            port,
+        })
+    }
+
+    /// The port number.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
 }
 
 /// Spawns `command`, then waits (at most `within`) until each of `ports` accepts a TCP

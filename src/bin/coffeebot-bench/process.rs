@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rumqttc::QoS;
 
-use crate::broker::free_port;
 use crate::client::{Client, Seen};
+use crate::listen::HeldPort;
 use crate::report::Figures;
 use crate::tap::Tap;
 use crate::STATE;
 
-/// The bridge's environment: the tap's port, the bench's broker, HTTP on free ports (the
+/// The bridge's environment: the tap's port, the bench's broker, HTTP on held ports (the
 /// public page on `public_port`, the operator listener on `http_port`).
 pub(crate) fn bridge_env(
     port: &Path,
@@ -71,18 +71,19 @@ pub(crate) struct Bridge {
     pub(crate) http_port: u16,
     /// Where its public HTTP server (page, `status.json`, `/events`) listens.
     pub(crate) public_port: u16,
+    /// Both ports, held for as long as it runs.
+    _ports: [HeldPort; 2],
 }
 
 impl Bridge {
     /// Runs `bin run` with `env` added to this process's environment and no
     /// `COFFEEBOT_CONFIG` (the built-in defaults), its output appended to `log`; `env` puts its
-    /// HTTP servers on `http_port` and `public_port`.
+    /// HTTP servers on `ports` (the operator's, the public one).
     pub(crate) fn spawn(
         bin: &Path,
         env: &[(String, String)],
         log: &fs::File,
-        http_port: u16,
-        public_port: u16,
+        ports: [HeldPort; 2],
     ) -> Result<Bridge> {
         let child = Command::new(bin)
             .arg("run")
@@ -96,8 +97,9 @@ impl Bridge {
         Ok(Bridge {
             pid: child.id(),
             child,
-            http_port,
-            public_port,
+            http_port: ports[0].port(),
+            public_port: ports[1].port(),
+            _ports: ports,
         })
     }
 
@@ -127,9 +129,13 @@ pub(crate) async fn start_bridge(
     figures: &mut Figures,
 ) -> Result<Bridge> {
     tap.renew()?;
-    let http_port = free_port()?;
-    let public_port = free_port()?;
-    let env = bridge_env(&tap.bridge_path, mqtt_port, http_port, public_port);
+    let ports = [HeldPort::new()?, HeldPort::new()?];
+    let env = bridge_env(
+        &tap.bridge_path,
+        mqtt_port,
+        ports[0].port(),
+        ports[1].port(),
+    );
     // A retained state from an earlier start must not count: clear it and wait for the ack.
     client
         .client
@@ -138,7 +144,7 @@ pub(crate) async fn start_bridge(
     client.wait(|s| matches!(s, Seen::PubAck), "PUBACK").await?;
     client.drain();
     let t0 = Instant::now();
-    let mut bridge = Bridge::spawn(bin, &env, log, http_port, public_port)?;
+    let mut bridge = Bridge::spawn(bin, &env, log, ports)?;
     // One pass over the states: the first one, and the first with the controller's reading
     // (often the same message, when the bridge had the reading before it reached the broker).
     let mut first_at = None;

@@ -25,9 +25,7 @@ mod monitor;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdTcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -35,8 +33,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use coffeebot::sim::{SimConfig, SimHandle, Simulator};
 use serde_json::{json, Value};
 
-use crate::broker::{free_port, program, Broker};
+use crate::broker::Broker;
 use crate::client::{Client, Seen};
+use crate::listen::HeldPort;
 use crate::process::{bridge_env, stop_bridge, Bridge};
 use crate::report::Figures;
 use crate::sample::{
@@ -338,52 +337,17 @@ struct Run {
 impl Run {
     /// Starts the bridge and waits until it is idle with the controller answering.
     async fn start(&self, observer: &mut Observer) -> Result<Bridge> {
-        let http_port = free_port()?;
-        let public_port = free_port()?;
-        let env: Vec<_> = bridge_env(&self.link, self.mqtt_port, http_port, public_port)
+        let ports = [HeldPort::new()?, HeldPort::new()?];
+        let env: Vec<_> = bridge_env(&self.link, self.mqtt_port, ports[0].port(), ports[1].port())
             .into_iter()
             .chain(soak_env(&self.state_dir))
             .collect();
-        let mut bridge = Bridge::spawn(&self.bin, &env, &self.log, http_port, public_port)?;
+        let mut bridge = Bridge::spawn(&self.bin, &env, &self.log, ports)?;
         if let Err(e) = observer.until(WAIT, "the bridge ready", false, ready).await {
             bridge.check_alive()?;
             return Err(e);
         }
         Ok(bridge)
-    }
-}
-
-/// Kills the broker (SIGKILL) and starts it again on the same port with the same
-/// configuration; returns when it accepts connections.
-fn restart_broker(broker: &mut Broker, work: &Path) -> Result<()> {
-    let _ = broker.child.kill();
-    let _ = broker.child.wait();
-    let log = fs::File::options()
-        .append(true)
-        .create(true)
-        .open(work.join("mosquitto.log"))?;
-    broker.child = Command::new(program())
-        .arg("-c")
-        .arg(work.join("mosquitto.conf"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("cannot restart mosquitto")?;
-    let deadline = Instant::now() + WAIT;
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, broker.port));
-    loop {
-        if let Some(status) = broker.child.try_wait()? {
-            bail!("mosquitto exited with {status} on restart");
-        }
-        if StdTcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("mosquitto did not listen again within {WAIT:?}");
-        }
-        // Readiness poll with a deadline.
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -497,7 +461,6 @@ pub(crate) async fn run(args: &Args, minutes: f64) -> Result<()> {
                 &monitor,
                 &mut observer,
                 &mut broker,
-                &work,
                 &mut faults,
                 &mut tally,
             ),
@@ -690,7 +653,6 @@ async fn act(
     monitor: &Monitor,
     observer: &mut Observer,
     broker: &mut Broker,
-    work: &Path,
     faults: &mut Vec<Fault>,
     tally: &mut Tally,
 ) -> Result<()> {
@@ -825,7 +787,7 @@ async fn act(
                     .until(WAIT, "the heater on", true, |d| d["heater"] == "ON")
                     .await?;
             }
-            restart_broker(broker, work)?;
+            broker.restart()?;
             let t0 = Instant::now();
             tally.broker_restarts += 1;
             let mut fresh = Observer::connect(broker.port).await?;
