@@ -628,40 +628,37 @@ mod tests {
     #[test]
     fn jitter_inside_the_deadband_is_not_a_change() {
         let now = Instant::now();
-        let bands = BANDS;
         let a = StateDoc::new(&status(now), &clock(now));
         let mut s = status(now);
         s.temperature_c = Some(92.6);
         s.water_distance_in = Some(3.54);
         s.updated_at = Some(now);
-        assert!(!StateDoc::new(&s, &clock(now)).differs_from(&a, bands));
+        assert!(!StateDoc::new(&s, &clock(now)).differs_from(&a, BANDS));
         s.temperature_c = Some(92.8);
-        assert!(StateDoc::new(&s, &clock(now)).differs_from(&a, bands));
+        assert!(StateDoc::new(&s, &clock(now)).differs_from(&a, BANDS));
         let mut s = status(now);
         s.temperature_c = None;
-        assert!(StateDoc::new(&s, &clock(now)).differs_from(&a, bands));
+        assert!(StateDoc::new(&s, &clock(now)).differs_from(&a, BANDS));
     }
 
     #[test]
     fn readings_alone_are_told_from_other_changes() {
         let now = Instant::now();
-        let bands = BANDS;
         let a = StateDoc::new(&status(now), &clock(now));
         let mut s = status(now);
         s.temperature_c = Some(95.0);
         s.water_distance_in = Some(4.0);
         let readings = StateDoc::new(&s, &clock(now));
-        assert!(readings.differs_from(&a, bands));
-        assert!(!readings.differs_beyond_readings(&a, bands));
+        assert!(readings.differs_from(&a, BANDS));
+        assert!(!readings.differs_beyond_readings(&a, BANDS));
         s.heater = Some(!s.heater.unwrap_or(false));
         let relay = StateDoc::new(&s, &clock(now));
-        assert!(relay.differs_beyond_readings(&a, bands));
+        assert!(relay.differs_beyond_readings(&a, BANDS));
     }
 
     #[test]
     fn a_countdown_tick_is_not_a_change_but_a_new_brew_end_is() {
         let now = Instant::now();
-        let bands = BANDS;
         let a = StateDoc::new(&status(now), &clock(now));
         assert_eq!(a.brew_ends_at.as_deref(), Some("2026-11-18T11:08:37.500Z"));
         // A second later: the countdown ticked, the end is the same instant.
@@ -673,17 +670,17 @@ mod tests {
         s.brew_remaining_s = Some(117);
         let ticked = StateDoc::new(&s, &later);
         assert_ne!(ticked.brew_remaining_s, a.brew_remaining_s);
-        assert!(!ticked.differs_from(&a, bands));
+        assert!(!ticked.differs_from(&a, BANDS));
         // The same end, its text a millisecond off (the two clocks read at another wake).
         let mut jitter = ticked.clone();
         jitter.brew_ends_at = Some("2026-11-18T11:08:37.501Z".into());
-        assert!(!jitter.differs_from(&a, bands));
+        assert!(!jitter.differs_from(&a, BANDS));
         jitter.keep_brew_end(&a);
         assert_eq!(jitter.brew_ends_at, a.brew_ends_at);
         // The end moved (a new brew): a change, and the new end is kept.
         s.brew_ends_at = Some(now + Duration::from_secs(200));
         let mut moved = StateDoc::new(&s, &later);
-        assert!(moved.differs_from(&a, bands));
+        assert!(moved.differs_from(&a, BANDS));
         moved.keep_brew_end(&a);
         assert_eq!(
             moved.brew_ends_at.as_deref(),
@@ -691,9 +688,9 @@ mod tests {
         );
         // The brew ended: a change.
         s.brew_ends_at = None;
-        assert!(StateDoc::new(&s, &later).differs_from(&a, bands));
+        assert!(StateDoc::new(&s, &later).differs_from(&a, BANDS));
         let none = StateDoc::new(&s, &later);
-        assert!(a.differs_from(&none, bands));
+        assert!(a.differs_from(&none, BANDS));
     }
 
     #[test]
